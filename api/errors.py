@@ -1,0 +1,54 @@
+"""Every mapping from an error to its HTTP answer, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+
+from api.responses import JSONResponse
+from shared.connection import REDIS_ERRORS
+from shared.errors import (
+    JobConflict,
+    JobFinished,
+    JobNotFound,
+    QueueFull,
+    SppError,
+    StoreUnavailable,
+    UnknownModel,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "1"
+
+_STATUS: dict[type[SppError], int] = {
+    JobNotFound: 404,
+    UnknownModel: 404,
+    JobConflict: 409,
+    JobFinished: 409,
+    QueueFull: 429,
+    StoreUnavailable: 503,
+}
+
+
+def _error_response(status: int, detail: str, **extra: object) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in (429, 503) else None
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SppError)
+    extra: dict[str, object] = {"known_models": exc.known} if isinstance(exc, UnknownModel) else {}
+    return _error_response(_STATUS.get(type(exc), 400), str(exc), **extra)
+
+
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return _error_response(503, str(StoreUnavailable()))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(SppError, _spp_error)
+    for error in REDIS_ERRORS:
+        app.add_exception_handler(error, _redis_error)

@@ -1,0 +1,46 @@
+"""The FastAPI application: `create_app()` wires routes, errors and the lifespan that owns Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.deps import State
+from api.responses import JSONResponse
+from api.routes import health, jobs, models
+from api.streams import StreamHub
+from shared.connection import redis_client
+from shared.settings import Settings, get_settings
+from shared.store import JobStore
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        redis = redis_client(settings)
+        hub = StreamHub(redis_client(settings, single_connection=True), redis)
+        await hub.start()
+        try:
+            yield State(settings=settings, store=JobStore(redis, settings), hub=hub)
+        finally:
+            await hub.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="albert-spp",
+        version=settings.APP_VERSION,
+        summary="Generation jobs answered by large language models, through Redis and per-model workers.",
+        root_path=settings.API_ROOT_PATH,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    errors.install(app)
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,27 @@
+"""Redis clients built from the settings, with the reconnect behaviour every process needs."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis import exceptions
+
+from shared.settings import Settings
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (exceptions.ConnectionError, exceptions.TimeoutError, OSError)
+
+
+def redis_client(settings: Settings, *, single_connection: bool = False, max_connections: int = 64) -> Redis:
+    """A client that decodes replies to str and retries a command a few times across a reconnect."""
+    client: Redis = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        single_connection_client=single_connection,
+        max_connections=max_connections,
+        socket_connect_timeout=2.0,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        retry_on_error=list(REDIS_ERRORS),
+    )
+    return client

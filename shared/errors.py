@@ -1,0 +1,44 @@
+"""The few errors of albert-spp's domain; api/errors.py maps each to its HTTP answer."""
+
+from __future__ import annotations
+
+
+class SppError(Exception):
+    """Base class: the message is meant for the client."""
+
+
+class JobNotFound(SppError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class UnknownModel(SppError):
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(f"unknown model {model!r}; known models: {', '.join(known)}")
+        self.model = model
+        self.known = known
+
+
+class JobConflict(SppError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"a job with id {job_id!r} already exists with a different body")
+        self.job_id = job_id
+
+
+class JobFinished(SppError):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id!r} has already finished: {status}")
+        self.job_id = job_id
+        self.status = status
+
+
+class QueueFull(SppError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"the queue of model {model!r} is full; retry later")
+        self.model = model
+
+
+class StoreUnavailable(SppError):
+    def __init__(self) -> None:
+        super().__init__("the job store (Redis) is unavailable; retry later")

@@ -1,0 +1,73 @@
+"""Every Redis key, channel and stream albert-spp uses, named in one place.
+
+A job is addressed by its *key id*: `<owner>:<job id>`, so that two clients may use the same job id.
+The owner of jobs submitted without authentication is `PUBLIC_OWNER`.
+"""
+
+from __future__ import annotations
+
+PREFIX = "spp"
+PUBLIC_OWNER = "public"
+
+# arq's own keys for a job (arq/constants.py); the store writes the job definition itself.
+ARQ_JOB = "arq:job:"
+ARQ_IN_PROGRESS = "arq:in-progress:"
+ARQ_RETRY = "arq:retry:"
+
+
+def key_id(owner: str, job_id: str) -> str:
+    """The job's identifier inside Redis and arq: owner-scoped."""
+    return f"{owner}:{job_id}"
+
+
+def split_key_id(kid: str) -> tuple[str, str]:
+    """Inverse of `key_id`: owners never contain ':'."""
+    owner, _, job_id = kid.partition(":")
+    return owner, job_id
+
+
+def job(kid: str) -> str:
+    """Hash: the job's record, the truth for its status, result and attempts."""
+    return f"{PREFIX}:job:{kid}"
+
+
+def stream(kid: str) -> str:
+    """Stream: the job's token chunks, resets and final event."""
+    return f"{PREFIX}:stream:{kid}"
+
+
+def arq_job(kid: str) -> str:
+    return ARQ_JOB + kid
+
+
+def arq_in_progress(kid: str) -> str:
+    return ARQ_IN_PROGRESS + kid
+
+
+def arq_retry(kid: str) -> str:
+    return ARQ_RETRY + kid
+
+
+def queue(model: str) -> str:
+    """Sorted set: arq's queue of one model (job key ids scored by the time they may run)."""
+    return f"{PREFIX}:queue:{model}"
+
+
+def running(model: str) -> str:
+    """Sorted set: key ids of the model's running jobs, scored by their heartbeat deadline (ms)."""
+    return f"{PREFIX}:running:{model}"
+
+
+def workers(model: str) -> str:
+    """Sorted set: worker ids of the model, scored by their last heartbeat (ms)."""
+    return f"{PREFIX}:workers:{model}"
+
+
+def wake_channel(model: str) -> str:
+    """Pub/sub channel: 'a job was queued' news that wakes idle workers of the model."""
+    return f"{PREFIX}:wake:{model}"
+
+
+def cancel_channel(model: str) -> str:
+    """Pub/sub channel: key ids of running jobs just cancelled, for the worker that runs them."""
+    return f"{PREFIX}:cancel:{model}"

@@ -1,0 +1,179 @@
+"""The shapes that cross process boundaries: job requests, job records and their public form."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,199}$"
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+MetadataValue = str | int | float | bool | None
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+ACTIVE_STATES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+FINISHED_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerationParams(BaseModel):
+    """Sampling parameters, always sent explicitly to the model server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(None, ge=1, description="Default: the DEFAULT_MAX_TOKENS setting.")
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(None, max_length=8)
+    seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stop_as_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("stop"), str):
+            return {**data, "stop": [data["stop"]]}
+        return data
+
+
+class JobCreate(BaseModel):
+    """A generation job as submitted: exactly one of `prompt` or `messages`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: JobId | None = Field(None, description="Your own id; resubmitting it with the same body is a no-op.")
+    model: str | None = Field(None, description="Default: the first model of LLM_TABLE.")
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[Message] | None = Field(None, min_length=1)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = Field(None, max_length=32)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> JobCreate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        limits: Limits | None = (info.context or {}).get("limits")
+        if limits is not None:
+            limits.check(self)
+        return self
+
+
+class Limits(BaseModel):
+    """Size caps applied while validating a JobCreate (passed as validation context)."""
+
+    max_prompt_chars: int
+    max_messages: int
+    max_tokens: int
+
+    def check(self, job: JobCreate) -> None:
+        chars = len(job.prompt) if job.prompt is not None else sum(len(m.content) for m in job.messages or ())
+        if chars > self.max_prompt_chars:
+            raise ValueError(f"prompt has {chars} characters, over the limit of {self.max_prompt_chars}")
+        if job.messages is not None and len(job.messages) > self.max_messages:
+            raise ValueError(f"{len(job.messages)} messages, over the limit of {self.max_messages}")
+        if job.params.max_tokens is not None and job.params.max_tokens > self.max_tokens:
+            raise ValueError(f"params.max_tokens={job.params.max_tokens} is over the limit of {self.max_tokens}")
+
+
+class GenerationRequest(BaseModel):
+    """What a worker needs to run a job, stored in the job record as JSON."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    def fingerprint(self, metadata: dict[str, MetadataValue] | None) -> str:
+        """A digest of everything that defines the job, to recognise an identical resubmission."""
+        body = self.model_dump(mode="json") | {"metadata": metadata}
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int | None = None
+    completion_tokens: int
+    total_tokens: int | None = None
+
+
+class JobResult(BaseModel):
+    text: str
+    finish_reason: str | None
+    usage: Usage
+
+
+class JobError(BaseModel):
+    type: str = Field(description="backend_error, backend_rejected, timeout, internal, ...")
+    message: str
+
+
+class Job(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    model: str
+    status: JobStatus
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: JobResult | None = None
+    error: JobError | None = None
+    metadata: dict[str, MetadataValue] | None = None
+
+
+def is_job_id(value: str) -> bool:
+    return _JOB_ID_RE.match(value) is not None
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def _iso(ms: str | None) -> str | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def public_job(record: dict[str, str]) -> dict[str, Any]:
+    """The public JSON of a job from its Redis record, without a pydantic round trip (polling is hot)."""
+    return {
+        "id": record["id"],
+        "model": record["model"],
+        "status": record["status"],
+        "attempts": int(record.get("attempts", 0)),
+        "created_at": _iso(record["created_at"]),
+        "started_at": _iso(record.get("started_at")),
+        "finished_at": _iso(record.get("finished_at")),
+        "result": orjson.loads(record["result"]) if "result" in record else None,
+        "error": orjson.loads(record["error"]) if "error" in record else None,
+        "metadata": orjson.loads(record["metadata"]) if "metadata" in record else None,
+    }

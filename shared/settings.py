@@ -1,0 +1,144 @@
+"""Every setting of albert-spp, read from the environment (and `.env`) in one class.
+
+Nothing here runs at import time: call `get_settings()` (cached) or build `Settings(...)` explicitly.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+import orjson
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_LLM_TABLE = '[("AgentPublic/fabrique-reference-2", "http://127.0.0.1:8081")]'
+
+Protocol = Literal["openai", "generate"]
+
+
+class Backend(BaseModel, frozen=True):
+    """One server of a model: its root URL (no trailing `/v1`) and the protocol it speaks."""
+
+    model: str
+    url: str
+    protocol: Protocol = "openai"
+
+
+def parse_llm_table(raw: str) -> list[Backend]:
+    """Parse `LLM_TABLE`: a Python-literal or JSON list of `(model, url[, "generate"])` entries.
+
+    Entries sharing a model name are replicas of that model.
+    """
+    text = raw.strip() or DEFAULT_LLM_TABLE  # the seed's `LLM_TABLE=""` means "the default"
+    try:
+        entries: Any = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            entries = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(f"LLM_TABLE is neither a Python literal nor JSON: {exc}") from None
+    if not isinstance(entries, list | tuple) or not entries:
+        raise ValueError("LLM_TABLE must be a non-empty list of (model_name, model_url) tuples")
+    backends: list[Backend] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, list | tuple) or len(entry) not in (2, 3):
+            raise ValueError(f"LLM_TABLE entry {index} must be (model_name, model_url[, 'generate']): {entry!r}")
+        model, url, *rest = entry
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"LLM_TABLE entry {index}: model name must be a non-empty string")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"LLM_TABLE entry {index}: model url must start with http:// or https://: {url!r}")
+        protocol = rest[0] if rest else "openai"
+        if protocol not in ("openai", "generate"):
+            raise ValueError(f"LLM_TABLE entry {index}: third element must be 'generate', not {protocol!r}")
+        root = url.rstrip("/")
+        root = root.removesuffix("/v1")
+        backends.append(Backend(model=model.strip(), url=root, protocol=protocol))
+    return backends
+
+
+class Settings(BaseSettings):
+    """The one configuration class. Upper-case names are the environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    # Deployment
+    ENV: Literal["unittest", "dev", "staging", "prod"] = "dev"
+    APP_VERSION: str = "0.1.0"
+    API_HOST: str = "127.0.0.1"
+    API_PORT: int = Field(8000, ge=1, le=65535)
+    API_ROOT_PATH: str = ""
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Redis: REDIS_URL wins over REDIS_HOST/REDIS_PORT/REDIS_PASSWORD.
+    REDIS_URL: str | None = None
+    REDIS_HOST: str = "127.0.0.1"
+    REDIS_PORT: int = Field(6379, ge=1, le=65535)
+    REDIS_PASSWORD: str | None = None
+    REDIS_DB: int = Field(0, ge=0)
+
+    # Models
+    LLM_TABLE: Annotated[list[Backend], NoDecode] = Field(default_factory=lambda: parse_llm_table(DEFAULT_LLM_TABLE))
+    BACKEND_TIMEOUT: float = Field(600.0, gt=0, description="Seconds a whole generation may take.")
+    BACKEND_CONNECT_TIMEOUT: float = Field(5.0, gt=0)
+    BACKEND_READ_TIMEOUT: float = Field(
+        120.0, gt=0, description="Seconds of silence from a model server before the attempt is abandoned."
+    )
+
+    # Jobs
+    RESULT_TTL: int = Field(172_800, ge=1, description="Seconds a finished job is kept.")
+    STREAM_TTL: int = Field(3_600, ge=1, description="Seconds a finished job's token stream is kept.")
+    MAX_JOBS_PER_REQUEST: int = Field(1_000, ge=1)
+    MAX_QUEUE_DEPTH: int = Field(10_000, ge=0, description="Queued jobs per model; 0: unlimited.")
+    MAX_PROMPT_CHARS: int = Field(200_000, ge=1)
+    MAX_MESSAGES: int = Field(256, ge=1)
+    MAX_TOKENS_LIMIT: int = Field(32_768, ge=1)
+    DEFAULT_MAX_TOKENS: int = Field(512, ge=1)
+    JOB_MAX_ATTEMPTS: int = Field(3, ge=1, description="Attempts per job for transient backend failures.")
+    RETRY_BACKOFF: float = Field(1.0, ge=0, description="First retry delay in seconds; doubles, with jitter.")
+
+    # Worker
+    WORKER_MAX_JOBS: int = Field(256, ge=1, description="Generations one worker runs at once.")
+    WORKER_IDLE_POLL: float = Field(1.0, gt=0, description="Seconds an idle worker waits between polls.")
+    WORKER_HEARTBEAT: float = Field(1.0, gt=0, description="Seconds between heartbeats of running jobs.")
+    STREAM_FLUSH_MS: int = Field(100, ge=0, description="Token coalescing window, in milliseconds.")
+
+    @field_validator("LLM_TABLE", mode="before")
+    @classmethod
+    def _parse_llm_table(cls, value: object) -> object:
+        return parse_llm_table(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.STREAM_TTL > self.RESULT_TTL:
+            self.STREAM_TTL = self.RESULT_TTL
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis URL, built from REDIS_HOST/PORT/PASSWORD when REDIS_URL is not set."""
+        if self.REDIS_URL:
+            return self.REDIS_URL
+        auth = f":{quote(self.REDIS_PASSWORD, safe='')}@" if self.REDIS_PASSWORD else ""
+        return f"redis://{auth}{self.REDIS_HOST}:{self.REDIS_PORT}/{self.REDIS_DB}"
+
+    @property
+    def models(self) -> list[str]:
+        """Model names in LLM_TABLE order, without duplicates (replicas share a name)."""
+        return list(dict.fromkeys(backend.model for backend in self.LLM_TABLE))
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    def backends_for(self, model: str) -> list[Backend]:
+        return [backend for backend in self.LLM_TABLE if backend.model == model]
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,208 @@
+"""Atomic reads and writes of job records, queues and token streams.
+
+Each state change is one Lua script, so a record, its queue entry and its stream never disagree,
+and each costs one round trip. The job record (`keys.job`) is the truth; arq only carries key ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from shared import keys
+from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
+from shared.models import GenerationRequest, JobCreate, JobError, JobResult, JobStatus, now_ms
+from shared.settings import Settings
+
+JOB_FUNCTION = "generate"
+"""The name of the arq function every job runs (worker/generate.py)."""
+
+
+def _script(redis: Redis, name: str) -> AsyncScript:
+    return redis.register_script(resources.files("shared").joinpath(f"lua/{name}.lua").read_text())
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    record: dict[str, str]
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    attempt: int
+    request: GenerationRequest
+
+
+class JobStore:
+    """Job state in Redis, for the API (submit, read, cancel) and the workers (start, append, finish)."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._submit = _script(redis, "submit")
+        self._cancel = _script(redis, "cancel")
+        self._start = _script(redis, "start")
+        self._append = _script(redis, "append")
+        self._finish = _script(redis, "finish")
+        self._requeue = _script(redis, "requeue")
+        self._heartbeat = _script(redis, "heartbeat")
+
+    # ---- API side -------------------------------------------------------------------------------
+
+    def generation_request(self, job: JobCreate) -> GenerationRequest:
+        """The worker's view of a validated submission (the model must already be resolved)."""
+        params = job.params
+        return GenerationRequest(
+            model=job.model or self.settings.default_model,
+            prompt=job.prompt,
+            messages=job.messages,
+            max_tokens=params.max_tokens or self.settings.DEFAULT_MAX_TOKENS,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=params.stop,
+            seed=params.seed,
+        )
+
+    async def submit(self, owner: str, jobs: list[JobCreate]) -> list[Submitted]:
+        """Store and queue `jobs` in one round trip: all of them, or none (conflict, full queue)."""
+        now = now_ms()
+        script_keys: list[str] = []
+        args: list[str | int] = [now, self.settings.RESULT_TTL * 1000, self.settings.MAX_QUEUE_DEPTH]
+        fresh: list[dict[str, str]] = []
+        for job in jobs:
+            request = self.generation_request(job)
+            job_id = job.id or str(uuid.uuid4())
+            kid = keys.key_id(owner, job_id)
+            record = {
+                "id": job_id,
+                "owner": owner,
+                "model": request.model,
+                "status": JobStatus.QUEUED.value,
+                "attempts": "0",
+                "request": request.model_dump_json(exclude_none=True),
+                "hash": request.fingerprint(job.metadata),
+            }
+            if job.metadata is not None:
+                record["metadata"] = orjson.dumps(job.metadata).decode()
+            definition = orjson.dumps({"t": None, "f": JOB_FUNCTION, "a": [kid], "k": {}, "et": now})
+            script_keys += [keys.job(kid), keys.arq_job(kid), keys.queue(request.model)]
+            args += [kid, record["hash"], definition.decode(), keys.wake_channel(request.model), len(record)]
+            for field, value in record.items():
+                args += [field, value]
+            fresh.append(record | {"created_at": str(now)})
+        reply = await self._submit(keys=script_keys, args=args)
+        if reply[0] == "conflict":
+            raise JobConflict(keys.split_key_id(reply[1])[1])
+        if reply[0] == "full":
+            raise QueueFull(reply[1].removeprefix(keys.queue("")))
+        return [
+            Submitted(record=_pairs(existing), created=False) if existing else Submitted(record, created=True)
+            for record, existing in zip(fresh, reply[1:], strict=True)
+        ]
+
+    async def get(self, owner: str, job_id: str) -> dict[str, str]:
+        record: dict[str, str] = await self.redis.hgetall(keys.job(keys.key_id(owner, job_id)))  # type: ignore[misc]
+        if not record:
+            raise JobNotFound(job_id)
+        return record
+
+    async def cancel(self, owner: str, job_id: str) -> dict[str, str]:
+        """Cancel a queued or running job; a running one's worker is told through pub/sub."""
+        kid = keys.key_id(owner, job_id)
+        record = await self.get(owner, job_id)
+        model = record["model"]
+        outcome = await self._cancel(
+            keys=[keys.job(kid), keys.stream(kid), keys.queue(model), keys.arq_job(kid), keys.running(model)],
+            args=[
+                now_ms(),
+                self.settings.RESULT_TTL,
+                self.settings.STREAM_TTL,
+                kid,
+                keys.cancel_channel(model),
+            ],
+        )
+        if outcome is None:
+            raise JobNotFound(job_id)
+        if outcome != "ok":
+            raise JobFinished(job_id, outcome)
+        return await self.get(owner, job_id)
+
+    async def model_stats(self, models: list[str]) -> dict[str, dict[str, int]]:
+        """Queue depth, running jobs and live workers of each model, in one round trip."""
+        live_since = now_ms() - int(3 * self.settings.WORKER_HEARTBEAT * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.zcard(keys.queue(model))
+                pipe.zcard(keys.running(model))
+                pipe.zcount(keys.workers(model), live_since, "+inf")
+            replies = await pipe.execute()
+        stats = {}
+        for index, model in enumerate(models):
+            queued, running, workers = replies[3 * index : 3 * index + 3]
+            stats[model] = {"queued": max(0, queued - running), "running": running, "workers": workers}
+        return stats
+
+    # ---- worker side ----------------------------------------------------------------------------
+
+    async def start(self, kid: str, model: str, worker_id: str) -> Started | None:
+        """Mark the job running for a new attempt; None when it must not run."""
+        now = now_ms()
+        deadline = now + int(3 * self.settings.WORKER_HEARTBEAT * 1000)
+        reply = await self._start(
+            keys=[keys.job(kid), keys.stream(kid), keys.running(model)], args=[now, worker_id, deadline, kid]
+        )
+        if not reply:
+            return None
+        return Started(attempt=int(reply[0]), request=GenerationRequest.model_validate_json(reply[1]))
+
+    async def append(self, kid: str, attempt: int, text: str) -> bool:
+        """Append tokens to the stream; False when this attempt no longer owns the job."""
+        return bool(await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[attempt, text]))
+
+    async def finish(self, kid: str, model: str, attempt: int, outcome: JobResult | JobError, tail: str = "") -> bool:
+        """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens)."""
+        succeeded = isinstance(outcome, JobResult)
+        status, field = (JobStatus.SUCCEEDED, "result") if succeeded else (JobStatus.FAILED, "error")
+        return bool(
+            await self._finish(
+                keys=[keys.job(kid), keys.stream(kid), keys.running(model)],
+                args=[
+                    attempt,
+                    status.value,
+                    field,
+                    outcome.model_dump_json(),
+                    now_ms(),
+                    self.settings.RESULT_TTL,
+                    self.settings.STREAM_TTL,
+                    kid,
+                    tail,
+                ],
+            )
+        )
+
+    async def requeue(self, kid: str, model: str, attempt: int, *, refund: bool) -> bool:
+        """Give a running job back to the queue (arq reschedules it); `refund` un-counts the attempt."""
+        return bool(
+            await self._requeue(keys=[keys.job(kid), keys.running(model)], args=[attempt, kid, "1" if refund else "0"])
+        )
+
+    async def heartbeat(self, model: str, worker_id: str, kids: list[str]) -> list[str]:
+        """Record that the worker and its jobs are alive; returns the jobs it must stop."""
+        now = now_ms()
+        deadline = now + int(3 * self.settings.WORKER_HEARTBEAT * 1000)
+        stale: list[str] = await self._heartbeat(
+            keys=[keys.workers(model), keys.running(model), *(keys.job(kid) for kid in kids)],
+            args=[now, worker_id, deadline, *kids],
+        )
+        return stale

@@ -1,0 +1,38 @@
+"""The token stream protocol: what a job's Redis stream holds and how clients see it.
+
+Each stream entry has two fields: `t`, the event type, and `d`, its data:
+- `token`: `d` is a chunk of generated text (tokens coalesced over STREAM_FLUSH_MS);
+- `reset`: `d` is the number of the attempt starting over; text before it belongs to a failed attempt;
+- `done`: `d` is the job's final status; nothing follows it.
+The entry's Redis id is the event id clients resume from (`Last-Event-ID`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class EventType(enum.StrEnum):
+    TOKEN = "token"
+    RESET = "reset"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    id: str
+    type: EventType
+    data: str
+
+
+def parse_entries(entries: list[Any]) -> list[StreamEvent]:
+    """Events from the `(id, {field: value})` pairs redis-py returns for XRANGE and XREAD."""
+    return [StreamEvent(entry_id, EventType(fields["t"]), fields.get("d", "")) for entry_id, fields in entries]
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """A Redis stream id as a comparable pair; raises ValueError for anything else."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,180 @@
+"""Real processes on free ports: redis-server, the vLLM simulator, arq workers and uvicorn."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from stack.processes import Service, free_port, start_python, start_redis
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class RedisServer:
+    port: int
+    data_dir: Path
+    log: Path
+    service: Service
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def stop(self) -> None:
+        self.service.stop()
+
+    def start(self) -> None:
+        self.service = start_redis(self.port, self.data_dir, appendonly=True, log=self.log)
+
+
+@dataclass
+class Sim:
+    url: str
+    service: Service
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = httpx.get(f"{self.url}/sim/stats", timeout=5).json()
+        return stats
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/sim/reset", timeout=5).raise_for_status()
+
+
+@dataclass
+class Stack:
+    """An API and workers sharing one Redis; `http` is a client of the API."""
+
+    url: str
+    env: dict[str, str]
+    api: Service
+    workers: dict[str, list[Service]]
+    http: httpx.Client
+    logs: Path
+    extra: list[Service] = field(default_factory=list)
+
+    def wait_job(
+        self, job_id: str, timeout: float = 20.0, until: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any]:
+        """Poll the job until it has finished (or `until(job)`), failing after `timeout` seconds."""
+        done = until or (lambda job: job["status"] in ("succeeded", "failed", "cancelled"))
+        deadline = time.monotonic() + timeout
+        while True:
+            job: dict[str, Any] = self.http.get(f"/v1/jobs/{job_id}").json()
+            if done(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
+            time.sleep(0.02)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true after {timeout}s")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[RedisServer]:
+    port = free_port()
+    data = tmp_path_factory.mktemp("redis")
+    log = logs_dir / f"redis-{port}.log"
+    server = RedisServer(port, data, log, start_redis(port, data, appendonly=True, log=log))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def start_sim(logs_dir: Path) -> Iterator[Callable[..., Sim]]:
+    started: list[Service] = []
+
+    def start(*models: str, **options: Any) -> Sim:
+        port = free_port()
+        args = ["sim", "--port", str(port)]
+        for model in models:
+            args += ["--model", model]
+        for name, value in options.items():
+            flag = "--" + name.replace("_", "-")
+            args += [flag] if value is True else [flag, str(value)]
+        url = f"http://127.0.0.1:{port}"
+        service = start_python("sim", args, env={}, ready_url=f"{url}/health", log=logs_dir / f"sim-{port}.log")
+        started.append(service)
+        return Sim(url, service)
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[..., Stack]]:
+    """Start an API (and workers, one per model unless `workers` says otherwise) against `redis_server`."""
+    stacks: list[Stack] = []
+
+    def start(llm_table: list[tuple[str, ...]], workers: dict[str, int] | None = None, **settings: Any) -> Stack:
+        env = {
+            "ENV": "unittest",
+            "REDIS_URL": redis_server.url,
+            "LLM_TABLE": json.dumps(llm_table),
+            "LOG_LEVEL": "INFO",
+            **{name: str(value) for name, value in settings.items()},
+        }
+        models = list(dict.fromkeys(entry[0] for entry in llm_table))
+        counts = workers if workers is not None else dict.fromkeys(models, 1)
+        started: dict[str, list[Service]] = {}
+        for model, count in counts.items():
+            started[model] = [
+                start_python(
+                    "worker",
+                    ["worker", "--model", model],
+                    env=env,
+                    log=logs_dir / f"worker-{free_port()}.log",
+                )
+                for _ in range(count)
+            ]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        api = start_python(
+            "api",
+            ["api"],
+            env={**env, "API_PORT": str(port)},
+            ready_url=f"{url}/health",
+            log=logs_dir / f"api-{port}.log",
+        )
+        stack = Stack(url, env, api, started, httpx.Client(base_url=url, timeout=10), logs_dir)
+        live = sum(counts.values())
+        wait_for(
+            lambda: sum(m["workers"] for m in stack.http.get("/v1/models").json()["data"]) >= live,
+            20,
+            "workers registered",
+        )
+        stacks.append(stack)
+        return stack
+
+    yield start
+    for stack in stacks:
+        stack.http.close()
+        stack.api.stop()
+        for services in stack.workers.values():
+            for service in services:
+                service.stop()
+        for service in stack.extra:
+            service.stop()

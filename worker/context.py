@@ -1,0 +1,20 @@
+"""What the job function needs, built once per worker process (arq's `ctx["spp"]`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.settings import Settings
+from shared.store import JobStore
+from worker.backends import ModelClient
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    model: str
+    worker_id: str
+    store: JobStore
+    client: ModelClient
+    aborting: set[str] = field(default_factory=set)
+    """Key ids cancelled on purpose, as opposed to by a shutdown: arq's own `aborting_tasks` set."""
