@@ -22,8 +22,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        redis = redis_client(settings)
-        hub = StreamHub(redis_client(settings, single_connection=True), redis)
+        redis = redis_client(settings, "spp-api")
+        hub = StreamHub(redis_client(settings, "spp-api-streams", single_connection=True), redis)
         await hub.start()
         try:
             yield State(settings=settings, store=JobStore(redis, settings), hub=hub)

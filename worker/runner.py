@@ -65,7 +65,7 @@ class ModelWorker(Worker):
         )
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
-        redis = redis_client(self.settings, max_connections=self.settings.WORKER_MAX_JOBS + 8)
+        redis = redis_client(self.settings, "spp-worker", max_connections=self.settings.WORKER_MAX_JOBS + 8)
         client = ModelClient(self.settings, self.model)
         ctx["spp"] = WorkerContext(
             settings=self.settings,
@@ -93,7 +93,13 @@ class ModelWorker(Worker):
         """arq's poll, but an idle worker sleeps until a job is announced (or WORKER_IDLE_POLL passes)."""
         self._wake.clear()
         before = self._jobs_started()
-        await super()._poll_iteration()
+        try:
+            await super()._poll_iteration()
+        except REDIS_ERRORS as exc:
+            # arq lets this end the worker; a worker must outlive a Redis outage.
+            logger.warning("Redis unavailable (%s); polling again in %.1fs", exc, self.settings.WORKER_IDLE_POLL)
+            await asyncio.sleep(self.settings.WORKER_IDLE_POLL)
+            return
         if self._jobs_started() == before and self.allow_pick_jobs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.WORKER_IDLE_POLL)
