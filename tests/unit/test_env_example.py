@@ -21,5 +21,5 @@ def test_env_example_lists_every_setting_once() -> None:
 
 
 def test_env_example_is_a_valid_configuration() -> None:
-    settings = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
+    settings = Settings(_env_file=ROOT / ".env.example")
     assert settings.models == ["AgentPublic/fabrique-reference-2"]
