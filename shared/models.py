@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -12,7 +11,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,199}$"
-_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 MetadataValue = str | int | float | bool | None
@@ -147,10 +145,6 @@ class Job(BaseModel):
     result: JobResult | None = None
     error: JobError | None = None
     metadata: dict[str, MetadataValue] | None = None
-
-
-def is_job_id(value: str) -> bool:
-    return _JOB_ID_RE.match(value) is not None
 
 
 def now_ms() -> int:

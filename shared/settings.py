@@ -38,7 +38,7 @@ def parse_llm_table(raw: str) -> list[Backend]:
     except orjson.JSONDecodeError:
         try:
             entries = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as exc:
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
             raise ValueError(f"LLM_TABLE is neither a Python literal nor JSON: {exc}") from None
     if not isinstance(entries, list | tuple) or not entries:
         raise ValueError("LLM_TABLE must be a non-empty list of (model_name, model_url) tuples")

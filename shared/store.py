@@ -41,6 +41,9 @@ class Submitted:
 @dataclass(frozen=True, slots=True)
 class Started:
     attempt: int
+    """The public attempt number (retries count, shutdowns do not)."""
+    run: int
+    """The fencing token of this run: every later write of the worker must present it."""
     request: GenerationRequest
 
 
@@ -164,13 +167,15 @@ class JobStore:
         )
         if not reply:
             return None
-        return Started(attempt=int(reply[0]), request=GenerationRequest.model_validate_json(reply[1]))
+        return Started(
+            attempt=int(reply[0]), run=int(reply[1]), request=GenerationRequest.model_validate_json(reply[2])
+        )
 
-    async def append(self, kid: str, attempt: int, text: str) -> bool:
-        """Append tokens to the stream; False when this attempt no longer owns the job."""
-        return bool(await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[attempt, text]))
+    async def append(self, kid: str, run: int, text: str) -> bool:
+        """Append tokens to the stream; False when this run no longer owns the job."""
+        return bool(await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[run, text]))
 
-    async def finish(self, kid: str, model: str, attempt: int, outcome: JobResult | JobError, tail: str = "") -> bool:
+    async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
         """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens)."""
         succeeded = isinstance(outcome, JobResult)
         status, field = (JobStatus.SUCCEEDED, "result") if succeeded else (JobStatus.FAILED, "error")
@@ -178,7 +183,7 @@ class JobStore:
             await self._finish(
                 keys=[keys.job(kid), keys.stream(kid), keys.running(model)],
                 args=[
-                    attempt,
+                    run,
                     status.value,
                     field,
                     outcome.model_dump_json(),
@@ -191,18 +196,19 @@ class JobStore:
             )
         )
 
-    async def requeue(self, kid: str, model: str, attempt: int, *, refund: bool) -> bool:
+    async def requeue(self, kid: str, model: str, run: int, *, refund: bool) -> bool:
         """Give a running job back to the queue (arq reschedules it); `refund` un-counts the attempt."""
         return bool(
-            await self._requeue(keys=[keys.job(kid), keys.running(model)], args=[attempt, kid, "1" if refund else "0"])
+            await self._requeue(keys=[keys.job(kid), keys.running(model)], args=[run, kid, "1" if refund else "0"])
         )
 
-    async def heartbeat(self, model: str, worker_id: str, kids: list[str]) -> list[str]:
-        """Record that the worker and its jobs are alive; returns the jobs it must stop."""
+    async def heartbeat(self, model: str, worker_id: str, runs: dict[str, int]) -> list[str]:
+        """Record that the worker and its runs (key id: run) are alive; returns the key ids it must stop."""
         now = now_ms()
         deadline = now + int(3 * self.settings.WORKER_HEARTBEAT * 1000)
+        pairs = [value for kid, run in runs.items() for value in (kid, run)]
         stale: list[str] = await self._heartbeat(
-            keys=[keys.workers(model), keys.running(model), *(keys.job(kid) for kid in kids)],
-            args=[now, worker_id, deadline, *kids],
+            keys=[keys.workers(model), keys.running(model), *(keys.job(kid) for kid in runs)],
+            args=[now, worker_id, deadline, *pairs],
         )
         return stale

@@ -8,7 +8,7 @@ Both stream the generation as `Delta` text pieces and end with one `Final`. Fail
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +101,7 @@ class ModelClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def stream(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Event]:
+    async def stream(self, request: GenerationRequest, request_id: str) -> AsyncGenerator[Event, None]:
         backend = next(self._next)
         try:
             if backend.protocol == "generate":
@@ -117,7 +117,7 @@ class ModelClient:
 
     async def _stream_openai(
         self, backend: Backend, request: GenerationRequest, request_id: str
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
@@ -149,7 +149,10 @@ class ModelClient:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                chunk = orjson.loads(data)
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise BackendUnavailable(f"{url}: unreadable chunk in the stream: {data[:200]!r}") from None
                 if "error" in chunk:
                     message = f"{url}: error during the stream: {_error_message(chunk)}"
                     code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
@@ -170,7 +173,7 @@ class ModelClient:
 
     async def _stream_generate(
         self, backend: Backend, request: GenerationRequest, request_id: str
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         prompt = _chat_as_text(request)
         body: dict[str, Any] = {
             "prompt": prompt,

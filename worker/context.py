@@ -16,5 +16,7 @@ class WorkerContext:
     worker_id: str
     store: JobStore
     client: ModelClient
+    runs: dict[str, int] = field(default_factory=dict)
+    """Key id → run of every job this worker runs now, for the heartbeat."""
     aborting: set[str] = field(default_factory=set)
     """Key ids cancelled on purpose, as opposed to by a shutdown: arq's own `aborting_tasks` set."""

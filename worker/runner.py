@@ -139,7 +139,7 @@ class ModelWorker(Worker):
         """Heartbeat of the worker and its running jobs; stops jobs whose record stopped saying running."""
         while True:
             try:
-                for kid in await spp.store.heartbeat(self.model, self.worker_id, list(self.job_tasks)):
+                for kid in await spp.store.heartbeat(self.model, self.worker_id, dict(spp.runs)):
                     self.abort(kid)
             except REDIS_ERRORS as exc:
                 logger.warning("heartbeat failed: %s", exc)

@@ -1,12 +1,14 @@
 -- A worker's periodic heartbeat: itself, and the deadline of each job it runs.
 -- KEYS: workers set, running set, then the record of each running job.
--- ARGV: now_ms, worker id, job deadline ms, then the key id of each running job (same order).
--- Returns the key ids whose record no longer says running (cancelled or gone): the worker stops them.
+-- ARGV: now_ms, worker id, job deadline ms, then the key id and run of each running job (same order).
+-- Returns the key ids this worker must stop: their record no longer says running under its run.
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - 3600000)
 local stale = {}
 for i = 3, #KEYS do
-  local kid = ARGV[i + 1]
-  if redis.call('HGET', KEYS[i], 'status') == 'running' then
+  local kid, run = ARGV[2 * i - 2], ARGV[2 * i - 1]
+  local state = redis.call('HMGET', KEYS[i], 'status', 'run')
+  if state[1] == 'running' and state[2] == run then
     redis.call('ZADD', KEYS[2], 'XX', ARGV[3], kid)
   else
     stale[#stale + 1] = kid

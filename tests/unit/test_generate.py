@@ -1,0 +1,407 @@
+"""The job function: one attempt from the job record to the stored result, with a mock model server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import fakeredis
+import httpx
+import orjson
+import pytest
+from arq import Retry
+
+from shared import keys
+from shared.models import JobCreate
+from shared.store import JobStore
+from tests.unit.conftest import MODEL, make_settings
+from worker.backends import ModelClient
+from worker.context import WorkerContext
+from worker.generate import AttemptLost, TokenWriter, generate
+
+OWNER = keys.PUBLIC_OWNER
+KID = keys.key_id(OWNER, "j1")
+TOKENS = ["Il", " fait", " beau", "."]
+
+Answer = Callable[[httpx.Request], httpx.Response]
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def completion_stream(tokens: list[str], *, finish: str | None = "stop", done: bool = True) -> bytes:
+    """vLLM's streamed completion of `tokens`, with the usage chunk."""
+    lines = []
+    for index, token in enumerate(tokens):
+        last = index == len(tokens) - 1
+        choice = {"index": 0, "text": token, "finish_reason": finish if last else None}
+        lines.append(orjson.dumps({"object": "text_completion", "choices": [choice]}))
+    if finish is not None:
+        usage = {"prompt_tokens": 4, "completion_tokens": len(tokens), "total_tokens": 4 + len(tokens)}
+        lines.append(orjson.dumps({"choices": [], "usage": usage}))
+    if done:
+        lines.append(b"[DONE]")
+    return b"".join(b"data: " + line + b"\n\n" for line in lines)
+
+
+class Server:
+    """A mock model server answering each request with the next of `answers` (the last one repeats)."""
+
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        return answer(request)
+
+
+def ok(tokens: list[str] = TOKENS) -> Answer:
+    return lambda request: httpx.Response(200, content=completion_stream(tokens))
+
+
+def status(code: int, message: str) -> Answer:
+    body = orjson.dumps({"error": {"message": message, "type": "Error", "code": code}})
+    return lambda request: httpx.Response(code, content=body)
+
+
+def streaming(chunks: Callable[[], AsyncIterator[bytes]]) -> Answer:
+    return lambda request: httpx.Response(200, content=chunks())
+
+
+MakeContext = Callable[..., Awaitable[WorkerContext]]
+
+
+@pytest.fixture
+async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
+    """Builds a worker context on the in-memory Redis and a mock server, with `job j1` submitted."""
+    clients: list[ModelClient] = []
+
+    async def build(server: Server, **overrides: Any) -> WorkerContext:
+        settings = make_settings(**{"STREAM_FLUSH_MS": 0, "RETRY_BACKOFF": 2.0} | overrides)
+        store = JobStore(redis, settings)
+        client = ModelClient(settings, MODEL, transport=httpx.MockTransport(server))
+        clients.append(client)
+        await store.submit(OWNER, [JobCreate(id="j1", prompt="Quel temps ?")])
+        return WorkerContext(settings=settings, model=MODEL, worker_id="host:1", store=store, client=client)
+
+    yield build
+    for client in clients:
+        await client.aclose()
+
+
+async def record(spp: WorkerContext) -> dict[str, str]:
+    fields: dict[str, str] = await spp.store.redis.hgetall(keys.job(KID))  # type: ignore[misc]
+    return fields
+
+
+async def events(spp: WorkerContext) -> list[tuple[str, str]]:
+    entries = await spp.store.redis.xrange(keys.stream(KID))
+    return [(fields["t"], fields["d"]) for _, fields in entries]
+
+
+async def tokens_in_stream(spp: WorkerContext) -> list[str]:
+    return [data for event_type, data in await events(spp) if event_type == "token"]
+
+
+async def running_jobs(spp: WorkerContext) -> list[str]:
+    members: list[str] = await spp.store.redis.zrange(keys.running(MODEL), 0, -1)
+    return members
+
+
+# ---- success ------------------------------------------------------------------------------------------------
+
+
+async def test_success_stores_the_streamed_text_as_result(make_context: MakeContext) -> None:
+    spp = await make_context(Server(ok()))
+
+    await generate({"spp": spp}, KID)
+
+    stored = await record(spp)
+    assert stored["status"] == "succeeded"
+    assert stored["attempts"] == "1"
+    assert orjson.loads(stored["result"]) == {
+        "text": "Il fait beau.",
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8},
+    }
+    assert "".join(await tokens_in_stream(spp)) == "Il fait beau."
+    assert (await events(spp))[-1] == ("done", "succeeded")
+    assert await running_jobs(spp) == []
+
+
+async def test_without_coalescing_each_token_is_one_stream_entry(make_context: MakeContext) -> None:
+    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
+
+    await generate({"spp": spp}, KID)
+
+    assert await tokens_in_stream(spp) == TOKENS
+
+
+async def test_coalescing_sends_the_first_token_at_once_and_the_rest_with_the_result(
+    make_context: MakeContext,
+) -> None:
+    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=10_000)
+
+    await generate({"spp": spp}, KID)
+
+    assert await tokens_in_stream(spp) == ["Il", " fait beau."]
+    assert orjson.loads((await record(spp))["result"])["text"] == "Il fait beau."
+
+
+async def test_the_request_id_is_the_key_id_and_attempt(make_context: MakeContext) -> None:
+    server = Server(ok())
+    spp = await make_context(server)
+
+    await generate({"spp": spp}, KID)
+
+    assert server.requests[0].headers["X-Request-Id"] == f"{KID}:1"
+    assert orjson.loads(server.requests[0].content)["prompt"] == "Quel temps ?"
+
+
+# ---- failures -----------------------------------------------------------------------------------------------
+
+
+async def test_rejected_request_fails_at_once_without_retry(make_context: MakeContext) -> None:
+    server = Server(status(400, "This model's maximum context length is 4096 tokens."))
+    spp = await make_context(server, JOB_MAX_ATTEMPTS=3)
+
+    await generate({"spp": spp}, KID)
+
+    stored = await record(spp)
+    assert stored["status"] == "failed"
+    assert stored["attempts"] == "1"
+    error = orjson.loads(stored["error"])
+    assert error["type"] == "backend_rejected"
+    assert "maximum context length is 4096 tokens" in error["message"]
+    assert len(server.requests) == 1
+    assert await events(spp) == [("done", "failed")]
+    assert await running_jobs(spp) == []
+
+
+async def test_unavailable_backend_with_attempts_left_requeues_and_retries(make_context: MakeContext) -> None:
+    spp = await make_context(Server(status(500, "engine crashed")), JOB_MAX_ATTEMPTS=3, RETRY_BACKOFF=2.0)
+
+    with pytest.raises(Retry) as info:
+        await generate({"spp": spp}, KID)
+
+    assert info.value.defer_score is not None
+    assert 1000 <= info.value.defer_score <= 2000
+    stored = await record(spp)
+    assert stored["status"] == "queued"
+    assert stored["attempts"] == "1"
+    assert "error" not in stored
+    assert await running_jobs(spp) == []
+
+
+async def test_unavailable_backend_on_the_last_attempt_fails(make_context: MakeContext) -> None:
+    server = Server(status(503, "overloaded"))
+    spp = await make_context(server, JOB_MAX_ATTEMPTS=2)
+
+    with pytest.raises(Retry):
+        await generate({"spp": spp}, KID)
+    await generate({"spp": spp}, KID)
+
+    stored = await record(spp)
+    assert stored["status"] == "failed"
+    assert stored["attempts"] == "2"
+    error = orjson.loads(stored["error"])
+    assert error["type"] == "backend_unavailable"
+    assert "overloaded" in error["message"]
+    assert len(server.requests) == 2
+
+
+async def test_retry_after_a_cut_stream_resets_the_stream_then_succeeds(make_context: MakeContext) -> None:
+    cut = completion_stream(["Il", " pleut"], finish=None, done=False)
+    spp = await make_context(Server(lambda request: httpx.Response(200, content=cut), ok()), JOB_MAX_ATTEMPTS=3)
+
+    with pytest.raises(Retry):
+        await generate({"spp": spp}, KID)
+    await generate({"spp": spp}, KID)
+
+    stored = await record(spp)
+    assert stored["status"] == "succeeded"
+    assert stored["attempts"] == "2"
+    assert orjson.loads(stored["result"])["text"] == "Il fait beau."
+    stream = await events(spp)
+    reset = stream.index(("reset", "2"))
+    assert "".join(data for event_type, data in stream[:reset]) == "Il pleut"
+    assert "".join(data for event_type, data in stream[reset + 1 :] if event_type == "token") == "Il fait beau."
+    assert stream[-1] == ("done", "succeeded")
+
+
+async def test_timeout_on_the_last_attempt_fails_with_type_timeout(make_context: MakeContext) -> None:
+    async def silence() -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()
+        yield b""
+
+    spp = await make_context(Server(streaming(silence)), JOB_MAX_ATTEMPTS=1, BACKEND_TIMEOUT=0.01)
+
+    await generate({"spp": spp}, KID)
+
+    error = orjson.loads((await record(spp))["error"])
+    assert error == {"type": "timeout", "message": "no result within BACKEND_TIMEOUT=0.01s"}
+
+
+# ---- cancellation -------------------------------------------------------------------------------------------
+
+
+async def test_job_cancelled_before_start_is_skipped(make_context: MakeContext) -> None:
+    server = Server(ok())
+    spp = await make_context(server)
+    await spp.store.cancel(OWNER, "j1")
+
+    await generate({"spp": spp}, KID)
+
+    assert server.requests == []
+    stored = await record(spp)
+    assert stored["status"] == "cancelled"
+    assert stored["attempts"] == "0"
+    assert await events(spp) == [("done", "cancelled")]
+
+
+async def test_job_cancelled_mid_stream_stops_writing(make_context: MakeContext) -> None:
+    spp: WorkerContext
+
+    async def cancelled_after_first_token() -> AsyncIterator[bytes]:
+        body = completion_stream(TOKENS)
+        first_event_end = body.index(b"\n\n") + 2
+        yield body[:first_event_end]
+        await spp.store.cancel(OWNER, "j1")
+        yield body[first_event_end:]
+
+    spp = await make_context(Server(streaming(cancelled_after_first_token)), STREAM_FLUSH_MS=0)
+
+    await generate({"spp": spp}, KID)
+
+    stored = await record(spp)
+    assert stored["status"] == "cancelled"
+    assert "result" not in stored
+    assert await events(spp) == [("token", "Il"), ("done", "cancelled")]
+
+
+async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: MakeContext) -> None:
+    spp: WorkerContext
+
+    async def cancelled_before_the_end() -> AsyncIterator[bytes]:
+        body = completion_stream(TOKENS, done=False)
+        yield body
+        await spp.store.cancel(OWNER, "j1")
+        yield b"data: [DONE]\n\n"
+
+    spp = await make_context(Server(streaming(cancelled_before_the_end)), STREAM_FLUSH_MS=10_000)
+
+    await generate({"spp": spp}, KID)
+
+    stored = await record(spp)
+    assert stored["status"] == "cancelled"
+    assert "result" not in stored
+    assert await events(spp) == [("token", "Il"), ("done", "cancelled")]
+
+
+async def test_token_writer_raises_attempt_lost_once_the_job_is_cancelled(make_context: MakeContext) -> None:
+    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
+    started = await spp.store.start(KID, MODEL, spp.worker_id)
+    assert started is not None
+    writer = TokenWriter(spp, KID, started.attempt)
+    await writer.add("Il")
+    await spp.store.cancel(OWNER, "j1")
+
+    with pytest.raises(AttemptLost):
+        await writer.add(" fait")
+
+    assert writer.text == "Il fait"
+    assert await tokens_in_stream(spp) == ["Il"]
+
+
+async def test_token_writer_of_a_superseded_attempt_raises_attempt_lost(make_context: MakeContext) -> None:
+    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
+    first = await spp.store.start(KID, MODEL, spp.worker_id)
+    assert first is not None
+    await spp.store.start(KID, MODEL, "other:2")
+
+    with pytest.raises(AttemptLost):
+        await TokenWriter(spp, KID, first.attempt).add("late")
+
+
+async def test_token_writer_buffers_within_the_window(make_context: MakeContext) -> None:
+    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=10_000)
+    started = await spp.store.start(KID, MODEL, spp.worker_id)
+    assert started is not None
+    writer = TokenWriter(spp, KID, started.attempt)
+
+    for token in TOKENS:
+        await writer.add(token)
+
+    assert await tokens_in_stream(spp) == ["Il"]
+    assert writer.take_tail() == " fait beau."
+    assert writer.take_tail() == ""
+    assert writer.text == "Il fait beau."
+
+
+async def _start_hanging_generation(
+    make_context: MakeContext, *then: Answer
+) -> tuple[WorkerContext, asyncio.Task[None]]:
+    """A generation whose model server sent one token and then nothing: the task waits on the stream.
+
+    `then` answers the next requests to the model server.
+    """
+    received = asyncio.Event()
+
+    async def one_token_then_silence() -> AsyncIterator[bytes]:
+        body = completion_stream(TOKENS)
+        yield body[: body.index(b"\n\n") + 2]
+        received.set()
+        await asyncio.Event().wait()
+
+    spp = await make_context(Server(streaming(one_token_then_silence), *then), STREAM_FLUSH_MS=0)
+    task = asyncio.create_task(generate({"spp": spp}, KID))
+    await received.wait()
+    return spp, task
+
+
+async def test_shutdown_mid_generation_hands_the_job_back_without_counting_the_attempt(
+    make_context: MakeContext,
+) -> None:
+    spp, task = await _start_hanging_generation(make_context)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    stored = await record(spp)
+    assert stored["status"] == "queued"
+    assert stored["attempts"] == "0"
+    assert await running_jobs(spp) == []
+
+
+async def test_abort_of_a_cancelled_job_does_not_requeue_it(make_context: MakeContext) -> None:
+    spp, task = await _start_hanging_generation(make_context)
+    await spp.store.cancel(OWNER, "j1")
+    spp.aborting.add(KID)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    stored = await record(spp)
+    assert stored["status"] == "cancelled"
+    assert stored["attempts"] == "1"
+    assert await events(spp) == [("token", "Il"), ("done", "cancelled")]
+
+
+async def test_restart_after_shutdown_streams_a_reset_before_the_new_text(make_context: MakeContext) -> None:
+    spp, task = await _start_hanging_generation(make_context, ok())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    await generate({"spp": spp}, KID)
+
+    assert orjson.loads((await record(spp))["result"])["text"] == "Il fait beau."
+    stream = await events(spp)
+    assert ("token", "Il") in stream
+    resets = [index for index, (event_type, _) in enumerate(stream) if event_type == "reset"]
+    assert resets, f"no reset in {stream}"
+    assert "".join(data for event_type, data in stream[resets[-1] :] if event_type == "token") == "Il fait beau."

@@ -1,0 +1,614 @@
+"""The job store's Lua scripts on an in-memory Redis: submit, start, append, finish, requeue, cancel, heartbeat."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import orjson
+import pytest
+from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
+
+from shared import keys
+from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
+from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
+from shared.settings import Settings
+from shared.store import JobStore
+from tests.unit.conftest import MODEL, make_settings
+
+OWNER = keys.PUBLIC_OWNER
+WORKER = "host:1"
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def job(job_id: str | None, prompt: str = "Bonjour", **fields: Any) -> JobCreate:
+    return JobCreate.model_validate({"id": job_id, "prompt": prompt, **fields})
+
+
+def kid(job_id: str, owner: str = OWNER) -> str:
+    return keys.key_id(owner, job_id)
+
+
+async def record(redis: fakeredis.FakeAsyncRedis, key_id: str) -> dict[str, str]:
+    fields: dict[str, str] = await redis.hgetall(keys.job(key_id))  # type: ignore[misc]
+    return fields
+
+
+async def events(redis: fakeredis.FakeAsyncRedis, key_id: str) -> list[tuple[str, str]]:
+    """The job's stream as (type, data) pairs."""
+    entries = await redis.xrange(keys.stream(key_id))
+    return [(fields["t"], fields["d"]) for _, fields in entries]
+
+
+async def queued(redis: fakeredis.FakeAsyncRedis, model: str = MODEL) -> list[str]:
+    members: list[str] = await redis.zrange(keys.queue(model), 0, -1)
+    return members
+
+
+async def running(redis: fakeredis.FakeAsyncRedis, model: str = MODEL) -> list[str]:
+    members: list[str] = await redis.zrange(keys.running(model), 0, -1)
+    return members
+
+
+async def next_message(pubsub: PubSub) -> dict[str, Any] | None:
+    """The next published message (subscription confirmations are skipped), or None."""
+    for _ in range(5):
+        message: dict[str, Any] | None = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message is not None:
+            return message
+    return None
+
+
+async def submit_and_start(store: JobStore, job_id: str = "j1") -> int:
+    await store.submit(OWNER, [job(job_id)])
+    started = await store.start(kid(job_id), MODEL, WORKER)
+    assert started is not None
+    return started.attempt
+
+
+RESULT = JobResult(text="Bonjour.", finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=2))
+
+
+@pytest.fixture
+async def pubsub(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[PubSub]:
+    subscriber = redis.pubsub()
+    yield subscriber
+    await subscriber.aclose()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+async def commands(redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the Redis commands sent from now on (the scripts are loaded beforehand)."""
+    for script in vars(store).values():
+        if isinstance(script, AsyncScript):
+            await redis.script_load(script.script)
+    sent: list[str] = []
+    execute = redis.execute_command
+
+    async def spy(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]).upper())
+        return await execute(*args, **options)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(redis, "execute_command", spy)
+    return sent
+
+
+# ---- submit -----------------------------------------------------------------------------------------------
+
+
+async def test_submit_stores_the_record_the_arq_definition_and_the_queue_entry(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, settings: Settings
+) -> None:
+    (submitted,) = await store.submit(OWNER, [job("j1", metadata={"team": "a"}, params={"max_tokens": 7})])
+
+    assert submitted.created
+    stored = await record(redis, kid("j1"))
+    assert stored == submitted.record
+    assert stored["id"] == "j1"
+    assert stored["owner"] == OWNER
+    assert stored["model"] == MODEL
+    assert stored["status"] == "queued"
+    assert stored["attempts"] == "0"
+    assert orjson.loads(stored["metadata"]) == {"team": "a"}
+    assert orjson.loads(stored["request"]) == {
+        "model": MODEL,
+        "prompt": "Bonjour",
+        "max_tokens": 7,
+        "temperature": 0.7,
+        "top_p": 1.0,
+    }
+    definition = orjson.loads(await redis.get(keys.arq_job(kid("j1"))))
+    assert definition["f"] == "generate"
+    assert definition["a"] == [kid("j1")]
+    assert definition["k"] == {}
+    assert 0 < await redis.pttl(keys.arq_job(kid("j1"))) <= settings.RESULT_TTL * 1000
+    assert await redis.zscore(keys.queue(MODEL), kid("j1")) == int(stored["created_at"])
+
+
+async def test_submit_uses_the_default_max_tokens_and_a_generated_id(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(DEFAULT_MAX_TOKENS=33))
+
+    (submitted,) = await store.submit(OWNER, [job(None)])
+
+    job_id = submitted.record["id"]
+    assert job_id
+    assert orjson.loads((await record(redis, kid(job_id)))["request"])["max_tokens"] == 33
+
+
+async def test_submit_many_jobs_in_one_script_call(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, commands: list[str]
+) -> None:
+    ids = [f"j{n}" for n in range(5)]
+
+    submitted = await store.submit(OWNER, [job(job_id, prompt=f"question {job_id}") for job_id in ids])
+
+    assert commands == ["EVALSHA"]
+    assert [item.created for item in submitted] == [True] * 5
+    assert [item.record["id"] for item in submitted] == ids
+    assert sorted(await queued(redis)) == sorted(kid(job_id) for job_id in ids)
+    for job_id in ids:
+        assert (await record(redis, kid(job_id)))["request"] == submitted[ids.index(job_id)].record["request"]
+        assert orjson.loads(await redis.get(keys.arq_job(kid(job_id))))["a"] == [kid(job_id)]
+
+
+async def test_submit_wakes_the_workers_of_the_model(store: JobStore, pubsub: PubSub) -> None:
+    await pubsub.subscribe(keys.wake_channel(MODEL))
+
+    await store.submit(OWNER, [job("j1"), job("j2")])
+
+    message = await next_message(pubsub)
+    assert message is not None
+    assert message["data"] == "1"
+
+
+async def test_identical_resubmission_returns_the_existing_record_and_queues_nothing(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.submit(OWNER, [job("j1", metadata={"a": 1})])
+    await store.start(kid("j1"), MODEL, WORKER)
+    before = await record(redis, kid("j1"))
+    definition = await redis.get(keys.arq_job(kid("j1")))
+    score = await redis.zscore(keys.queue(MODEL), kid("j1"))
+    later = now_ms() + 60_000
+    monkeypatch.setattr("shared.store.now_ms", lambda: later)
+
+    (again,) = await store.submit(OWNER, [job("j1", metadata={"a": 1})])
+
+    assert not again.created
+    assert again.record == before
+    assert again.record["status"] == "running"
+    assert await record(redis, kid("j1")) == before
+    assert await redis.get(keys.arq_job(kid("j1"))) == definition
+    assert await redis.zscore(keys.queue(MODEL), kid("j1")) == score
+    assert await queued(redis) == [kid("j1")]
+
+
+async def test_resubmission_in_a_batch_creates_only_the_new_jobs(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    await store.submit(OWNER, [job("old")])
+
+    submitted = await store.submit(OWNER, [job("new"), job("old")])
+
+    assert [(item.record["id"], item.created) for item in submitted] == [("new", True), ("old", False)]
+    assert sorted(await queued(redis)) == [kid("new"), kid("old")]
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        pytest.param({"prompt": "Bonsoir"}, id="prompt"),
+        pytest.param({"params": {"temperature": 0.1}}, id="params"),
+        pytest.param({"metadata": {"a": 2}}, id="metadata"),
+    ],
+)
+async def test_different_body_under_the_same_id_conflicts_and_stores_nothing_of_the_batch(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, changed: dict[str, Any]
+) -> None:
+    await store.submit(OWNER, [job("j1", metadata={"a": 1})])
+    before = await record(redis, kid("j1"))
+    conflicting = JobCreate.model_validate({"id": "j1", "prompt": "Bonjour", "metadata": {"a": 1}} | changed)
+
+    with pytest.raises(JobConflict) as info:
+        await store.submit(OWNER, [job("fresh-1"), conflicting, job("fresh-2")])
+
+    assert info.value.job_id == "j1"
+    assert await record(redis, kid("j1")) == before
+    assert sorted(await redis.keys("*")) == sorted([keys.job(kid("j1")), keys.arq_job(kid("j1")), keys.queue(MODEL)])
+
+
+async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=3))
+    await store.submit(OWNER, [job("j1"), job("j2")])
+
+    with pytest.raises(QueueFull) as info:
+        await store.submit(OWNER, [job("j3"), job("j4")])
+
+    assert info.value.model == MODEL
+    assert sorted(await queued(redis)) == [kid("j1"), kid("j2")]
+    assert not await redis.exists(keys.job(kid("j3")), keys.arq_job(kid("j3")))
+
+
+async def test_full_queue_still_accepts_up_to_the_limit_and_identical_resubmissions(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=2))
+    await store.submit(OWNER, [job("j1"), job("j2")])
+
+    submitted = await store.submit(OWNER, [job("j1"), job("j2")])
+
+    assert [item.created for item in submitted] == [False, False]
+
+
+async def test_queue_depth_is_counted_per_model(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=1, LLM_TABLE='[["a", "http://a"], ["b", "http://b"]]'))
+
+    submitted = await store.submit(OWNER, [job("j1", model="a"), job("j2", model="b")])
+
+    assert [item.created for item in submitted] == [True, True]
+    with pytest.raises(QueueFull) as info:
+        await store.submit(OWNER, [job("j3", model="b")])
+    assert info.value.model == "b"
+
+
+async def test_unlimited_queue_when_max_queue_depth_is_zero(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=0))
+
+    submitted = await store.submit(OWNER, [job(f"j{n}") for n in range(50)])
+
+    assert len(submitted) == 50
+    assert len(await queued(redis)) == 50
+
+
+async def test_same_job_id_under_two_owners_are_two_jobs(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    (alice,) = await store.submit("alice", [job("same", prompt="A")])
+    (bob,) = await store.submit("bob", [job("same", prompt="B")])
+
+    assert alice.created
+    assert bob.created
+    assert (await store.get("alice", "same"))["owner"] == "alice"
+    assert orjson.loads((await store.get("bob", "same"))["request"])["prompt"] == "B"
+    await store.cancel("alice", "same")
+    assert (await store.get("bob", "same"))["status"] == "queued"
+    with pytest.raises(JobNotFound):
+        await store.get("carol", "same")
+
+
+async def test_get_unknown_job_raises_not_found(store: JobStore) -> None:
+    with pytest.raises(JobNotFound) as info:
+        await store.get(OWNER, "nope")
+
+    assert info.value.job_id == "nope"
+
+
+# ---- start, append ----------------------------------------------------------------------------------------
+
+
+async def test_start_marks_the_job_running_with_attempt_one(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    await store.submit(OWNER, [job("j1", params={"max_tokens": 9, "stop": "."})])
+
+    started = await store.start(kid("j1"), MODEL, WORKER)
+
+    assert started is not None
+    assert started.attempt == 1
+    assert started.request.prompt == "Bonjour"
+    assert started.request.max_tokens == 9
+    assert started.request.stop == ["."]
+    stored = await record(redis, kid("j1"))
+    assert stored["status"] == "running"
+    assert stored["attempts"] == "1"
+    assert stored["worker"] == WORKER
+    assert int(stored["started_at"]) >= int(stored["created_at"])
+    assert await running(redis) == [kid("j1")]
+    assert await events(redis, kid("j1")) == []
+
+
+async def test_start_of_an_unknown_job_returns_none(store: JobStore) -> None:
+    assert await store.start(kid("nope"), MODEL, WORKER) is None
+
+
+async def test_start_after_requeue_emits_a_reset_with_the_new_attempt(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    attempt = await submit_and_start(store)
+    await store.append(kid("j1"), attempt, "partial")
+    assert await store.requeue(kid("j1"), MODEL, attempt, refund=False)
+
+    started = await store.start(kid("j1"), MODEL, WORKER)
+
+    assert started is not None
+    assert started.attempt == 2
+    assert await events(redis, kid("j1")) == [("token", "partial"), ("reset", "2")]
+
+
+async def test_start_of_a_job_whose_worker_vanished_takes_it_over(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    await submit_and_start(store)
+
+    started = await store.start(kid("j1"), MODEL, "other:2")
+
+    assert started is not None
+    assert started.attempt == 2
+    assert (await record(redis, kid("j1")))["worker"] == "other:2"
+    assert await store.append(kid("j1"), 1, "stale") is False
+
+
+async def test_start_after_refunded_requeue_resets_the_stream_of_the_lost_attempt(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    attempt = await submit_and_start(store)
+    await store.append(kid("j1"), attempt, "partial")
+    assert await store.requeue(kid("j1"), MODEL, attempt, refund=True)
+
+    started = await store.start(kid("j1"), MODEL, WORKER)
+
+    assert started is not None
+    assert [event_type for event_type, _ in await events(redis, kid("j1"))] == ["token", "reset"]
+
+
+async def test_append_by_the_owning_attempt_writes_a_token_entry(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    attempt = await submit_and_start(store)
+
+    assert await store.append(kid("j1"), attempt, "Bon") is True
+    assert await store.append(kid("j1"), attempt, "jour") is True
+
+    assert await events(redis, kid("j1")) == [("token", "Bon"), ("token", "jour")]
+
+
+async def test_append_by_a_stale_attempt_writes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+
+    assert await store.append(kid("j1"), attempt + 1, "x") is False
+    assert await store.append(kid("j1"), attempt - 1, "x") is False
+
+    assert await events(redis, kid("j1")) == []
+
+
+async def test_append_to_a_queued_job_writes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    await store.submit(OWNER, [job("j1")])
+
+    assert await store.append(kid("j1"), 0, "x") is False
+    assert await events(redis, kid("j1")) == []
+
+
+# ---- finish, requeue --------------------------------------------------------------------------------------
+
+
+async def test_finish_with_a_result_closes_the_job(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(RESULT_TTL=5000, STREAM_TTL=300))
+    attempt = await submit_and_start(store)
+    await store.append(kid("j1"), attempt, "Bon")
+
+    assert await store.finish(kid("j1"), MODEL, attempt, RESULT, tail="jour.") is True
+
+    stored = await record(redis, kid("j1"))
+    assert stored["status"] == "succeeded"
+    assert JobResult.model_validate_json(stored["result"]) == RESULT
+    assert "error" not in stored
+    assert "request" not in stored
+    assert int(stored["finished_at"]) >= int(stored["started_at"])
+    assert await events(redis, kid("j1")) == [("token", "Bon"), ("token", "jour."), ("done", "succeeded")]
+    assert 4990 <= await redis.ttl(keys.job(kid("j1"))) <= 5000
+    assert 290 <= await redis.ttl(keys.stream(kid("j1"))) <= 300
+    assert await running(redis) == []
+
+
+async def test_finish_with_an_error_marks_the_job_failed(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+
+    assert await store.finish(kid("j1"), MODEL, attempt, JobError(type="backend_rejected", message="too long"))
+
+    stored = await record(redis, kid("j1"))
+    assert stored["status"] == "failed"
+    assert orjson.loads(stored["error"]) == {"type": "backend_rejected", "message": "too long"}
+    assert "result" not in stored
+    assert await events(redis, kid("j1")) == [("done", "failed")]
+    assert await running(redis) == []
+
+
+async def test_finish_without_tail_adds_no_token_entry(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+
+    await store.finish(kid("j1"), MODEL, attempt, RESULT)
+
+    assert await events(redis, kid("j1")) == [("done", "succeeded")]
+
+
+async def test_finish_by_a_stale_attempt_writes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+    before = await record(redis, kid("j1"))
+
+    assert await store.finish(kid("j1"), MODEL, attempt + 1, RESULT, tail="x") is False
+
+    assert await record(redis, kid("j1")) == before
+    assert await events(redis, kid("j1")) == []
+    assert await redis.ttl(keys.job(kid("j1"))) == -1
+    assert await running(redis) == [kid("j1")]
+
+
+async def test_finish_after_cancel_writes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+    await store.cancel(OWNER, "j1")
+
+    assert await store.finish(kid("j1"), MODEL, attempt, RESULT, tail="x") is False
+
+    assert (await record(redis, kid("j1")))["status"] == "cancelled"
+    assert await events(redis, kid("j1")) == [("done", "cancelled")]
+
+
+async def test_requeue_gives_the_job_back_counting_the_attempt(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    attempt = await submit_and_start(store)
+
+    assert await store.requeue(kid("j1"), MODEL, attempt, refund=False) is True
+
+    stored = await record(redis, kid("j1"))
+    assert stored["status"] == "queued"
+    assert stored["attempts"] == "1"
+    assert "request" in stored
+    assert await running(redis) == []
+
+
+async def test_requeue_with_refund_restores_the_attempts(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+
+    assert await store.requeue(kid("j1"), MODEL, attempt, refund=True) is True
+
+    assert (await record(redis, kid("j1")))["attempts"] == "0"
+    started = await store.start(kid("j1"), MODEL, WORKER)
+    assert started is not None
+    assert started.attempt == 1
+
+
+async def test_requeue_by_a_stale_attempt_changes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+    before = await record(redis, kid("j1"))
+
+    assert await store.requeue(kid("j1"), MODEL, attempt + 1, refund=True) is False
+
+    assert await record(redis, kid("j1")) == before
+    assert await running(redis) == [kid("j1")]
+
+
+# ---- cancel -----------------------------------------------------------------------------------------------
+
+
+async def test_cancel_of_a_queued_job_removes_it_from_the_queue(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(RESULT_TTL=5000, STREAM_TTL=300))
+    await store.submit(OWNER, [job("j1"), job("j2")])
+
+    cancelled = await store.cancel(OWNER, "j1")
+
+    assert cancelled["status"] == "cancelled"
+    assert "finished_at" in cancelled
+    assert "request" not in cancelled
+    assert cancelled == await record(redis, kid("j1"))
+    assert await queued(redis) == [kid("j2")]
+    assert not await redis.exists(keys.arq_job(kid("j1")))
+    assert await redis.exists(keys.arq_job(kid("j2")))
+    assert await events(redis, kid("j1")) == [("done", "cancelled")]
+    assert 4990 <= await redis.ttl(keys.job(kid("j1"))) <= 5000
+    assert 290 <= await redis.ttl(keys.stream(kid("j1"))) <= 300
+
+
+async def test_cancel_of_a_queued_job_prevents_its_start(store: JobStore) -> None:
+    await store.submit(OWNER, [job("j1")])
+    await store.cancel(OWNER, "j1")
+
+    assert await store.start(kid("j1"), MODEL, WORKER) is None
+
+
+async def test_second_cancel_raises_job_finished(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    await store.submit(OWNER, [job("j1")])
+    await store.cancel(OWNER, "j1")
+
+    with pytest.raises(JobFinished) as info:
+        await store.cancel(OWNER, "j1")
+
+    assert info.value.status == "cancelled"
+    assert await events(redis, kid("j1")) == [("done", "cancelled")]
+
+
+async def test_cancel_of_a_succeeded_job_raises_job_finished(store: JobStore) -> None:
+    attempt = await submit_and_start(store)
+    await store.finish(kid("j1"), MODEL, attempt, RESULT)
+
+    with pytest.raises(JobFinished) as info:
+        await store.cancel(OWNER, "j1")
+
+    assert info.value.status == "succeeded"
+    assert (await store.get(OWNER, "j1"))["status"] == "succeeded"
+
+
+async def test_cancel_of_an_unknown_job_raises_not_found(store: JobStore) -> None:
+    with pytest.raises(JobNotFound):
+        await store.cancel(OWNER, "nope")
+
+
+async def test_cancel_of_a_running_job_tells_its_worker(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, pubsub: PubSub
+) -> None:
+    await pubsub.subscribe(keys.cancel_channel(MODEL))
+    attempt = await submit_and_start(store)
+
+    cancelled = await store.cancel(OWNER, "j1")
+
+    assert cancelled["status"] == "cancelled"
+    message = await next_message(pubsub)
+    assert message is not None
+    assert message["channel"] == keys.cancel_channel(MODEL)
+    assert message["data"] == kid("j1")
+    assert await running(redis) == []
+    assert await queued(redis) == []
+    assert await store.append(kid("j1"), attempt, "late") is False
+
+
+async def test_cancel_of_a_queued_job_publishes_nothing(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, pubsub: PubSub
+) -> None:
+    await store.submit(OWNER, [job("j1")])
+    await pubsub.subscribe(keys.cancel_channel(MODEL))
+
+    await store.cancel(OWNER, "j1")
+    await redis.publish(keys.cancel_channel(MODEL), "sentinel")
+
+    message = await next_message(pubsub)
+    assert message is not None
+    assert message["data"] == "sentinel"
+
+
+# ---- heartbeat, stats -------------------------------------------------------------------------------------
+
+
+async def test_heartbeat_returns_the_jobs_no_longer_running(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    for job_id in ("live", "cancelled", "done"):
+        await submit_and_start(store, job_id)
+    await store.cancel(OWNER, "cancelled")
+    await store.finish(kid("done"), MODEL, 1, RESULT)
+    before = await redis.zscore(keys.running(MODEL), kid("live"))
+
+    runs = {kid("live"): 1, kid("cancelled"): 1, kid("done"): 1, kid("gone"): 1}
+    stale = await store.heartbeat(MODEL, WORKER, runs)
+
+    assert stale == [kid("cancelled"), kid("done"), kid("gone")]
+    assert await running(redis) == [kid("live")]
+    assert await redis.zscore(keys.running(MODEL), kid("live")) >= before
+    assert await redis.zscore(keys.workers(MODEL), WORKER) is not None
+
+
+async def test_heartbeat_without_jobs_registers_the_worker(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    assert await store.heartbeat(MODEL, WORKER, {}) == []
+
+    assert await redis.zrange(keys.workers(MODEL), 0, -1) == [WORKER]
+
+
+async def test_model_stats_counts_queued_running_and_live_workers(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    await store.submit(OWNER, [job("j1"), job("j2"), job("j3")])
+    await store.start(kid("j1"), MODEL, WORKER)
+    await store.heartbeat(MODEL, WORKER, {kid("j1"): 1})
+    await redis.zadd(keys.workers(MODEL), {"dead:1": now_ms() - 600_000})
+
+    stats = await store.model_stats([MODEL, "other"])
+
+    assert stats == {
+        MODEL: {"queued": 2, "running": 1, "workers": 1},
+        "other": {"queued": 0, "running": 0, "workers": 0},
+    }
+
+
+async def test_heartbeat_stops_a_run_that_another_worker_took_over(store: JobStore) -> None:
+    await submit_and_start(store, "j1")
+    taken = await store.start(kid("j1"), MODEL, "other:2")  # as after the first worker was presumed dead
+    assert taken is not None
+
+    assert await store.heartbeat(MODEL, WORKER, {kid("j1"): 1}) == [kid("j1")]
+    assert await store.heartbeat(MODEL, "other:2", {kid("j1"): taken.run}) == []
