@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, TypedDict
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
+from api.auth import Caller, KeyRing
 from api.streams import StreamHub
-from shared import keys
 from shared.settings import Settings
 from shared.store import JobStore
 
@@ -18,6 +18,7 @@ class State(TypedDict):
     settings: Settings
     store: JobStore
     hub: StreamHub
+    keyring: KeyRing
 
 
 def _settings(request: Request) -> Settings:
@@ -35,12 +36,23 @@ def _hub(request: Request) -> StreamHub:
     return hub
 
 
-def _owner() -> str:
+def _caller(
+    request: Request,
+    authorization: Annotated[str | None, Header(description="`Bearer <API key>`")] = None,
+) -> Caller:
+    keyring: KeyRing = request.state.keyring
+    return keyring.authenticate(authorization)
+
+
+def _owner(caller: Annotated[Caller, Depends(_caller)]) -> str:
     """The namespace of the caller's jobs."""
-    return keys.PUBLIC_OWNER
+    return caller.owner
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 HubDep = Annotated[StreamHub, Depends(_hub)]
+AUTHENTICATED = Depends(_caller)
+"""For routers whose routes need an API key but not the caller."""
+CallerDep = Annotated[Caller, Depends(_caller)]
 OwnerDep = Annotated[str, Depends(_owner)]

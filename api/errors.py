@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 
+from api.auth import Unauthorized
 from api.responses import JSONResponse
 from shared.connection import REDIS_ERRORS
 from shared.errors import (
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = "1"
 
 _STATUS: dict[type[SppError], int] = {
+    Unauthorized: 401,
     JobNotFound: 404,
     UnknownModel: 404,
     JobConflict: 409,
@@ -34,6 +36,8 @@ _STATUS: dict[type[SppError], int] = {
 
 def _error_response(status: int, detail: str, **extra: object) -> JSONResponse:
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
 

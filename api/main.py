@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
+from api.auth import KeyRing
 from api.deps import State
 from api.responses import JSONResponse
 from api.routes import health, jobs, models
@@ -22,11 +23,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        keyring = KeyRing(settings)
         redis = redis_client(settings, "spp-api")
         hub = StreamHub(redis_client(settings, "spp-api-streams", single_connection=True), redis)
         await hub.start()
         try:
-            yield State(settings=settings, store=JobStore(redis, settings), hub=hub)
+            yield State(settings=settings, store=JobStore(redis, settings), hub=hub, keyring=keyring)
         finally:
             await hub.stop()
             await redis.aclose()

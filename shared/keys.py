@@ -1,13 +1,12 @@
 """Every Redis key, channel and stream albert-spp uses, named in one place.
 
-A job is addressed by its *key id*: `<owner>:<job id>`, so that two clients may use the same job id.
-The owner of jobs submitted without authentication is `PUBLIC_OWNER`.
+A job is addressed by its *key id*: `<owner>:<job id>`, so that two clients may use the same job id;
+the owner is a digest naming the client (api/auth.py), never its key.
 """
 
 from __future__ import annotations
 
 PREFIX = "spp"
-PUBLIC_OWNER = "public"
 
 # arq's own keys for a job (arq/constants.py); the store writes the job definition itself.
 ARQ_JOB = "arq:job:"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import functools
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     API_ROOT_PATH: str = ""
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # API keys: a JSON file {"client name": "key"} and/or a comma-separated list.
+    API_KEYS_FILE: Path | None = None
+    API_KEYS: str = Field("", repr=False)
+
     # Redis: REDIS_URL wins over REDIS_HOST/REDIS_PORT/REDIS_PASSWORD.
     REDIS_URL: str | None = None
     REDIS_HOST: str = "127.0.0.1"
@@ -106,6 +111,17 @@ class Settings(BaseSettings):
     WORKER_HEARTBEAT: float = Field(1.0, gt=0, description="Seconds between heartbeats of running jobs.")
     STREAM_FLUSH_MS: int = Field(100, ge=0, description="Token coalescing window, in milliseconds.")
 
+    # Services Publics Plus: what the old endpoints (/anonymize) generate with
+    SPP_TEMPLATE: str = "spp"
+    SPP_MAX_TOKENS: int = Field(1024, ge=1)
+    SPP_TEMPERATURE: float = Field(0.2, ge=0, le=2)
+    SPP_TOP_P: float = Field(1.0, gt=0, le=1)
+
+    @field_validator("API_KEYS_FILE", "REDIS_URL", "REDIS_PASSWORD", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("LLM_TABLE", mode="before")
     @classmethod
     def _parse_llm_table(cls, value: object) -> object:
@@ -115,7 +131,16 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.STREAM_TTL > self.RESULT_TTL:
             self.STREAM_TTL = self.RESULT_TTL
+        if self.ENV in ("staging", "prod") and not (self.API_KEYS_FILE or self.API_KEYS.strip()):
+            raise ValueError(f"ENV={self.ENV} needs API keys: set API_KEYS_FILE (a JSON file) or API_KEYS")
+        if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
+            raise ValueError(f"API_KEYS_FILE={self.API_KEYS_FILE} is not a readable file")
         return self
+
+    @property
+    def open_access(self) -> bool:
+        """In dev and unittest any bearer token is accepted, as in the seed (the header is still required)."""
+        return self.ENV in ("dev", "unittest")
 
     @property
     def redis_url(self) -> str:

@@ -17,6 +17,8 @@ from stack.processes import Service, free_port, start_python, start_redis
 
 pytestmark = pytest.mark.integration
 
+AUTH = {"Authorization": "Bearer test-key"}
+
 
 @dataclass
 class RedisServer:
@@ -159,7 +161,8 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
             ready_url=f"{url}/health",
             log=logs_dir / f"api-{port}.log",
         )
-        stack = Stack(url, env, api, started, httpx.Client(base_url=url, timeout=10), logs_dir)
+        client = httpx.Client(base_url=url, timeout=10, headers=AUTH)
+        stack = Stack(url, env, api, started, client, logs_dir)
         live = sum(counts.values())
         wait_for(
             lambda: sum(m["workers"] for m in stack.http.get("/v1/models").json()["data"]) >= live,

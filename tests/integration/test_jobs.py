@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.integration.conftest import RedisServer, Sim, Stack, wait_for
+from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, wait_for
 
 MODEL = "AgentPublic/fabrique-reference-2"
 IDLE = "idle/no-worker"
@@ -85,7 +85,7 @@ def test_sampling_parameters_reach_the_model_server_explicitly(stack: Stack, sim
     done = stack.wait_job(job_id)
     assert done["status"] == "succeeded"
     assert done["result"]["usage"]["completion_tokens"] == 7
-    sent = [r for r in sim.stats()["recent"] if r.get("request_id", "").startswith(f"public:{job_id}")]
+    sent = [r for r in sim.stats()["recent"] if f":{job_id}:" in r.get("request_id", "")]
     assert len(sent) == 1
     request = sent[0]
     assert request["endpoint"] == "/v1/chat/completions"
@@ -132,7 +132,7 @@ def test_many_subscribers_share_one_stream_reader(stack: Stack) -> None:
     results: list[list[tuple[str, str, Any]]] = []
 
     def follow() -> None:
-        with httpx.Client(base_url=stack.url) as client:
+        with httpx.Client(base_url=stack.url, headers=AUTH) as client:
             results.append(read_events(client, job_id))
 
     threads = [threading.Thread(target=follow) for _ in range(20)]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from stack.processes import free_port, http_ok, port_is_free
-from tests.integration.conftest import RedisServer, wait_for
+from tests.integration.conftest import AUTH, RedisServer, wait_for
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def launch(tmp_path: Path) -> Iterator[object]:
 
 
 def _serve_one_job(url: str) -> None:
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10, headers=AUTH) as client:
         job = client.post("/v1/jobs", json={"prompt": "Bonjour", "params": {"max_tokens": 5}}).json()
         deadline = time.monotonic() + 30
         while (status := client.get(f"/v1/jobs/{job['id']}").json()["status"]) not in ("succeeded", "failed"):

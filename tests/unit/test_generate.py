@@ -20,7 +20,7 @@ from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import AttemptLost, TokenWriter, generate
 
-OWNER = keys.PUBLIC_OWNER
+OWNER = "owner1"
 KID = keys.key_id(OWNER, "j1")
 TOKENS = ["Il", " fait", " beau", "."]
 

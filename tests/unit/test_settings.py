@@ -174,7 +174,18 @@ def test_redis_url_setting_wins_and_keeps_rediss_scheme() -> None:
 
 @pytest.mark.parametrize("env", ["unittest", "dev", "staging", "prod"])
 def test_env_accepts_the_four_deployments(env: str) -> None:
-    assert env == make_settings(ENV=env).ENV
+    assert env == make_settings(ENV=env, API_KEYS="k1").ENV
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_staging_and_prod_refuse_to_start_without_keys(env: str) -> None:
+    with pytest.raises(ValidationError, match=f"ENV={env} needs API keys"):
+        make_settings(ENV=env)
+
+
+def test_a_missing_keys_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"API_KEYS_FILE=.*nope\.json"):
+        make_settings(API_KEYS_FILE=str(tmp_path / "nope.json"))
 
 
 @pytest.mark.parametrize("env", ["test", "production", "PROD", ""])

@@ -18,7 +18,7 @@ from shared.settings import Settings
 from shared.store import JobStore
 from tests.unit.conftest import MODEL, make_settings
 
-OWNER = keys.PUBLIC_OWNER
+OWNER = "owner1"
 WORKER = "host:1"
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -1,0 +1,93 @@
+"""API keys: the header, the keys file and its reload, constant-time lookup, owners never holding keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from api.auth import KeyRing, Unauthorized, read_keys_file
+from tests.unit.conftest import make_settings
+
+
+def write_keys(path: Path, keys: dict[str, str]) -> None:
+    path.write_bytes(orjson.dumps(keys))
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "api_keys.json"
+    write_keys(path, {"platform": "Bearer key-platform", "dashboard": "key-dashboard"})
+    return path
+
+
+def test_keys_file_values_may_carry_the_bearer_prefix(keys_file: Path) -> None:
+    assert read_keys_file(keys_file) == {"key-platform": "platform", "key-dashboard": "dashboard"}
+
+
+@pytest.mark.parametrize("content", [b"[]", b'{"a": 1}', b"not json"])
+def test_a_malformed_keys_file_is_named(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "keys.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="API_KEYS_FILE"):
+        read_keys_file(path)
+
+
+def test_prod_accepts_a_known_key_and_names_its_client(keys_file: Path) -> None:
+    ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(keys_file)))
+    caller = ring.authenticate("Bearer key-platform")
+    assert caller.name == "platform"
+    assert "key-platform" not in caller.owner
+
+
+@pytest.mark.parametrize(
+    "header", [None, "", "key-platform", "Basic key-platform", "Bearer ", "Bearer wrong", "Bearer key-platform2"]
+)
+def test_prod_refuses_missing_malformed_or_unknown_credentials(keys_file: Path, header: str | None) -> None:
+    ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(keys_file)))
+    with pytest.raises(Unauthorized):
+        ring.authenticate(header)
+
+
+def test_keys_from_the_environment(keys_file: Path) -> None:
+    ring = KeyRing(make_settings(ENV="staging", API_KEYS="k1, Bearer k2"))
+    assert ring.authenticate("Bearer k1").owner != ring.authenticate("Bearer k2").owner
+    with pytest.raises(Unauthorized):
+        ring.authenticate("Bearer k3")
+
+
+@pytest.mark.parametrize("env", ["dev", "unittest"])
+def test_dev_accepts_any_token_but_requires_the_header(env: str) -> None:
+    ring = KeyRing(make_settings(ENV=env))
+    assert ring.authenticate("Bearer anything").name == "dev"
+    assert ring.authenticate("raw-token-as-the-seed-allowed").name == "dev"
+    with pytest.raises(Unauthorized):
+        ring.authenticate(None)
+
+
+def test_dev_tokens_still_isolate_their_jobs() -> None:
+    ring = KeyRing(make_settings(ENV="dev"))
+    assert ring.authenticate("Bearer a").owner != ring.authenticate("Bearer b").owner
+    assert ring.authenticate("Bearer a").owner == ring.authenticate("Bearer a").owner
+
+
+def test_the_keys_file_is_reread_when_it_changes(keys_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.auth._RECHECK_SECONDS", 0.0)
+    ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(keys_file)))
+    owner = ring.authenticate("Bearer key-platform").owner
+    write_keys(keys_file, {"platform": "rotated-key", "newcomer": "key-new"})
+    stat = keys_file.stat()
+    os.utime(keys_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert ring.authenticate("Bearer key-new").name == "newcomer"
+    assert ring.authenticate("Bearer rotated-key").owner == owner, "the client keeps its jobs across a rotation"
+    with pytest.raises(Unauthorized):
+        ring.authenticate("Bearer key-platform")
+
+
+def test_a_broken_keys_file_keeps_the_keys_loaded_before(keys_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.auth._RECHECK_SECONDS", 0.0)
+    ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(keys_file)))
+    keys_file.write_text("{ half written")
+    assert ring.authenticate("Bearer key-platform").name == "platform"
