@@ -11,7 +11,7 @@ from api import errors
 from api.auth import KeyRing
 from api.deps import State
 from api.responses import JSONResponse
-from api.routes import health, jobs, models
+from api.routes import health, jobs, legacy, models
 from api.streams import StreamHub
 from shared.connection import redis_client
 from shared.settings import Settings, get_settings
@@ -44,5 +44,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(legacy.router)
     app.include_router(health.router)
     return app

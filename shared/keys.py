@@ -6,6 +6,8 @@ the owner is a digest naming the client (api/auth.py), never its key.
 
 from __future__ import annotations
 
+import uuid
+
 PREFIX = "spp"
 
 # arq's own keys for a job (arq/constants.py); the store writes the job definition itself.
@@ -25,6 +27,15 @@ def split_key_id(kid: str) -> tuple[str, str]:
     return owner, job_id
 
 
+def arq_id(kid: str) -> str:
+    """A fresh arq job id for one submission of job `kid`.
+
+    Not the key id itself: a job replaced by a resubmission must not share arq's keys (definition,
+    in-progress, retry) with the generation it replaces, which arq is still finishing.
+    """
+    return f"{kid}#{uuid.uuid4().hex[:12]}"
+
+
 def job(kid: str) -> str:
     """Hash: the job's record, the truth for its status, result and attempts."""
     return f"{PREFIX}:job:{kid}"
@@ -35,16 +46,16 @@ def stream(kid: str) -> str:
     return f"{PREFIX}:stream:{kid}"
 
 
-def arq_job(kid: str) -> str:
-    return ARQ_JOB + kid
+def arq_job(arq_id: str) -> str:
+    return ARQ_JOB + arq_id
 
 
-def arq_in_progress(kid: str) -> str:
-    return ARQ_IN_PROGRESS + kid
+def arq_in_progress(arq_id: str) -> str:
+    return ARQ_IN_PROGRESS + arq_id
 
 
-def arq_retry(kid: str) -> str:
-    return ARQ_RETRY + kid
+def arq_retry(arq_id: str) -> str:
+    return ARQ_RETRY + arq_id
 
 
 def queue(model: str) -> str:

@@ -66,6 +66,9 @@ class JobCreate(BaseModel):
     id: JobId | None = Field(None, description="Your own id; resubmitting it with the same body is a no-op.")
     model: str | None = Field(None, description="Default: the first model of LLM_TABLE.")
     prompt: str | None = Field(None, min_length=1)
+    template: str | None = Field(
+        None, description="A prompt template (e.g. 'spp'): `prompt` is then the user's text it is rendered with."
+    )
     messages: list[Message] | None = Field(None, min_length=1)
     params: GenerationParams = Field(default_factory=GenerationParams)
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = Field(None, max_length=32)
@@ -74,10 +77,18 @@ class JobCreate(BaseModel):
     def _check(self, info: ValidationInfo) -> JobCreate:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.template is not None and self.prompt is None:
+            raise ValueError("'template' renders 'prompt' (the user's text): give 'prompt', not 'messages'")
         limits: Limits | None = (info.context or {}).get("limits")
         if limits is not None:
             limits.check(self)
         return self
+
+
+def fingerprint(job: JobCreate, model: str) -> str:
+    """A digest of everything the client said about the job (its id aside), to recognise a resubmission."""
+    body = job.model_dump(mode="json", exclude={"id"}) | {"model": model}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 class Limits(BaseModel):
@@ -108,11 +119,6 @@ class GenerationRequest(BaseModel):
     top_p: float
     stop: list[str] | None = None
     seed: int | None = None
-
-    def fingerprint(self, metadata: dict[str, MetadataValue] | None) -> str:
-        """A digest of everything that defines the job, to recognise an identical resubmission."""
-        body = self.model_dump(mode="json") | {"metadata": metadata}
-        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 class Usage(BaseModel):

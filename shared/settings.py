@@ -15,6 +15,8 @@ import orjson
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.templates import template_names
+
 DEFAULT_LLM_TABLE = '[("AgentPublic/fabrique-reference-2", "http://127.0.0.1:8081")]'
 
 Protocol = Literal["openai", "generate"]
@@ -133,6 +135,8 @@ class Settings(BaseSettings):
             self.STREAM_TTL = self.RESULT_TTL
         if self.ENV in ("staging", "prod") and not (self.API_KEYS_FILE or self.API_KEYS.strip()):
             raise ValueError(f"ENV={self.ENV} needs API keys: set API_KEYS_FILE (a JSON file) or API_KEYS")
+        if self.SPP_TEMPLATE not in template_names():
+            raise ValueError(f"SPP_TEMPLATE={self.SPP_TEMPLATE!r} is not a template of shared/templates/")
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE={self.API_KEYS_FILE} is not a readable file")
         return self

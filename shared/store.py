@@ -17,8 +17,18 @@ from redis.commands.core import AsyncScript
 
 from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
-from shared.models import GenerationRequest, JobCreate, JobError, JobResult, JobStatus, now_ms
+from shared.models import (
+    GenerationRequest,
+    JobCreate,
+    JobError,
+    JobResult,
+    JobStatus,
+    Message,
+    fingerprint,
+    now_ms,
+)
 from shared.settings import Settings
+from shared.templates import render_prompt
 
 JOB_FUNCTION = "generate"
 """The name of the arq function every job runs (worker/generate.py)."""
@@ -64,12 +74,15 @@ class JobStore:
     # ---- API side -------------------------------------------------------------------------------
 
     def generation_request(self, job: JobCreate) -> GenerationRequest:
-        """The worker's view of a validated submission (the model must already be resolved)."""
+        """The worker's view of a validated submission: model resolved, template rendered, defaults applied."""
         params = job.params
+        prompt, messages = job.prompt, job.messages
+        if job.template is not None and prompt is not None:
+            messages, prompt = [Message(role="user", content=render_prompt(job.template, prompt))], None
         return GenerationRequest(
             model=job.model or self.settings.default_model,
-            prompt=job.prompt,
-            messages=job.messages,
+            prompt=prompt,
+            messages=messages,
             max_tokens=params.max_tokens or self.settings.DEFAULT_MAX_TOKENS,
             temperature=params.temperature,
             top_p=params.top_p,
@@ -77,33 +90,48 @@ class JobStore:
             seed=params.seed,
         )
 
-    async def submit(self, owner: str, jobs: list[JobCreate]) -> list[Submitted]:
-        """Store and queue `jobs` in one round trip: all of them, or none (conflict, full queue)."""
+    async def submit(self, owner: str, jobs: list[JobCreate], *, replace: bool = False) -> list[Submitted]:
+        """Store and queue `jobs` in one round trip: all of them, or none (conflict, full queue).
+
+        An id resubmitted with the same body returns the existing job. With another body it is a
+        conflict, unless `replace` (the old API's behaviour): then the old job is stopped and replaced.
+        """
         now = now_ms()
         script_keys: list[str] = []
-        args: list[str | int] = [now, self.settings.RESULT_TTL * 1000, self.settings.MAX_QUEUE_DEPTH]
+        args: list[str | int] = [
+            now,
+            self.settings.RESULT_TTL * 1000,
+            self.settings.MAX_QUEUE_DEPTH,
+            keys.queue(""),
+            keys.running(""),
+            keys.arq_job(""),
+            keys.cancel_channel(""),
+        ]
         fresh: list[dict[str, str]] = []
         for job in jobs:
             request = self.generation_request(job)
             job_id = job.id or str(uuid.uuid4())
             kid = keys.key_id(owner, job_id)
+            arq_id = keys.arq_id(kid)
             record = {
                 "id": job_id,
                 "owner": owner,
                 "model": request.model,
                 "status": JobStatus.QUEUED.value,
                 "attempts": "0",
+                "arq": arq_id,
                 "request": request.model_dump_json(exclude_none=True),
-                "hash": request.fingerprint(job.metadata),
+                "hash": fingerprint(job, request.model),
             }
             if job.metadata is not None:
                 record["metadata"] = orjson.dumps(job.metadata).decode()
-            definition = orjson.dumps({"t": None, "f": JOB_FUNCTION, "a": [kid], "k": {}, "et": now})
-            script_keys += [keys.job(kid), keys.arq_job(kid), keys.queue(request.model)]
-            args += [kid, record["hash"], definition.decode(), keys.wake_channel(request.model), len(record)]
+            definition = orjson.dumps({"t": None, "f": JOB_FUNCTION, "a": [kid], "k": {}, "et": now}).decode()
+            script_keys += [keys.job(kid), keys.arq_job(arq_id), keys.queue(request.model), keys.stream(kid)]
+            channel = keys.wake_channel(request.model)
+            args += [kid, record["hash"], arq_id, definition, channel, "replace" if replace else "keep", len(record)]
             for field, value in record.items():
                 args += [field, value]
-            fresh.append(record | {"created_at": str(now)})
+            fresh.append(record | {"created_at": str(now), "run": "0"})
         reply = await self._submit(keys=script_keys, args=args)
         if reply[0] == "conflict":
             raise JobConflict(keys.split_key_id(reply[1])[1])
@@ -120,19 +148,28 @@ class JobStore:
             raise JobNotFound(job_id)
         return record
 
+    async def get_many(self, owner: str, job_ids: list[str]) -> list[dict[str, str] | None]:
+        """The records of `job_ids` (None where unknown), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.job(keys.key_id(owner, job_id)))
+            records: list[dict[str, str]] = await pipe.execute()
+        return [record or None for record in records]
+
     async def cancel(self, owner: str, job_id: str) -> dict[str, str]:
         """Cancel a queued or running job; a running one's worker is told through pub/sub."""
         kid = keys.key_id(owner, job_id)
         record = await self.get(owner, job_id)
         model = record["model"]
         outcome = await self._cancel(
-            keys=[keys.job(kid), keys.stream(kid), keys.queue(model), keys.arq_job(kid), keys.running(model)],
+            keys=[keys.job(kid), keys.stream(kid), keys.queue(model), keys.running(model)],
             args=[
                 now_ms(),
                 self.settings.RESULT_TTL,
                 self.settings.STREAM_TTL,
                 kid,
                 keys.cancel_channel(model),
+                keys.arq_job(""),
             ],
         )
         if outcome is None:
@@ -158,12 +195,13 @@ class JobStore:
 
     # ---- worker side ----------------------------------------------------------------------------
 
-    async def start(self, kid: str, model: str, worker_id: str) -> Started | None:
-        """Mark the job running for a new attempt; None when it must not run."""
+    async def start(self, kid: str, arq_id: str, model: str, worker_id: str) -> Started | None:
+        """Mark the job running for a new attempt; None when it must not run (anymore)."""
         now = now_ms()
         deadline = now + int(3 * self.settings.WORKER_HEARTBEAT * 1000)
         reply = await self._start(
-            keys=[keys.job(kid), keys.stream(kid), keys.running(model)], args=[now, worker_id, deadline, kid]
+            keys=[keys.job(kid), keys.stream(kid), keys.running(model)],
+            args=[now, worker_id, deadline, kid, arq_id],
         )
         if not reply:
             return None

@@ -18,5 +18,7 @@ class WorkerContext:
     client: ModelClient
     runs: dict[str, int] = field(default_factory=dict)
     """Key id → run of every job this worker runs now, for the heartbeat."""
+    arq_ids: dict[str, str] = field(default_factory=dict)
+    """Key id → arq job id of every job this worker runs now, to stop it."""
     aborting: set[str] = field(default_factory=set)
-    """Key ids cancelled on purpose, as opposed to by a shutdown: arq's own `aborting_tasks` set."""
+    """arq job ids cancelled on purpose, as opposed to by a shutdown: arq's own `aborting_tasks` set."""

@@ -67,7 +67,8 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
     """Run one attempt of job `kid`; every outcome is recorded in the job record, never raised to arq."""
     spp: WorkerContext = ctx["spp"]
     store, settings, model = spp.store, spp.settings, spp.model
-    started = await store.start(kid, model, spp.worker_id)
+    arq_id: str = ctx["job_id"]
+    started = await store.start(kid, arq_id, model, spp.worker_id)
     if started is None:
         logger.info("job %s skipped: no longer queued", kid)
         return
@@ -77,7 +78,7 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
     began = time.monotonic()
     writer = TokenWriter(spp, kid, run)
     result: JobResult | None = None
-    spp.runs[kid] = run
+    spp.runs[kid], spp.arq_ids[kid] = run, arq_id
     try:
         async with (
             asyncio.timeout(settings.BACKEND_TIMEOUT),
@@ -96,7 +97,7 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
     except AttemptLost:
         logger.info("job %s model=%s attempt=%d stopped: cancelled or taken over", *log_args)
     except asyncio.CancelledError:
-        if kid not in spp.aborting:
+        if arq_id not in spp.aborting:
             # A shutdown, not a cancellation: give the job back without counting the attempt.
             await asyncio.shield(store.requeue(kid, model, run, refund=True))
             logger.info("job %s model=%s attempt=%d handed back on shutdown", *log_args)
@@ -118,3 +119,4 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
         await store.finish(kid, model, run, JobError(type="internal", message=message))
     finally:
         spp.runs.pop(kid, None)
+        spp.arq_ids.pop(kid, None)

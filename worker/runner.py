@@ -104,12 +104,13 @@ class ModelWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.WORKER_IDLE_POLL)
 
-    def abort(self, kid: str) -> None:
+    def abort(self, spp: WorkerContext, kid: str) -> None:
         """Stop a running job on purpose: arq then finishes it instead of running it again."""
-        task = self.job_tasks.get(kid)
-        if task is not None and not task.done():
-            logger.info("job %s cancelled while running", kid)
-            self.aborting_tasks.add(kid)
+        arq_id = spp.arq_ids.get(kid)
+        task = self.job_tasks.get(arq_id) if arq_id is not None else None
+        if arq_id is not None and task is not None and not task.done():
+            logger.info("job %s stopped: cancelled or replaced", kid)
+            self.aborting_tasks.add(arq_id)
             task.cancel()
 
     async def _listen(self, spp: WorkerContext) -> None:
@@ -127,7 +128,7 @@ class ModelWorker(Worker):
                     if message["channel"] == wake:
                         self._wake.set()
                     else:
-                        self.abort(message["data"])
+                        self.abort(spp, message["data"])
             except REDIS_ERRORS as exc:
                 logger.warning("pub/sub connection lost (%s); reconnecting", exc)
                 await asyncio.sleep(1)
@@ -140,7 +141,7 @@ class ModelWorker(Worker):
         while True:
             try:
                 for kid in await spp.store.heartbeat(self.model, self.worker_id, dict(spp.runs)):
-                    self.abort(kid)
+                    self.abort(spp, kid)
             except REDIS_ERRORS as exc:
                 logger.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.WORKER_HEARTBEAT)

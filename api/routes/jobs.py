@@ -9,8 +9,8 @@ import orjson
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from pydantic import TypeAdapter, ValidationError
 
+from api.body import invalid, one_or_many_schema, parse_one_or_many
 from api.deps import HubDep, OwnerDep, SettingsDep, StoreDep
 from api.responses import JSONResponse
 from shared import keys
@@ -18,65 +18,38 @@ from shared.errors import UnknownModel
 from shared.models import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Limits, public_job
 from shared.settings import Settings
 from shared.streams import EventType, stream_id
+from shared.templates import template_names
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="The job's id.")]
-_JOBS = TypeAdapter(list[JobCreate])
-_SUBMIT_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/JobCreate"},
-                        {"type": "array", "items": {"$ref": "#/components/schemas/JobCreate"}},
-                    ]
-                }
-            }
-        },
-    }
-}
 
 
 def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], bool]:
     """Validate a job or an array of jobs; errors name the field (and the item's index)."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}", "input": None}]
-        ) from None
-    many = isinstance(data, list)
-    if many and len(data) > settings.MAX_JOBS_PER_REQUEST:
-        msg = f"{len(data)} jobs in one request, over the limit of MAX_JOBS_PER_REQUEST={settings.MAX_JOBS_PER_REQUEST}"
-        raise RequestValidationError([{"type": "too_long", "loc": ("body",), "msg": msg, "input": None}])
-    if many and not data:
-        raise RequestValidationError([{"type": "too_short", "loc": ("body",), "msg": "empty array", "input": []}])
     limits = Limits(
         max_prompt_chars=settings.MAX_PROMPT_CHARS,
         max_messages=settings.MAX_MESSAGES,
         max_tokens=settings.MAX_TOKENS_LIMIT,
     )
-    try:
-        jobs = (
-            _JOBS.validate_python(data, context={"limits": limits})
-            if many
-            else [JobCreate.model_validate(data, context={"limits": limits})]
-        )
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
-        ) from None
+    jobs, many = parse_one_or_many(
+        raw,
+        JobCreate,
+        max_items=settings.MAX_JOBS_PER_REQUEST,
+        limit_name="MAX_JOBS_PER_REQUEST",
+        context={"limits": limits},
+    )
     seen: dict[str, int] = {}
+    known_templates = template_names()
     for index, job in enumerate(jobs):
+        loc: tuple[int, ...] = (index,) if many else ()
         if job.model is not None and job.model not in settings.models:
             raise UnknownModel(job.model, settings.models)
+        if job.template is not None and job.template not in known_templates:
+            raise invalid((*loc, "template"), f"unknown template {job.template!r}; known: {', '.join(known_templates)}")
         if job.id is not None:
             if job.id in seen:
-                msg = f"id {job.id!r} appears twice, at items {seen[job.id]} and {index}"
-                raise RequestValidationError([{"type": "value_error", "loc": ("body", index, "id"), "msg": msg}])
+                raise invalid((*loc, "id"), f"id {job.id!r} appears twice, at items {seen[job.id]} and {index}")
             seen[job.id] = index
     return jobs, many
 
@@ -85,7 +58,7 @@ def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], 
     "",
     status_code=202,
     response_model=Job | list[Job],
-    openapi_extra=_SUBMIT_SCHEMA,
+    openapi_extra=one_or_many_schema("JobCreate"),
     responses={
         200: {"description": "The job already existed with the same body: nothing new was queued."},
         404: {"description": "Unknown model"},

@@ -1,13 +1,15 @@
--- Cancel a job that has not finished. KEYS: job record, stream, queue, arq job definition, running set.
--- ARGV: now_ms, result ttl s, stream ttl s, key id, cancel channel.
+-- Cancel a job that has not finished.
+-- KEYS: job record, stream, model's queue, model's running set.
+-- ARGV: now_ms, result ttl s, stream ttl s, key id, cancel channel, arq job definition key prefix.
 -- Returns 'ok', the job's status when it had already finished, or false when the job is unknown.
-local status = redis.call('HGET', KEYS[1], 'status')
+local state = redis.call('HMGET', KEYS[1], 'status', 'arq')
+local status, arq_id = state[1], state[2]
 if not status then return false end
 if status ~= 'queued' and status ~= 'running' then return status end
-redis.call('ZREM', KEYS[3], ARGV[4])
-redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[3], arq_id)
+redis.call('DEL', ARGV[6] .. arq_id)
 if status == 'running' then
-  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[4])
   redis.call('PUBLISH', ARGV[5], ARGV[4])
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])

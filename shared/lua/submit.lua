@@ -1,21 +1,25 @@
 -- Store and queue a list of jobs in one round trip, all or nothing.
--- KEYS, per job i (3 keys each): job record, arq job definition, model queue.
--- ARGV: now_ms, arq_ttl_ms, max_queue_depth (0: none), then per job: key id, fingerprint,
---       arq job definition, wake channel, n fields, then n field/value pairs.
--- Returns {"conflict", key id} | {"full", queue} | {"ok", r1, r2, ...} where ri is 0 for a new job
--- and the flat HGETALL of the existing record for an identical resubmission.
+-- KEYS, per job (4 keys each): job record, arq job definition, model queue, token stream.
+-- ARGV: now_ms, arq ttl ms, max queue depth (0: none), then the key prefixes of queues, running sets,
+--       arq job definitions and cancel channels (for a replaced job, whose keys come from its record),
+--       then per job: key id, fingerprint, arq job id, arq job definition, wake channel,
+--       mode ('keep': another body is a conflict; 'replace': it replaces the job), n fields, n field/value pairs.
+-- Returns {"conflict", key id} | {"full", queue} | {"ok", r1, r2, ...}: ri is 0 for a stored job and the
+-- flat HGETALL of the existing record for an identical resubmission.
 local now, arq_ttl, max_depth = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local jobs, pos = {}, 4
-for i = 1, #KEYS / 3 do
-  local nfields = tonumber(ARGV[pos + 4])
-  local job = {record = KEYS[3 * i - 2], arq = KEYS[3 * i - 1], queue = KEYS[3 * i], kid = ARGV[pos],
-               hash = ARGV[pos + 1], definition = ARGV[pos + 2], channel = ARGV[pos + 3],
-               first = pos + 5, last = pos + 4 + 2 * nfields}
+local queue_prefix, running_prefix, arq_prefix, cancel_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local jobs, pos = {}, 8
+for i = 1, #KEYS / 4 do
+  local nfields = tonumber(ARGV[pos + 6])
+  local job = {record = KEYS[4 * i - 3], arq = KEYS[4 * i - 2], queue = KEYS[4 * i - 1], stream = KEYS[4 * i],
+               kid = ARGV[pos], hash = ARGV[pos + 1], arq_id = ARGV[pos + 2], definition = ARGV[pos + 3],
+               channel = ARGV[pos + 4], mode = ARGV[pos + 5], first = pos + 7, last = pos + 6 + 2 * nfields}
   local existing = redis.call('HGET', job.record, 'hash')
-  if existing and existing ~= job.hash then
+  job.exists = existing == job.hash
+  job.replaces = existing and not job.exists
+  if job.replaces and job.mode ~= 'replace' then
     return {'conflict', job.kid}
   end
-  job.exists = existing ~= false
   jobs[i] = job
   pos = job.last + 1
 end
@@ -35,9 +39,25 @@ for i, job in ipairs(jobs) do
   if job.exists then
     out[i + 1] = redis.call('HGETALL', job.record)
   else
-    redis.call('HSET', job.record, 'created_at', now, unpack(ARGV, job.first, job.last))
+    local run = 0
+    if job.replaces then
+      -- Stop the old generation; its worker loses the job (fenced by `run`), its stream gets a reset.
+      local old = redis.call('HMGET', job.record, 'status', 'arq', 'model', 'run')
+      if old[1] == 'queued' or old[1] == 'running' then
+        redis.call('ZREM', queue_prefix .. old[3], old[2])
+        redis.call('DEL', arq_prefix .. old[2])
+        if old[1] == 'running' then
+          redis.call('ZREM', running_prefix .. old[3], job.kid)
+          redis.call('PUBLISH', cancel_prefix .. old[3], job.kid)
+        end
+      end
+      run = tonumber(old[4] or '0')
+      redis.call('DEL', job.record)
+      redis.call('PERSIST', job.stream)
+    end
+    redis.call('HSET', job.record, 'created_at', now, 'run', run, unpack(ARGV, job.first, job.last))
     redis.call('SET', job.arq, job.definition, 'PX', arq_ttl)
-    redis.call('ZADD', job.queue, now, job.kid)
+    redis.call('ZADD', job.queue, now, job.arq_id)
     woken[job.channel] = true
     out[i + 1] = 0
   end

@@ -73,6 +73,17 @@ def streaming(chunks: Callable[[], AsyncIterator[bytes]]) -> Answer:
 MakeContext = Callable[..., Awaitable[WorkerContext]]
 
 
+async def arq_of(store: JobStore, kid: str) -> str:
+    """The arq job id the submission of `kid` queued."""
+    arq_id: str = await store.redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
+    return arq_id
+
+
+async def job_ctx(spp: WorkerContext) -> dict[str, Any]:
+    """arq's context of one job run: the worker's, plus the job's arq id."""
+    return {"spp": spp, "job_id": await arq_of(spp.store, KID)}
+
+
 @pytest.fixture
 async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
     """Builds a worker context on the in-memory Redis and a mock server, with `job j1` submitted."""
@@ -116,7 +127,7 @@ async def running_jobs(spp: WorkerContext) -> list[str]:
 async def test_success_stores_the_streamed_text_as_result(make_context: MakeContext) -> None:
     spp = await make_context(Server(ok()))
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
     assert stored["status"] == "succeeded"
@@ -134,7 +145,7 @@ async def test_success_stores_the_streamed_text_as_result(make_context: MakeCont
 async def test_without_coalescing_each_token_is_one_stream_entry(make_context: MakeContext) -> None:
     spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     assert await tokens_in_stream(spp) == TOKENS
 
@@ -144,7 +155,7 @@ async def test_coalescing_sends_the_first_token_at_once_and_the_rest_with_the_re
 ) -> None:
     spp = await make_context(Server(ok()), STREAM_FLUSH_MS=10_000)
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     assert await tokens_in_stream(spp) == ["Il", " fait beau."]
     assert orjson.loads((await record(spp))["result"])["text"] == "Il fait beau."
@@ -154,7 +165,7 @@ async def test_the_request_id_is_the_key_id_and_attempt(make_context: MakeContex
     server = Server(ok())
     spp = await make_context(server)
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     assert server.requests[0].headers["X-Request-Id"] == f"{KID}:1"
     assert orjson.loads(server.requests[0].content)["prompt"] == "Quel temps ?"
@@ -167,7 +178,7 @@ async def test_rejected_request_fails_at_once_without_retry(make_context: MakeCo
     server = Server(status(400, "This model's maximum context length is 4096 tokens."))
     spp = await make_context(server, JOB_MAX_ATTEMPTS=3)
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
     assert stored["status"] == "failed"
@@ -184,7 +195,7 @@ async def test_unavailable_backend_with_attempts_left_requeues_and_retries(make_
     spp = await make_context(Server(status(500, "engine crashed")), JOB_MAX_ATTEMPTS=3, RETRY_BACKOFF=2.0)
 
     with pytest.raises(Retry) as info:
-        await generate({"spp": spp}, KID)
+        await generate(await job_ctx(spp), KID)
 
     assert info.value.defer_score is not None
     assert 1000 <= info.value.defer_score <= 2000
@@ -200,8 +211,8 @@ async def test_unavailable_backend_on_the_last_attempt_fails(make_context: MakeC
     spp = await make_context(server, JOB_MAX_ATTEMPTS=2)
 
     with pytest.raises(Retry):
-        await generate({"spp": spp}, KID)
-    await generate({"spp": spp}, KID)
+        await generate(await job_ctx(spp), KID)
+    await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
     assert stored["status"] == "failed"
@@ -217,8 +228,8 @@ async def test_retry_after_a_cut_stream_resets_the_stream_then_succeeds(make_con
     spp = await make_context(Server(lambda request: httpx.Response(200, content=cut), ok()), JOB_MAX_ATTEMPTS=3)
 
     with pytest.raises(Retry):
-        await generate({"spp": spp}, KID)
-    await generate({"spp": spp}, KID)
+        await generate(await job_ctx(spp), KID)
+    await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
     assert stored["status"] == "succeeded"
@@ -238,7 +249,7 @@ async def test_timeout_on_the_last_attempt_fails_with_type_timeout(make_context:
 
     spp = await make_context(Server(streaming(silence)), JOB_MAX_ATTEMPTS=1, BACKEND_TIMEOUT=0.01)
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     error = orjson.loads((await record(spp))["error"])
     assert error == {"type": "timeout", "message": "no result within BACKEND_TIMEOUT=0.01s"}
@@ -252,7 +263,7 @@ async def test_job_cancelled_before_start_is_skipped(make_context: MakeContext) 
     spp = await make_context(server)
     await spp.store.cancel(OWNER, "j1")
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     assert server.requests == []
     stored = await record(spp)
@@ -273,7 +284,7 @@ async def test_job_cancelled_mid_stream_stops_writing(make_context: MakeContext)
 
     spp = await make_context(Server(streaming(cancelled_after_first_token)), STREAM_FLUSH_MS=0)
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
     assert stored["status"] == "cancelled"
@@ -292,7 +303,7 @@ async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: 
 
     spp = await make_context(Server(streaming(cancelled_before_the_end)), STREAM_FLUSH_MS=10_000)
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
     assert stored["status"] == "cancelled"
@@ -302,7 +313,7 @@ async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: 
 
 async def test_token_writer_raises_attempt_lost_once_the_job_is_cancelled(make_context: MakeContext) -> None:
     spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
-    started = await spp.store.start(KID, MODEL, spp.worker_id)
+    started = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert started is not None
     writer = TokenWriter(spp, KID, started.attempt)
     await writer.add("Il")
@@ -317,9 +328,9 @@ async def test_token_writer_raises_attempt_lost_once_the_job_is_cancelled(make_c
 
 async def test_token_writer_of_a_superseded_attempt_raises_attempt_lost(make_context: MakeContext) -> None:
     spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
-    first = await spp.store.start(KID, MODEL, spp.worker_id)
+    first = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert first is not None
-    await spp.store.start(KID, MODEL, "other:2")
+    await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, "other:2")
 
     with pytest.raises(AttemptLost):
         await TokenWriter(spp, KID, first.attempt).add("late")
@@ -327,7 +338,7 @@ async def test_token_writer_of_a_superseded_attempt_raises_attempt_lost(make_con
 
 async def test_token_writer_buffers_within_the_window(make_context: MakeContext) -> None:
     spp = await make_context(Server(ok()), STREAM_FLUSH_MS=10_000)
-    started = await spp.store.start(KID, MODEL, spp.worker_id)
+    started = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert started is not None
     writer = TokenWriter(spp, KID, started.attempt)
 
@@ -356,7 +367,7 @@ async def _start_hanging_generation(
         await asyncio.Event().wait()
 
     spp = await make_context(Server(streaming(one_token_then_silence), *then), STREAM_FLUSH_MS=0)
-    task = asyncio.create_task(generate({"spp": spp}, KID))
+    task = asyncio.create_task(generate(await job_ctx(spp), KID))
     await received.wait()
     return spp, task
 
@@ -397,7 +408,7 @@ async def test_restart_after_shutdown_streams_a_reset_before_the_new_text(make_c
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await generate({"spp": spp}, KID)
+    await generate(await job_ctx(spp), KID)
 
     assert orjson.loads((await record(spp))["result"])["text"] == "Il fait beau."
     stream = await events(spp)

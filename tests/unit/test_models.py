@@ -9,7 +9,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from shared.models import GenerationRequest, JobCreate, Limits, Message, MetadataValue, public_job
+from shared.models import JobCreate, Limits, Message, MetadataValue, fingerprint, public_job
 
 LIMITS = Limits(max_prompt_chars=10, max_messages=2, max_tokens=100)
 
@@ -157,51 +157,50 @@ def test_limits_apply_only_when_given_as_context() -> None:
     assert job.params.max_tokens == 1000
 
 
-# ---- GenerationRequest.fingerprint ----------------------------------------------------------------------
+# ---- fingerprint ----------------------------------------------------------------------------------------
 
-BASE_REQUEST: dict[str, Any] = {
-    "model": "m",
+BASE_JOB: dict[str, Any] = {
     "prompt": "Bonjour",
-    "max_tokens": 16,
-    "temperature": 0.5,
-    "top_p": 0.9,
-    "stop": ["\n"],
-    "seed": 1,
+    "params": {"max_tokens": 16, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"], "seed": 1},
 }
 
 
-def request(**changes: Any) -> GenerationRequest:
-    return GenerationRequest.model_validate(BASE_REQUEST | changes)
+def submission(metadata: dict[str, MetadataValue] | None = None, **changes: Any) -> JobCreate:
+    return JobCreate.model_validate(BASE_JOB | {"metadata": metadata} | changes)
 
 
 def test_fingerprint_equal_for_equal_bodies() -> None:
     metadata: dict[str, MetadataValue] = {"a": 1, "b": "x"}
 
-    assert request().fingerprint(metadata) == request().fingerprint(dict(metadata))
+    assert fingerprint(submission(metadata), "m") == fingerprint(submission(dict(metadata)), "m")
 
 
-def test_fingerprint_ignores_metadata_key_order() -> None:
-    assert request().fingerprint({"a": 1, "b": 2}) == request().fingerprint({"b": 2, "a": 1})
+def test_fingerprint_ignores_the_id_and_metadata_key_order() -> None:
+    first = submission({"a": 1, "b": 2}, id="x")
+    assert fingerprint(first, "m") == fingerprint(submission({"b": 2, "a": 1}, id="y"), "m")
+
+
+def test_fingerprint_differs_with_the_model() -> None:
+    assert fingerprint(submission(), "m") != fingerprint(submission(), "other")
 
 
 @pytest.mark.parametrize(
     "changes",
     [
-        {"model": "other"},
         {"prompt": "Bonsoir"},
         {"prompt": None, "messages": [{"role": "user", "content": "Bonjour"}]},
-        {"max_tokens": 17},
-        {"temperature": 0.6},
-        {"top_p": 0.8},
-        {"stop": ["\n\n"]},
-        {"stop": None},
-        {"seed": 2},
-        {"seed": None},
+        {"template": "spp"},
+        {"params": {"max_tokens": 17}},
+        {"params": {**BASE_JOB["params"], "temperature": 0.6}},
+        {"params": {**BASE_JOB["params"], "top_p": 0.8}},
+        {"params": {**BASE_JOB["params"], "stop": ["\n\n"]}},
+        {"params": {**BASE_JOB["params"], "stop": None}},
+        {"params": {**BASE_JOB["params"], "seed": 2}},
     ],
     ids=lambda changes: ",".join(changes),
 )
 def test_fingerprint_differs_when_a_field_differs(changes: dict[str, Any]) -> None:
-    assert request(**changes).fingerprint(None) != request().fingerprint(None)
+    assert fingerprint(submission(**changes), "m") != fingerprint(submission(), "m")
 
 
 @pytest.mark.parametrize(
@@ -216,7 +215,7 @@ def test_fingerprint_differs_when_a_field_differs(changes: dict[str, Any]) -> No
 def test_fingerprint_differs_when_metadata_differs(
     first: dict[str, MetadataValue] | None, second: dict[str, MetadataValue] | None
 ) -> None:
-    assert request().fingerprint(first) != request().fingerprint(second)
+    assert fingerprint(submission(first), "m") != fingerprint(submission(second), "m")
 
 
 # ---- public_job -------------------------------------------------------------------------------------------

@@ -44,8 +44,9 @@ async def events(redis: fakeredis.FakeAsyncRedis, key_id: str) -> list[tuple[str
 
 
 async def queued(redis: fakeredis.FakeAsyncRedis, model: str = MODEL) -> list[str]:
+    """The key ids of the queue's arq jobs (an arq job id is `<key id>#<submission>`)."""
     members: list[str] = await redis.zrange(keys.queue(model), 0, -1)
-    return members
+    return [member.partition("#")[0] for member in members]
 
 
 async def running(redis: fakeredis.FakeAsyncRedis, model: str = MODEL) -> list[str]:
@@ -62,9 +63,15 @@ async def next_message(pubsub: PubSub) -> dict[str, Any] | None:
     return None
 
 
+async def arq_of(store: JobStore, key_id: str) -> str:
+    """The arq job id the submission of `key_id` queued."""
+    arq_id: str = await store.redis.hget(keys.job(key_id), "arq")  # type: ignore[misc]
+    return arq_id
+
+
 async def submit_and_start(store: JobStore, job_id: str = "j1") -> int:
     await store.submit(OWNER, [job(job_id)])
-    started = await store.start(kid(job_id), MODEL, WORKER)
+    started = await store.start(kid(job_id), await arq_of(store, kid(job_id)), MODEL, WORKER)
     assert started is not None
     return started.attempt
 
@@ -120,12 +127,12 @@ async def test_submit_stores_the_record_the_arq_definition_and_the_queue_entry(
         "temperature": 0.7,
         "top_p": 1.0,
     }
-    definition = orjson.loads(await redis.get(keys.arq_job(kid("j1"))))
+    definition = orjson.loads(await redis.get(keys.arq_job(await arq_of(store, kid("j1")))))
     assert definition["f"] == "generate"
     assert definition["a"] == [kid("j1")]
     assert definition["k"] == {}
-    assert 0 < await redis.pttl(keys.arq_job(kid("j1"))) <= settings.RESULT_TTL * 1000
-    assert await redis.zscore(keys.queue(MODEL), kid("j1")) == int(stored["created_at"])
+    assert 0 < await redis.pttl(keys.arq_job(await arq_of(store, kid("j1")))) <= settings.RESULT_TTL * 1000
+    assert await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1"))) == int(stored["created_at"])
 
 
 async def test_submit_uses_the_default_max_tokens_and_a_generated_id(redis: fakeredis.FakeAsyncRedis) -> None:
@@ -151,7 +158,7 @@ async def test_submit_many_jobs_in_one_script_call(
     assert sorted(await queued(redis)) == sorted(kid(job_id) for job_id in ids)
     for job_id in ids:
         assert (await record(redis, kid(job_id)))["request"] == submitted[ids.index(job_id)].record["request"]
-        assert orjson.loads(await redis.get(keys.arq_job(kid(job_id))))["a"] == [kid(job_id)]
+        assert orjson.loads(await redis.get(keys.arq_job(await arq_of(store, kid(job_id)))))["a"] == [kid(job_id)]
 
 
 async def test_submit_wakes_the_workers_of_the_model(store: JobStore, pubsub: PubSub) -> None:
@@ -168,10 +175,10 @@ async def test_identical_resubmission_returns_the_existing_record_and_queues_not
     redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.submit(OWNER, [job("j1", metadata={"a": 1})])
-    await store.start(kid("j1"), MODEL, WORKER)
+    await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
     before = await record(redis, kid("j1"))
-    definition = await redis.get(keys.arq_job(kid("j1")))
-    score = await redis.zscore(keys.queue(MODEL), kid("j1"))
+    definition = await redis.get(keys.arq_job(await arq_of(store, kid("j1"))))
+    score = await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1")))
     later = now_ms() + 60_000
     monkeypatch.setattr("shared.store.now_ms", lambda: later)
 
@@ -181,8 +188,8 @@ async def test_identical_resubmission_returns_the_existing_record_and_queues_not
     assert again.record == before
     assert again.record["status"] == "running"
     assert await record(redis, kid("j1")) == before
-    assert await redis.get(keys.arq_job(kid("j1"))) == definition
-    assert await redis.zscore(keys.queue(MODEL), kid("j1")) == score
+    assert await redis.get(keys.arq_job(await arq_of(store, kid("j1")))) == definition
+    assert await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1"))) == score
     assert await queued(redis) == [kid("j1")]
 
 
@@ -217,7 +224,8 @@ async def test_different_body_under_the_same_id_conflicts_and_stores_nothing_of_
 
     assert info.value.job_id == "j1"
     assert await record(redis, kid("j1")) == before
-    assert sorted(await redis.keys("*")) == sorted([keys.job(kid("j1")), keys.arq_job(kid("j1")), keys.queue(MODEL)])
+    arq_job = keys.arq_job(await arq_of(store, kid("j1")))
+    assert sorted(await redis.keys("*")) == sorted([keys.job(kid("j1")), arq_job, keys.queue(MODEL)])
 
 
 async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedis) -> None:
@@ -229,7 +237,8 @@ async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedi
 
     assert info.value.model == MODEL
     assert sorted(await queued(redis)) == [kid("j1"), kid("j2")]
-    assert not await redis.exists(keys.job(kid("j3")), keys.arq_job(kid("j3")))
+    assert not await redis.exists(keys.job(kid("j3")))
+    assert not await redis.keys(keys.arq_job(kid("j3")) + "*")
 
 
 async def test_full_queue_still_accepts_up_to_the_limit_and_identical_resubmissions(
@@ -290,7 +299,7 @@ async def test_get_unknown_job_raises_not_found(store: JobStore) -> None:
 async def test_start_marks_the_job_running_with_attempt_one(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
     await store.submit(OWNER, [job("j1", params={"max_tokens": 9, "stop": "."})])
 
-    started = await store.start(kid("j1"), MODEL, WORKER)
+    started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
 
     assert started is not None
     assert started.attempt == 1
@@ -307,7 +316,16 @@ async def test_start_marks_the_job_running_with_attempt_one(redis: fakeredis.Fak
 
 
 async def test_start_of_an_unknown_job_returns_none(store: JobStore) -> None:
-    assert await store.start(kid("nope"), MODEL, WORKER) is None
+    assert await store.start(kid("nope"), kid("nope") + "#1", MODEL, WORKER) is None
+
+
+async def test_start_of_a_replaced_submission_returns_none(store: JobStore) -> None:
+    await store.submit(OWNER, [job("j1")])
+    stale = await arq_of(store, kid("j1"))
+    await store.submit(OWNER, [job("j1", prompt="Autre texte")], replace=True)
+
+    assert await store.start(kid("j1"), stale, MODEL, WORKER) is None
+    assert await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER) is not None
 
 
 async def test_start_after_requeue_emits_a_reset_with_the_new_attempt(
@@ -317,7 +335,7 @@ async def test_start_after_requeue_emits_a_reset_with_the_new_attempt(
     await store.append(kid("j1"), attempt, "partial")
     assert await store.requeue(kid("j1"), MODEL, attempt, refund=False)
 
-    started = await store.start(kid("j1"), MODEL, WORKER)
+    started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
 
     assert started is not None
     assert started.attempt == 2
@@ -329,7 +347,7 @@ async def test_start_of_a_job_whose_worker_vanished_takes_it_over(
 ) -> None:
     await submit_and_start(store)
 
-    started = await store.start(kid("j1"), MODEL, "other:2")
+    started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, "other:2")
 
     assert started is not None
     assert started.attempt == 2
@@ -344,7 +362,7 @@ async def test_start_after_refunded_requeue_resets_the_stream_of_the_lost_attemp
     await store.append(kid("j1"), attempt, "partial")
     assert await store.requeue(kid("j1"), MODEL, attempt, refund=True)
 
-    started = await store.start(kid("j1"), MODEL, WORKER)
+    started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
 
     assert started is not None
     assert [event_type for event_type, _ in await events(redis, kid("j1"))] == ["token", "reset"]
@@ -462,7 +480,7 @@ async def test_requeue_with_refund_restores_the_attempts(redis: fakeredis.FakeAs
     assert await store.requeue(kid("j1"), MODEL, attempt, refund=True) is True
 
     assert (await record(redis, kid("j1")))["attempts"] == "0"
-    started = await store.start(kid("j1"), MODEL, WORKER)
+    started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
     assert started is not None
     assert started.attempt == 1
 
@@ -491,8 +509,8 @@ async def test_cancel_of_a_queued_job_removes_it_from_the_queue(redis: fakeredis
     assert "request" not in cancelled
     assert cancelled == await record(redis, kid("j1"))
     assert await queued(redis) == [kid("j2")]
-    assert not await redis.exists(keys.arq_job(kid("j1")))
-    assert await redis.exists(keys.arq_job(kid("j2")))
+    assert not await redis.exists(keys.arq_job(await arq_of(store, kid("j1"))))
+    assert await redis.exists(keys.arq_job(await arq_of(store, kid("j2"))))
     assert await events(redis, kid("j1")) == [("done", "cancelled")]
     assert 4990 <= await redis.ttl(keys.job(kid("j1"))) <= 5000
     assert 290 <= await redis.ttl(keys.stream(kid("j1"))) <= 300
@@ -502,7 +520,7 @@ async def test_cancel_of_a_queued_job_prevents_its_start(store: JobStore) -> Non
     await store.submit(OWNER, [job("j1")])
     await store.cancel(OWNER, "j1")
 
-    assert await store.start(kid("j1"), MODEL, WORKER) is None
+    assert await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER) is None
 
 
 async def test_second_cancel_raises_job_finished(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
@@ -593,7 +611,7 @@ async def test_model_stats_counts_queued_running_and_live_workers(
     redis: fakeredis.FakeAsyncRedis, store: JobStore
 ) -> None:
     await store.submit(OWNER, [job("j1"), job("j2"), job("j3")])
-    await store.start(kid("j1"), MODEL, WORKER)
+    await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
     await store.heartbeat(MODEL, WORKER, {kid("j1"): 1})
     await redis.zadd(keys.workers(MODEL), {"dead:1": now_ms() - 600_000})
 
@@ -607,8 +625,70 @@ async def test_model_stats_counts_queued_running_and_live_workers(
 
 async def test_heartbeat_stops_a_run_that_another_worker_took_over(store: JobStore) -> None:
     await submit_and_start(store, "j1")
-    taken = await store.start(kid("j1"), MODEL, "other:2")  # as after the first worker was presumed dead
+    taken = await store.start(
+        kid("j1"), await arq_of(store, kid("j1")), MODEL, "other:2"
+    )  # as after the first worker was presumed dead
     assert taken is not None
 
     assert await store.heartbeat(MODEL, WORKER, {kid("j1"): 1}) == [kid("j1")]
     assert await store.heartbeat(MODEL, "other:2", {kid("j1"): taken.run}) == []
+
+
+# ---- replacement (the old API's resubmission with a new text) ---------------------------------------------
+
+
+async def test_replace_with_the_same_body_does_no_new_work(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    await store.submit(OWNER, [job("j1")], replace=True)
+    (again,) = await store.submit(OWNER, [job("j1")], replace=True)
+
+    assert not again.created
+    assert await queued(redis) == [kid("j1")]
+
+
+async def test_replace_a_queued_job_swaps_its_queue_entry(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    await store.submit(OWNER, [job("j1")])
+    old_arq = await arq_of(store, kid("j1"))
+
+    (replaced,) = await store.submit(OWNER, [job("j1", prompt="Nouveau texte")], replace=True)
+
+    assert replaced.created
+    new_arq = await arq_of(store, kid("j1"))
+    assert new_arq != old_arq
+    assert await redis.zrange(keys.queue(MODEL), 0, -1) == [new_arq]
+    assert not await redis.exists(keys.arq_job(old_arq))
+    assert orjson.loads((await record(redis, kid("j1")))["request"])["prompt"] == "Nouveau texte"
+
+
+async def test_replace_a_running_job_stops_its_run_and_resets_its_stream(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, pubsub: PubSub
+) -> None:
+    first = await submit_and_start(store, "j1")
+    await store.append(kid("j1"), first, "ancien")
+    await pubsub.subscribe(keys.cancel_channel(MODEL))
+
+    await store.submit(OWNER, [job("j1", prompt="Nouveau texte")], replace=True)
+
+    message = await next_message(pubsub)
+    assert message is not None
+    assert message["data"] == kid("j1")
+    assert await running(redis) == []
+    assert await store.append(kid("j1"), first, "trop tard") is False
+    started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
+    assert started is not None
+    assert started.attempt == 1
+    assert started.run == first + 1, "runs keep growing across a replacement, so the old run stays fenced"
+    assert [kind for kind, _ in await events(redis, kid("j1"))] == ["token", "reset"]
+
+
+async def test_replace_a_finished_job_keeps_its_stream_until_the_new_one_ends(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    run = await submit_and_start(store, "j1")
+    await store.finish(kid("j1"), MODEL, run, RESULT)
+
+    (replaced,) = await store.submit(OWNER, [job("j1", prompt="Nouveau texte")], replace=True)
+
+    assert replaced.created
+    assert (await record(redis, kid("j1")))["status"] == "queued"
+    assert await redis.ttl(keys.stream(kid("j1"))) == -1
+    assert await redis.ttl(keys.job(kid("j1"))) == -1

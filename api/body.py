@@ -1,0 +1,49 @@
+"""Request bodies that are one item or a JSON array of them, validated with errors naming the field."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+def invalid(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> RequestValidationError:
+    """A 422 naming the location and the problem, in FastAPI's own error shape."""
+    return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": msg, "input": None}])
+
+
+def parse_one_or_many(
+    raw: bytes, model: type[Item], *, max_items: int, limit_name: str, context: dict[str, Any] | None = None
+) -> tuple[list[Item], bool]:
+    """The items of `raw` (one object or an array of at most `max_items`), and whether it was an array."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid((), f"JSON decode error: {exc}", "json_invalid") from None
+    many = isinstance(data, list)
+    if many and len(data) > max_items:
+        raise invalid((), f"{len(data)} items in one request, over the limit of {limit_name}={max_items}", "too_long")
+    if many and not data:
+        raise invalid((), "empty array", "too_short")
+    try:
+        items = (
+            TypeAdapter(list[model]).validate_python(data, context=context)  # type: ignore[valid-type]
+            if many
+            else [model.model_validate(data, context=context)]
+        )
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        ) from None
+    return items, many
+
+
+def one_or_many_schema(component: str) -> dict[str, Any]:
+    """OpenAPI request body of a route taking `component` or an array of it."""
+    ref = {"$ref": f"#/components/schemas/{component}"}
+    schema = {"oneOf": [ref, {"type": "array", "items": ref}]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

@@ -1,0 +1,111 @@
+"""The old Albert "Services Publics Plus" API's endpoints, same paths and shapes, on the job system.
+
+- `POST /anonymize` queues one SPP generation per item, and answers the ids.
+- `POST /prod/run/ditp-get-data` answers the generated answers.
+- `GET /healthcheck` is the old liveness probe.
+
+A failed generation never comes back as an answer (the old API returned error strings as answers):
+for one id it is an HTTP 422 `{"detail": "Generation failed", ...}` that old clients treat as an
+error; in an array its `generated_answer` is null and `status`/`error` say why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.body import one_or_many_schema, parse_one_or_many
+from api.deps import OwnerDep, SettingsDep, StoreDep
+from api.responses import JSONResponse
+from shared.models import GenerationParams, JobCreate, JobId, JobStatus, Limits
+
+router = APIRouter(tags=["Services Publics Plus (old API)"])
+
+
+def _id_as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class AnonymizeItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: JobId | None = Field(None, description="The experience's id; a UUID is made when missing.")
+    text: str = Field(min_length=1, description="The citizen's account of their experience.")
+
+    _id = field_validator("id", mode="before")(_id_as_text)
+
+
+class AnswerQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: JobId
+
+    _id = field_validator("id", mode="before")(_id_as_text)
+
+
+@router.post("/anonymize", openapi_extra=one_or_many_schema("AnonymizeItem"))
+async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, owner: OwnerDep) -> JSONResponse:
+    """Queue the administration's answer to one experience, or to an array of them."""
+    limits = Limits(max_prompt_chars=settings.MAX_PROMPT_CHARS, max_messages=1, max_tokens=settings.MAX_TOKENS_LIMIT)
+    items, many = parse_one_or_many(
+        await request.body(), AnonymizeItem, max_items=settings.MAX_JOBS_PER_REQUEST, limit_name="MAX_JOBS_PER_REQUEST"
+    )
+    params = GenerationParams(
+        max_tokens=settings.SPP_MAX_TOKENS, temperature=settings.SPP_TEMPERATURE, top_p=settings.SPP_TOP_P
+    )
+    jobs = [
+        JobCreate.model_validate(
+            {"id": item.id, "prompt": item.text, "template": settings.SPP_TEMPLATE, "params": params},
+            context={"limits": limits},
+        )
+        for item in items
+    ]
+    submitted = await store.submit(owner, jobs, replace=True)
+    ids = [{"id": item.record["id"]} for item in submitted]
+    return JSONResponse({"body": ids if many else ids[0]})
+
+
+def _answer(record: dict[str, str] | None, job_id: str) -> dict[str, Any]:
+    """One id's entry: the answer text only when the job succeeded."""
+    if record is None:
+        return {"id": job_id, "status": None, "generated_answer": None}
+    answer: dict[str, Any] = {"id": job_id, "status": record["status"], "generated_answer": None}
+    if record["status"] == JobStatus.SUCCEEDED:
+        answer["generated_answer"] = orjson.loads(record["result"])["text"]
+    elif "error" in record:
+        answer["error"] = orjson.loads(record["error"])
+    return answer
+
+
+@router.post(
+    "/prod/run/ditp-get-data",
+    openapi_extra=one_or_many_schema("AnswerQuery"),
+    responses={
+        400: {"description": '`{"detail": "ID not found"}`: unknown, or not answered yet'},
+        422: {"description": '`{"detail": "Generation failed", ...}`: there will be no answer; resubmit it'},
+    },
+)
+async def get_answers(request: Request, settings: SettingsDep, store: StoreDep, owner: OwnerDep) -> JSONResponse:
+    """The generated answer of one id, or of an array of ids (null where there is none)."""
+    queries, many = parse_one_or_many(
+        await request.body(), AnswerQuery, max_items=settings.MAX_JOBS_PER_REQUEST, limit_name="MAX_JOBS_PER_REQUEST"
+    )
+    records = await store.get_many(owner, [query.id for query in queries])
+    answers = [_answer(record, query.id) for record, query in zip(records, queries, strict=True)]
+    if many:
+        return JSONResponse({"body": answers})
+    answer = answers[0]
+    if answer["status"] in (None, JobStatus.QUEUED, JobStatus.RUNNING):
+        return JSONResponse({"detail": "ID not found"}, status_code=400)
+    if answer["status"] != JobStatus.SUCCEEDED:
+        return JSONResponse({"detail": "Generation failed", **answer}, status_code=422)
+    return JSONResponse({"body": {"generated_answer": answer["generated_answer"]}})
+
+
+@router.get("/healthcheck")
+async def healthcheck(settings: SettingsDep) -> dict[str, str]:
+    """The old API's liveness probe."""
+    return {"msg": "OK", "version": settings.APP_VERSION}
