@@ -131,7 +131,12 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
     """Start an API (and workers, one per model unless `workers` says otherwise) against `redis_server`."""
     stacks: list[Stack] = []
 
-    def start(llm_table: list[tuple[str, ...]], workers: dict[str, int] | None = None, **settings: Any) -> Stack:
+    def start(
+        llm_table: list[tuple[str, ...]],
+        workers: dict[str, int] | None = None,
+        headers: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> Stack:
         env = {
             "ENV": "unittest",
             "REDIS_URL": redis_server.url,
@@ -161,7 +166,7 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
             ready_url=f"{url}/health",
             log=logs_dir / f"api-{port}.log",
         )
-        client = httpx.Client(base_url=url, timeout=10, headers=AUTH)
+        client = httpx.Client(base_url=url, timeout=10, headers=AUTH if headers is None else headers)
         stack = Stack(url, env, api, started, client, logs_dir)
         live = sum(counts.values())
         wait_for(

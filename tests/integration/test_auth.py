@@ -1,0 +1,122 @@
+"""API keys over HTTP in prod: 401s, per-key isolation on every endpoint, reload without restart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.integration.conftest import RedisServer, Sim, Stack, wait_for
+
+MODEL = "auth/model"
+ALICE = {"Authorization": "Bearer key-alice-0123456789"}
+BOB = {"Authorization": "Bearer key-bob-0123456789"}
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "api_keys.json"
+    path.write_bytes(orjson.dumps({"alice": "Bearer key-alice-0123456789", "bob": "key-bob-0123456789"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim], keys_file: Path) -> Stack:
+    sim = start_sim(MODEL, ms_per_token=5)
+    return start_stack([(MODEL, sim.url)], headers=ALICE, ENV="prod", API_KEYS_FILE=str(keys_file))
+
+
+@pytest.fixture(scope="module")
+def anonymous(stack: Stack) -> httpx.Client:
+    return httpx.Client(base_url=stack.url, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/x"),
+        ("DELETE", "/v1/jobs/x"),
+        ("GET", "/v1/jobs/x/events"),
+        ("GET", "/v1/models"),
+        ("POST", "/anonymize"),
+        ("POST", "/prod/run/ditp-get-data"),
+    ],
+)
+@pytest.mark.parametrize("header", [None, "key-alice-0123456789", "Basic key-alice-0123456789", "Bearer wrong"])
+def test_every_endpoint_needs_a_valid_bearer_key(
+    anonymous: httpx.Client, method: str, path: str, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    response = anonymous.request(method, path, headers=headers, json={"prompt": "x"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/healthcheck"])
+def test_health_and_readiness_need_no_key(anonymous: httpx.Client, path: str) -> None:
+    assert anonymous.get(path).status_code == 200
+
+
+def test_the_same_id_from_two_clients_names_two_jobs(stack: Stack) -> None:
+    alice = stack.http.post("/v1/jobs", json={"id": "shared-id", "prompt": "Alice demande"})
+    bob = stack.http.post("/v1/jobs", json={"id": "shared-id", "prompt": "Bob demande autre chose"}, headers=BOB)
+    assert alice.status_code == bob.status_code == 202
+    done_alice = stack.wait_job("shared-id")
+    assert done_alice["status"] == "succeeded"
+    wait_for(lambda: stack.http.get("/v1/jobs/shared-id", headers=BOB).json()["status"] == "succeeded", 20, "bob's job")
+    done_bob = stack.http.get("/v1/jobs/shared-id", headers=BOB).json()
+    assert done_bob["result"]["text"] != done_alice["result"]["text"]
+
+
+def test_a_client_never_sees_streams_or_cancels_another_clients_job(stack: Stack) -> None:
+    stack.http.post("/v1/jobs", json={"id": "alice-only", "prompt": "Secret", "params": {"max_tokens": 2000}})
+    assert stack.http.get("/v1/jobs/alice-only", headers=BOB).status_code == 404
+    assert stack.http.get("/v1/jobs/alice-only/events", headers=BOB).status_code == 404
+    assert stack.http.delete("/v1/jobs/alice-only", headers=BOB).status_code == 404
+    assert stack.http.post("/prod/run/ditp-get-data", json={"id": "alice-only"}, headers=BOB).status_code == 400
+    assert stack.http.get("/v1/jobs/alice-only").json()["status"] in ("queued", "running")
+    assert stack.http.delete("/v1/jobs/alice-only").json()["status"] == "cancelled"
+
+
+def test_old_endpoints_are_isolated_too(stack: Stack) -> None:
+    stack.http.post("/anonymize", json={"id": "exp-iso", "text": "Le récit d'Alice"})
+    stack.wait_job("exp-iso")
+    assert stack.http.post("/prod/run/ditp-get-data", json={"id": "exp-iso"}).status_code == 200
+    assert stack.http.post("/prod/run/ditp-get-data", json={"id": "exp-iso"}, headers=BOB).status_code == 400
+
+
+def test_keys_never_reach_redis_or_the_logs(stack: Stack, redis_server: RedisServer) -> None:
+    stack.http.post("/v1/jobs", json={"prompt": "trace"}).raise_for_status()
+    client = redis_server.client()
+    dump = [key + repr(client.dump(key)) for key in client.scan_iter(count=1000)]
+    assert not [entry for entry in dump if "0123456789" in entry]
+    logs = "".join(path.read_text(errors="replace") for path in stack.logs.glob("*.log"))
+    assert "0123456789" not in logs
+
+
+def test_the_keys_file_is_reread_without_a_restart(stack: Stack, keys_file: Path) -> None:
+    carol = {"Authorization": "Bearer key-carol-new"}
+    assert stack.http.get("/v1/models", headers=carol).status_code == 401
+    keys = orjson.loads(keys_file.read_bytes()) | {"carol": "key-carol-new"}
+    keys_file.write_bytes(orjson.dumps(keys))
+    wait_for(lambda: stack.http.get("/v1/models", headers=carol).status_code == 200, 10, "carol's key accepted")
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_staging_and_prod_refuse_to_start_without_keys(env: str) -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "api"],
+        env={"ENV": env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode != 0
+    assert f"ENV={env} needs API keys" in process.stderr.decode()
