@@ -21,22 +21,22 @@ class State(TypedDict):
     keyring: KeyRing
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
-def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> JobStore:
     store: JobStore = request.state.store
     return store
 
 
-def _hub(request: Request) -> StreamHub:
+async def _hub(request: Request) -> StreamHub:
     hub: StreamHub = request.state.hub
     return hub
 
 
-def _caller(
+async def _caller(
     request: Request,
     authorization: Annotated[str | None, Header(description="`Bearer <API key>`")] = None,
 ) -> Caller:
@@ -44,7 +44,7 @@ def _caller(
     return keyring.authenticate(authorization)
 
 
-def _owner(caller: Annotated[Caller, Depends(_caller)]) -> str:
+async def _owner(caller: Annotated[Caller, Depends(_caller)]) -> str:
     """The namespace of the caller's jobs."""
     return caller.owner
 
