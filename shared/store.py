@@ -33,6 +33,10 @@ from shared.templates import render_prompt
 JOB_FUNCTION = "generate"
 """The name of the arq function every job runs (worker/generate.py)."""
 
+INTERACTIVE_HEAD_START_MS = 10**12
+"""How far back in time interactive jobs are scored in a model's queue, so that they run before any
+batch job queued earlier (arq takes the lowest scores first). About 31 years: never reached."""
+
 
 def _script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(resources.files("shared").joinpath(f"lua/{name}.lua").read_text())
@@ -90,22 +94,33 @@ class JobStore:
             seed=params.seed,
         )
 
-    async def submit(self, owner: str, jobs: list[JobCreate], *, replace: bool = False) -> list[Submitted]:
+    async def submit(
+        self,
+        owner: str,
+        jobs: list[JobCreate],
+        *,
+        replace: bool = False,
+        background: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> list[Submitted]:
         """Store and queue `jobs` in one round trip: all of them, or none (conflict, full queue).
 
         An id resubmitted with the same body returns the existing job. With another body it is a
         conflict, unless `replace` (the old API's behaviour): then the old job is stopped and replaced.
+        `background` jobs (batches) run after every interactive job of the model and are not
+        counted against MAX_QUEUE_DEPTH. `extra` fields are stored in every record (e.g. `batch`).
         """
         now = now_ms()
         script_keys: list[str] = []
         args: list[str | int] = [
             now,
             self.settings.RESULT_TTL * 1000,
-            self.settings.MAX_QUEUE_DEPTH,
+            0 if background else self.settings.MAX_QUEUE_DEPTH,
             keys.queue(""),
             keys.running(""),
             keys.arq_job(""),
             keys.cancel_channel(""),
+            now if background else now - INTERACTIVE_HEAD_START_MS,
         ]
         fresh: list[dict[str, str]] = []
         for job in jobs:
@@ -125,6 +140,7 @@ class JobStore:
             }
             if job.metadata is not None:
                 record["metadata"] = orjson.dumps(job.metadata).decode()
+            record |= extra or {}
             definition = orjson.dumps({"t": None, "f": JOB_FUNCTION, "a": [kid], "k": {}, "et": now}).decode()
             script_keys += [keys.job(kid), keys.arq_job(arq_id), keys.queue(request.model), keys.stream(kid)]
             channel = keys.wake_channel(request.model)

@@ -14,4 +14,16 @@ redis.call('XADD', KEYS[2], '*', 't', 'done', 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[8])
+-- A job of a batch counts in its batch's counters; the batch ends with its last job.
+local batch = redis.call('HGET', KEYS[1], 'batch')
+if batch then
+  redis.call('HINCRBY', batch, ARGV[2] == 'succeeded' and 'completed' or 'failed', 1)
+  local b = redis.call('HMGET', batch, 'total', 'completed', 'failed', 'cancelled', 'status')
+  local ended = tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[4] or '0')
+  if ended >= tonumber(b[1]) and (b[5] == 'in_progress' or b[5] == 'cancelling') then
+    local final = b[5] == 'cancelling' and 'cancelled' or 'completed'
+    redis.call('HSET', batch, 'status', final, final .. '_at', ARGV[5], 'finalizing_at', ARGV[5])
+    redis.call('EXPIRE', batch, ARGV[6])
+  end
+end
 return 1

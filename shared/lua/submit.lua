@@ -2,13 +2,15 @@
 -- KEYS, per job (4 keys each): job record, arq job definition, model queue, token stream.
 -- ARGV: now_ms, arq ttl ms, max queue depth (0: none), then the key prefixes of queues, running sets,
 --       arq job definitions and cancel channels (for a replaced job, whose keys come from its record),
+--       the jobs' score in the queue (lower runs first; arq runs a job once its score is in the past),
 --       then per job: key id, fingerprint, arq job id, arq job definition, wake channel,
 --       mode ('keep': another body is a conflict; 'replace': it replaces the job), n fields, n field/value pairs.
 -- Returns {"conflict", key id} | {"full", queue} | {"ok", r1, r2, ...}: ri is 0 for a stored job and the
 -- flat HGETALL of the existing record for an identical resubmission.
 local now, arq_ttl, max_depth = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local queue_prefix, running_prefix, arq_prefix, cancel_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local jobs, pos = {}, 8
+local score = ARGV[8]
+local jobs, pos = {}, 9
 for i = 1, #KEYS / 4 do
   local nfields = tonumber(ARGV[pos + 6])
   local job = {record = KEYS[4 * i - 3], arq = KEYS[4 * i - 2], queue = KEYS[4 * i - 1], stream = KEYS[4 * i],
@@ -57,7 +59,7 @@ for i, job in ipairs(jobs) do
     end
     redis.call('HSET', job.record, 'created_at', now, 'run', run, unpack(ARGV, job.first, job.last))
     redis.call('SET', job.arq, job.definition, 'PX', arq_ttl)
-    redis.call('ZADD', job.queue, now, job.arq_id)
+    redis.call('ZADD', job.queue, score, job.arq_id)
     woken[job.channel] = true
     out[i + 1] = 0
   end

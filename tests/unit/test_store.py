@@ -15,7 +15,7 @@ from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
 from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
 from shared.settings import Settings
-from shared.store import JobStore
+from shared.store import INTERACTIVE_HEAD_START_MS, JobStore
 from tests.unit.conftest import MODEL, make_settings
 
 OWNER = "owner1"
@@ -132,7 +132,8 @@ async def test_submit_stores_the_record_the_arq_definition_and_the_queue_entry(
     assert definition["a"] == [kid("j1")]
     assert definition["k"] == {}
     assert 0 < await redis.pttl(keys.arq_job(await arq_of(store, kid("j1")))) <= settings.RESULT_TTL * 1000
-    assert await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1"))) == int(stored["created_at"])
+    score = await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1")))
+    assert score == int(stored["created_at"]) - INTERACTIVE_HEAD_START_MS
 
 
 async def test_submit_uses_the_default_max_tokens_and_a_generated_id(redis: fakeredis.FakeAsyncRedis) -> None:
@@ -692,3 +693,50 @@ async def test_replace_a_finished_job_keeps_its_stream_until_the_new_one_ends(
     assert (await record(redis, kid("j1")))["status"] == "queued"
     assert await redis.ttl(keys.stream(kid("j1"))) == -1
     assert await redis.ttl(keys.job(kid("j1"))) == -1
+
+
+# ---- background (batch) jobs -------------------------------------------------------------------------------
+
+
+async def test_interactive_jobs_run_before_background_jobs_queued_earlier(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    await store.submit(OWNER, [job("batch-1"), job("batch-2")], background=True)
+    await store.submit(OWNER, [job("live")])
+
+    assert await queued(redis) == [kid("live"), kid("batch-1"), kid("batch-2")]
+
+
+async def test_background_jobs_ignore_the_queue_depth_limit(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=1))
+    await store.submit(OWNER, [job("b1"), job("b2"), job("b3")], background=True)
+
+    assert len(await queued(redis)) == 3
+
+
+async def test_a_batch_ends_with_its_last_job(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    batch = "spp:batch:test"
+    await redis.hset(batch, mapping={"total": 3, "status": "in_progress"})
+    await store.submit(OWNER, [job("b1"), job("b2"), job("b3")], background=True, extra={"batch": batch})
+    for job_id in ("b1", "b2"):
+        run = await submit_and_start(store, job_id)
+        await store.finish(kid(job_id), MODEL, run, RESULT if job_id == "b1" else JobError(type="x", message="y"))
+    assert (await redis.hgetall(batch))["status"] == "in_progress"
+
+    await store.cancel(OWNER, "b3")
+
+    counts = await redis.hgetall(batch)
+    assert (counts["completed"], counts["failed"], counts["cancelled"]) == ("1", "1", "1")
+    assert counts["status"] == "completed"
+    assert "completed_at" in counts
+    assert await redis.ttl(batch) > 0
+
+
+async def test_a_cancelling_batch_becomes_cancelled(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    batch = "spp:batch:test"
+    await redis.hset(batch, mapping={"total": 1, "status": "cancelling"})
+    await store.submit(OWNER, [job("b1")], background=True, extra={"batch": batch})
+
+    await store.cancel(OWNER, "b1")
+
+    assert (await redis.hgetall(batch))["status"] == "cancelled"
