@@ -7,6 +7,7 @@ from typing import Annotated, TypedDict
 from fastapi import Depends, Header, Request
 
 from api.auth import Caller, KeyRing
+from api.limits import RateLimiter
 from api.streams import StreamHub
 from shared.settings import Settings
 from shared.store import JobStore
@@ -19,6 +20,7 @@ class State(TypedDict):
     store: JobStore
     hub: StreamHub
     keyring: KeyRing
+    limiter: RateLimiter
 
 
 async def _settings(request: Request) -> Settings:
@@ -41,7 +43,10 @@ async def _caller(
     authorization: Annotated[str | None, Header(description="`Bearer <API key>`")] = None,
 ) -> Caller:
     keyring: KeyRing = request.state.keyring
-    return keyring.authenticate(authorization)
+    limiter: RateLimiter = request.state.limiter
+    caller = keyring.authenticate(authorization)
+    await limiter.check(caller.owner)
+    return caller
 
 
 async def _owner(caller: Annotated[Caller, Depends(_caller)]) -> str:

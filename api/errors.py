@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 
 from api.auth import Unauthorized
+from api.limits import RateLimited
 from api.responses import JSONResponse
 from shared.connection import REDIS_ERRORS
 from shared.errors import (
@@ -34,17 +35,21 @@ _STATUS: dict[type[SppError], int] = {
 }
 
 
-def _error_response(status: int, detail: str, **extra: object) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in (429, 503) else None
+def _error_response(
+    status: int, detail: str, *, retry_after: str = RETRY_AFTER_SECONDS, extra: dict[str, object] | None = None
+) -> JSONResponse:
+    headers = {"Retry-After": retry_after} if status in (429, 503) else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+    return JSONResponse({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
 
 
 async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SppError)
     extra: dict[str, object] = {"known_models": exc.known} if isinstance(exc, UnknownModel) else {}
-    return _error_response(_STATUS.get(type(exc), 400), str(exc), **extra)
+    if isinstance(exc, RateLimited):
+        return _error_response(429, str(exc), retry_after=str(exc.retry_after))
+    return _error_response(_STATUS.get(type(exc), 400), str(exc), extra=extra)
 
 
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.auth import KeyRing
 from api.deps import State
+from api.limits import BodySizeLimit, RateLimiter
 from api.responses import JSONResponse
 from api.routes import health, jobs, legacy, models
 from api.streams import StreamHub
@@ -28,7 +30,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = StreamHub(redis_client(settings, "spp-api-streams", single_connection=True), redis)
         await hub.start()
         try:
-            yield State(settings=settings, store=JobStore(redis, settings), hub=hub, keyring=keyring)
+            yield State(
+                settings=settings,
+                store=JobStore(redis, settings),
+                hub=hub,
+                keyring=keyring,
+                limiter=RateLimiter(redis, settings),
+            )
         finally:
             await hub.stop()
             await redis.aclose()
@@ -42,6 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSONResponse,
     )
     errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    if settings.cors_origins:
+        # Credentials only with an explicit list of origins, never with the '*' wildcard.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials="*" not in settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(legacy.router)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi.responses import Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSON response (so that OpenAPI documents JSON bodies), rendered by orjson."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

@@ -73,6 +73,11 @@ def workers(model: str) -> str:
     return f"{PREFIX}:workers:{model}"
 
 
+def rate(owner: str) -> str:
+    """Hash: the token bucket of an API key's rate limit (api/limits.py)."""
+    return f"{PREFIX}:rate:{owner}"
+
+
 def wake_channel(model: str) -> str:
     """Pub/sub channel: 'a job was queued' news that wakes idle workers of the model."""
     return f"{PREFIX}:wake:{model}"
@@ -81,3 +86,33 @@ def wake_channel(model: str) -> str:
 def cancel_channel(model: str) -> str:
     """Pub/sub channel: key ids of running jobs just cancelled, for the worker that runs them."""
     return f"{PREFIX}:cancel:{model}"
+
+
+def file(owner: str, file_id: str) -> str:
+    """Hash: an uploaded file's metadata (filename, purpose, bytes, lines, created_at)."""
+    return f"{PREFIX}:file:{owner}:{file_id}"
+
+
+def file_data(owner: str, file_id: str) -> str:
+    """String: an uploaded file's bytes."""
+    return f"{PREFIX}:file-data:{owner}:{file_id}"
+
+
+def file_upload(owner: str, upload_id: str) -> str:
+    """String: the bytes of an upload in progress, renamed to `file_data` once it is complete."""
+    return f"{PREFIX}:file-upload:{owner}:{upload_id}"
+
+
+def batch(owner: str, batch_id: str) -> str:
+    """Hash: a batch's state, counters (kept by the job scripts through a job record's `batch` field) and times."""
+    return f"{PREFIX}:batch:{owner}:{batch_id}"
+
+
+def batches(owner: str) -> str:
+    """Sorted set: the owner's batch ids scored by creation time (ms), for listing."""
+    return f"{PREFIX}:batches:{owner}"
+
+
+def active_batches() -> str:
+    """Sorted set: `<owner>:<batch id>` of batches that may still expire, scored by when they do (ms)."""
+    return f"{PREFIX}:batches-active"

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     # API keys: a JSON file {"client name": "key"} and/or a comma-separated list.
     API_KEYS_FILE: Path | None = None
     API_KEYS: str = Field("", repr=False)
+    RATE_LIMIT: float | None = Field(
+        None, ge=0, description="Requests per second per API key; 0 disables; unset: 0 in dev/unittest, else 20."
+    )
+    RATE_LIMIT_BURST: int = Field(40, ge=1, description="Requests a key may send at once above its rate.")
+    MAX_BODY_BYTES: int = Field(32 * 2**20, ge=1024, description="Largest request body (file uploads aside).")
+    CORS_ORIGINS: str = Field(
+        "", description="Comma-separated origins allowed by CORS; '*' allows any, without credentials."
+    )
 
     # Redis: REDIS_URL wins over REDIS_HOST/REDIS_PORT/REDIS_PASSWORD.
     REDIS_URL: str | None = None
@@ -119,7 +127,7 @@ class Settings(BaseSettings):
     SPP_TEMPERATURE: float = Field(0.2, ge=0, le=2)
     SPP_TOP_P: float = Field(1.0, gt=0, le=1)
 
-    @field_validator("API_KEYS_FILE", "REDIS_URL", "REDIS_PASSWORD", mode="before")
+    @field_validator("API_KEYS_FILE", "REDIS_URL", "REDIS_PASSWORD", "RATE_LIMIT", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -140,6 +148,17 @@ class Settings(BaseSettings):
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE={self.API_KEYS_FILE} is not a readable file")
         return self
+
+    @property
+    def rate_limit(self) -> float:
+        """Requests per second per key: RATE_LIMIT, or its default for the ENV (off in dev and unittest)."""
+        if self.RATE_LIMIT is not None:
+            return self.RATE_LIMIT
+        return 0.0 if self.open_access else 20.0
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.CORS_ORIGINS.split(",") if origin.strip()]
 
     @property
     def open_access(self) -> bool:

@@ -1,0 +1,85 @@
+"""Limits that protect the service: request body size, and each API key's request rate.
+
+The body cap is an ASGI middleware, so that an oversized body is refused before it is read whole;
+the rate limit is a token bucket in Redis (shared/lua/rate.lua), shared by every API process.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.responses import JSONResponse
+from shared import keys
+from shared.errors import SppError
+from shared.models import now_ms
+from shared.settings import Settings
+
+UPLOAD_PATHS = ("/v1/files",)
+"""Bodies that have a limit of their own (batch input files)."""
+
+
+class RateLimited(SppError):
+    def __init__(self, rate: float, wait_ms: int) -> None:
+        super().__init__(f"rate limit of {rate:g} requests per second exceeded (RATE_LIMIT); retry later")
+        self.retry_after = max(1, math.ceil(wait_ms / 1000))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Answers 413 when a request body exceeds MAX_BODY_BYTES, whether it declares its length or not."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(UPLOAD_PATHS):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"request body over the limit of MAX_BODY_BYTES={self.max_bytes} bytes"
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+class RateLimiter:
+    """RATE_LIMIT requests per second per key, with bursts of RATE_LIMIT_BURST."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._rate = settings.rate_limit
+        self._burst = settings.RATE_LIMIT_BURST
+        source = resources.files("shared").joinpath("lua/rate.lua").read_text()
+        self._script = redis.register_script(source)
+
+    async def check(self, owner: str) -> None:
+        if self._rate <= 0:
+            return
+        wait = int(await self._script(keys=[keys.rate(owner)], args=[now_ms(), self._rate, self._burst]))
+        if wait:
+            raise RateLimited(self._rate, wait)
