@@ -1,0 +1,111 @@
+"""Batches (the OpenAI Batch API): every request of an uploaded file becomes a job of this system."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.background import BackgroundTask
+
+from api.deps import BatchesDep, OwnerDep
+from api.responses import JSONResponse
+from shared.batch_format import WINDOW_PATTERN, BatchStatus, public_batch
+from shared.openai_shapes import Endpoint
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+BatchIdPath = Annotated[str, Path(max_length=100, description="The batch's id.")]
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(description="An uploaded file (`POST /v1/files`, `purpose=batch`).")
+    endpoint: Endpoint = Field(description="Every line's `url`.")
+    completion_window: Annotated[str, StringConstraints(pattern=WINDOW_PATTERN)] = Field(
+        description='Hours, as "24h": the batch then expires with its unfinished requests cancelled.'
+    )
+    metadata: (
+        dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]] | None
+    ) = Field(None, max_length=16)
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int = Field(description="Failed or cancelled requests.")
+
+
+class BatchObject(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: dict[str, Any] | None
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+@router.post("", response_model=BatchObject, responses={404: {"description": "Unknown input file"}})
+async def create_batch(body: BatchCreate, owner: OwnerDep, batches: BatchesDep) -> JSONResponse:
+    """Create a batch: answered `validating`; the whole input is then validated (any problem: `failed`, with
+    `errors` naming the lines, and nothing queued), then every request is queued (`in_progress`)."""
+    record = await batches.create(owner, body.input_file_id, body.endpoint, body.completion_window, body.metadata)
+    # After the answer, still inside the request: a graceful shutdown waits for it.
+    return JSONResponse(public_batch(record), background=BackgroundTask(batches.process, owner, record["id"]))
+
+
+@router.get("", response_model=BatchList)
+async def list_batches(
+    owner: OwnerDep,
+    batches: BatchesDep,
+    after: Annotated[str | None, Query(max_length=100, description="The last id of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JSONResponse:
+    """The caller's batches, newest first, a page at a time."""
+    records, has_more = await batches.page(owner, after, limit)
+    data = [public_batch(record) for record in records]
+    first_id, last_id = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return JSONResponse(
+        {"object": "list", "data": data, "first_id": first_id, "last_id": last_id, "has_more": has_more}
+    )
+
+
+@router.get("/{batch_id}", response_model=BatchObject, responses={404: {"description": "Unknown batch"}})
+async def retrieve_batch(batch_id: BatchIdPath, owner: OwnerDep, batches: BatchesDep) -> JSONResponse:
+    """The batch: status, request counts, and its output and error files once it has ended."""
+    return JSONResponse(public_batch(await batches.get(owner, batch_id)))
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    response_model=BatchObject,
+    responses={404: {"description": "Unknown batch"}, 409: {"description": "The batch has already ended"}},
+)
+async def cancel_batch(batch_id: BatchIdPath, owner: OwnerDep, batches: BatchesDep) -> JSONResponse:
+    """Cancel a batch: `cancelling` at once, `cancelled` when its last unfinished request is cancelled."""
+    status = await batches.cancel(owner, batch_id)
+    task = BackgroundTask(batches.cancel_jobs, owner, batch_id) if status == BatchStatus.CANCELLING else None
+    return JSONResponse(public_batch(await batches.get(owner, batch_id)), background=task)

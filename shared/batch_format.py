@@ -1,0 +1,184 @@
+"""The shapes of the OpenAI Batch API: input lines into jobs, job records into output and error lines, and
+the batch object (see ../shared/reference/openai-batch.md).
+
+Pure functions, without Redis: shared/batches.py does the storage.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import orjson
+
+from shared.models import JobCreate, JobError, JobResult, JobStatus, Limits
+from shared.openai_shapes import Endpoint, OpenAIError, completion_object, parse_request
+
+MAX_CUSTOM_ID_CHARS = 512
+WINDOW_PATTERN = r"^[1-9][0-9]{0,3}h$"
+"""`completion_window`: whole hours, as OpenAI's "24h"."""
+
+
+class BatchStatus(enum.StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+WITH_RESULTS = frozenset({BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+"""Ended statuses whose batch has output and error files."""
+
+_GENERATED_FILE = re.compile(r"^file-(batch-[0-9a-f]{24})-(output|errors)$")
+
+
+def new_batch_id() -> str:
+    return f"batch-{uuid.uuid4().hex[:24]}"
+
+
+def batch_job_id(batch_id: str, index: int) -> str:
+    """The job of the batch's request `index` (from 0, blank lines aside)."""
+    return f"{batch_id}-{index:06d}"
+
+
+def generated_file_id(batch_id: str, kind: str) -> str:
+    """The id of a batch's output (`kind` 'output') or error ('errors') file: made from the batch's jobs on demand."""
+    return f"file-{batch_id}-{kind}"
+
+
+def parse_generated_file_id(file_id: str) -> tuple[str, str] | None:
+    """(batch id, kind) of a generated file's id; None for any other id."""
+    match = _GENERATED_FILE.match(file_id)
+    return (match[1], match[2]) if match else None
+
+
+class LineError(Exception):
+    """A problem of one input line, reported in the batch's `errors`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+    def entry(self, line: int | None) -> dict[str, Any]:
+        return {"code": self.code, "line": line, "message": self.message, "param": self.param}
+
+
+def parse_line(
+    raw: bytes, endpoint: Endpoint, models: Collection[str], limits: Limits, job_id: str | None = None
+) -> tuple[str, JobCreate]:
+    """The custom_id and the job `job_id` (its metadata names the custom_id) of one input line.
+
+    Raises LineError naming the problem and the field.
+    """
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise LineError("invalid_json_line", f"the line is not valid JSON: {exc}") from None
+    if not isinstance(line, dict):
+        raise LineError("invalid_json_line", "the line is not a JSON object")
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID_CHARS:
+        message = f"custom_id must be a string of 1 to {MAX_CUSTOM_ID_CHARS} characters"
+        raise LineError("invalid_custom_id", message, "custom_id")
+    if line.get("method") != "POST":
+        raise LineError("invalid_method", f"method must be 'POST', not {line.get('method')!r}", "method")
+    if line.get("url") != endpoint:
+        message = f"url {line.get('url')!r} is not the batch's endpoint {endpoint.value!r}"
+        raise LineError("invalid_url", message, "url")
+    body = line.get("body")
+    if isinstance(body, dict) and body.get("stream"):
+        raise LineError("invalid_request", "stream is not supported in a batch", "body.stream")
+    try:
+        request = parse_request(endpoint, body, models=models, limits=limits, job_id=job_id)
+    except OpenAIError as exc:
+        code = "model_not_found" if exc.status == 404 else "invalid_request"
+        raise LineError(code, exc.message, f"body.{exc.param}" if exc.param else "body") from None
+    return custom_id, request.job.model_copy(update={"metadata": {"custom_id": custom_id}})
+
+
+# ---- output -------------------------------------------------------------------------------------------
+
+JOB_FIELDS = ("status", "model", "created_at", "result", "error", "metadata")
+"""The fields of a job record that its output or error line needs."""
+
+
+def _line(job_id: str, record: Mapping[str, str], response: Any, error: Any) -> bytes:
+    custom_id = orjson.loads(record["metadata"]).get("custom_id") if record.get("metadata") else None
+    line = {"id": f"batch_req_{job_id}", "custom_id": custom_id, "response": response, "error": error}
+    return orjson.dumps(line) + b"\n"
+
+
+def output_line(endpoint: Endpoint, job_id: str, record: Mapping[str, str]) -> bytes:
+    """The output line of a succeeded job: its completion as the endpoint answers it."""
+    result = JobResult.model_validate_json(record["result"])
+    body = completion_object(endpoint, job_id, record["model"], int(record["created_at"]) // 1000, result)
+    return _line(job_id, record, {"status_code": 200, "request_id": job_id, "body": body}, None)
+
+
+def error_line(job_id: str, record: Mapping[str, str], batch_status: str) -> bytes:
+    """The error-file line of a failed or cancelled job; a cancelled one says why (`batch_status`)."""
+    if record["status"] == JobStatus.FAILED:
+        error = JobError.model_validate_json(record["error"])
+        code, message = error.type, error.message
+    elif batch_status == BatchStatus.EXPIRED:
+        code, message = "batch_expired", "the batch expired before this request was processed"
+    elif batch_status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+        code, message = "batch_cancelled", "the batch was cancelled before this request was processed"
+    else:
+        code, message = "request_cancelled", "this request was cancelled (DELETE /v1/jobs)"
+    return _line(job_id, record, None, {"code": code, "message": message})
+
+
+# ---- the batch object ---------------------------------------------------------------------------------
+
+_TIMES = (
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+def _seconds(record: Mapping[str, str], field: str) -> int | None:
+    value = record.get(field)
+    return int(value) // 1000 if value else None
+
+
+def public_batch(record: Mapping[str, str]) -> dict[str, Any]:
+    """The OpenAI batch object of a batch hash (times in Unix seconds)."""
+    batch_id, status = record["id"], record["status"]
+    completed, failed = int(record.get("completed", 0)), int(record.get("failed", 0)) + int(record.get("cancelled", 0))
+    ended = status in WITH_RESULTS
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": record["endpoint"],
+        "errors": orjson.loads(record["errors"]) if record.get("errors") else None,
+        "input_file_id": record["input_file_id"],
+        "completion_window": record["completion_window"],
+        "status": status,
+        "output_file_id": generated_file_id(batch_id, "output") if ended else None,
+        "error_file_id": generated_file_id(batch_id, "errors") if ended and failed else None,
+        "created_at": _seconds(record, "created_at"),
+        **{field: _seconds(record, field) for field in _TIMES},
+        "request_counts": {"total": int(record.get("total", 0)), "completed": completed, "failed": failed},
+        "metadata": orjson.loads(record["metadata"]) if record.get("metadata") else None,
+    }
+
+
+def ended_at(record: Mapping[str, str]) -> int | None:
+    """Unix seconds of when the batch ended (None while it runs)."""
+    return _seconds(record, f"{record['status']}_at") if record["status"] in WITH_RESULTS else None

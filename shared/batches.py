@@ -1,0 +1,332 @@
+"""Batches (the OpenAI Batch API) in Redis: create, validate and queue, read, list, cancel, expire, and the
+output and error files made from the batch's jobs.
+
+A batch is one hash (`keys.batch`): reading it is one HGETALL whatever its size. Each request of its
+input becomes a job `<batch id>-<index>` of the owner, queued as a background job, whose record names
+the batch: finish.lua and cancel.lua count it in the batch's counters as it ends and end the batch
+with its last job. The other status changes are batch.lua's, atomic with those counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Collection
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from shared import keys
+from shared.batch_format import (
+    JOB_FIELDS,
+    WITH_RESULTS,
+    BatchStatus,
+    LineError,
+    batch_job_id,
+    ended_at,
+    error_line,
+    new_batch_id,
+    output_line,
+    parse_generated_file_id,
+    parse_line,
+)
+from shared.errors import BatchFinished, BatchNotFound, FileNotFound
+from shared.files import FileStore
+from shared.models import ACTIVE_STATES, JobCreate, JobStatus, Limits, now_ms
+from shared.openai_shapes import Endpoint
+from shared.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+SUBMIT_CHUNK = 1000
+"""Jobs stored and queued per round trip (one submit.lua call)."""
+PAGE = 500
+"""Job records read per round trip while walking a batch's jobs."""
+MAX_ERRORS = 100
+"""Validation problems reported in a failed batch's `errors`; validation stops there."""
+EXPIRY_POLL_SECONDS = 1.0
+
+
+class BatchStore:
+    """Batches of each owner, their jobs through the job store, their input through the file store."""
+
+    def __init__(self, store: JobStore, files: FileStore) -> None:
+        self.store = store
+        self.files = files
+        self.redis = store.redis
+        self.settings = store.settings
+        self._move_script = self.redis.register_script(resources.files("shared").joinpath("lua/batch.lua").read_text())
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def _move(self, owner: str, batch_id: str, operation: str, argument: str | int = "") -> str | None:
+        """Run one operation of batch.lua; the batch's status afterwards (None if it does not exist)."""
+        args = (operation, now_ms(), self.settings.RESULT_TTL, argument)
+        status: str | None = await self._move_script(keys=[keys.batch(owner, batch_id)], args=args)
+        return status
+
+    # ---- create, validate, queue ----------------------------------------------------------------------
+
+    async def create(
+        self, owner: str, input_file_id: str, endpoint: Endpoint, window: str, metadata: dict[str, str] | None
+    ) -> dict[str, str]:
+        """Record a batch as `validating`; `process` then validates and queues it."""
+        await self.files.get(owner, input_file_id)
+        batch_id, now, hours = new_batch_id(), now_ms(), int(window.removesuffix("h"))
+        expires_at = now + hours * 3_600_000
+        record = {
+            "id": batch_id,
+            "endpoint": endpoint.value,
+            "input_file_id": input_file_id,
+            "completion_window": window,
+            "status": BatchStatus.VALIDATING.value,
+            "created_at": str(now),
+            "expires_at": str(expires_at),
+        }
+        if metadata:
+            record["metadata"] = orjson.dumps(metadata).decode()
+        # The owner's index outlives every batch it lists (dead entries are also dropped while listing);
+        # scored in microseconds, so that batches created in the same millisecond keep their order.
+        index, index_ttl = keys.batches(owner), hours * 3600 + self.settings.RESULT_TTL + 3600
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.batch(owner, batch_id), mapping=record)
+            pipe.zadd(index, {batch_id: time.time_ns() // 1000})
+            pipe.expire(index, index_ttl, nx=True)
+            pipe.expire(index, index_ttl, gt=True)
+            pipe.zadd(keys.active_batches(), {keys.key_id(owner, batch_id): expires_at})
+            await pipe.execute()
+        return record
+
+    async def process(self, owner: str, batch_id: str) -> None:
+        """Validate the batch's whole input, then queue every request as a job (after `create` answered)."""
+        try:
+            await self._process(owner, batch_id)
+        except Exception as exc:
+            logger.exception("batch %s could not be queued", batch_id)
+            problem = LineError("internal_error", f"the batch could not be queued: {exc}")
+            if await self._move(owner, batch_id, "fail", _errors_json([problem.entry(None)])) == BatchStatus.FAILED:
+                await self.cancel_jobs(owner, batch_id)  # those queued before the failure
+
+    async def _process(self, owner: str, batch_id: str) -> None:
+        record = await self.get(owner, batch_id)
+        endpoint, file_id = Endpoint(record["endpoint"]), record["input_file_id"]
+        total, errors = await self._validate(owner, file_id, endpoint)
+        if errors:
+            await self._move(owner, batch_id, "fail", _errors_json(errors))
+            return
+        if await self._move(owner, batch_id, "total", total) != BatchStatus.VALIDATING:
+            return  # cancelled or expired while validating: nothing was queued
+        queued = await self._queue(owner, batch_id, file_id, endpoint)
+        if queued != total:  # the file was deleted meanwhile: the batch is what could be queued
+            await self._move(owner, batch_id, "total", queued)
+        if await self._move(owner, batch_id, "start") in (BatchStatus.CANCELLING, BatchStatus.EXPIRED):
+            await self.cancel_jobs(owner, batch_id, queued)
+
+    def _limits(self) -> Limits:
+        settings = self.settings
+        return Limits(
+            max_prompt_chars=settings.MAX_PROMPT_CHARS,
+            max_messages=settings.MAX_MESSAGES,
+            max_tokens=settings.MAX_TOKENS_LIMIT,
+        )
+
+    async def _requests(self, owner: str, file_id: str) -> AsyncIterator[tuple[int, bytes]]:
+        """(line number, line) of the input's requests: blank lines aside."""
+        async for number, line in self.files.lines(owner, file_id):
+            if line.strip():
+                yield number, line
+
+    async def _validate(self, owner: str, file_id: str, endpoint: Endpoint) -> tuple[int, list[dict[str, Any]]]:
+        """The number of requests of the input file, and its problems (at most MAX_ERRORS)."""
+        settings, limits, models = self.settings, self._limits(), self.settings.models
+        try:
+            size = int((await self.files.get(owner, file_id))["bytes"])
+        except FileNotFound as exc:
+            return 0, [LineError("file_not_found", str(exc), "input_file_id").entry(None)]
+        if size > settings.BATCH_MAX_BYTES:
+            message = f"the file has {size} bytes, over the limit of BATCH_MAX_BYTES={settings.BATCH_MAX_BYTES}"
+            return 0, [LineError("file_too_large", message).entry(None)]
+        errors: list[dict[str, Any]] = []
+        seen: dict[str, int] = {}
+        count = 0
+        async for number, raw in self._requests(owner, file_id):
+            count += 1
+            if count > settings.BATCH_MAX_LINES:
+                message = f"more than BATCH_MAX_LINES={settings.BATCH_MAX_LINES} requests"
+                errors.append(LineError("too_many_lines", message).entry(number))
+                break
+            try:
+                custom_id, _ = parse_line(raw, endpoint, models, limits)
+                if custom_id in seen:
+                    message = f"custom_id {custom_id!r} already appears on line {seen[custom_id]}"
+                    raise LineError("duplicate_custom_id", message, "custom_id")
+                seen[custom_id] = number
+            except LineError as error:
+                errors.append(error.entry(number))
+                if len(errors) >= MAX_ERRORS:
+                    break
+        if count == 0:
+            errors.append(LineError("empty_file", "the file has no request").entry(None))
+        return count, errors
+
+    async def _queue(self, owner: str, batch_id: str, file_id: str, endpoint: Endpoint) -> int:
+        """Store and queue a job per request, SUBMIT_CHUNK per round trip; the number queued."""
+        limits, models, extra = self._limits(), self.settings.models, {"batch": keys.batch(owner, batch_id)}
+        chunk: list[JobCreate] = []
+        queued = 0
+        async for _, raw in self._requests(owner, file_id):
+            chunk.append(parse_line(raw, endpoint, models, limits, batch_job_id(batch_id, queued + len(chunk)))[1])
+            if len(chunk) == SUBMIT_CHUNK:
+                await self.store.submit(owner, chunk, background=True, extra=extra)
+                queued, chunk = queued + len(chunk), []
+        if chunk:
+            await self.store.submit(owner, chunk, background=True, extra=extra)
+        return queued + len(chunk)
+
+    # ---- read, list, cancel, expire -------------------------------------------------------------------
+
+    async def get(self, owner: str, batch_id: str) -> dict[str, str]:
+        record: dict[str, str] = await self.redis.hgetall(keys.batch(owner, batch_id))  # type: ignore[misc]
+        if not record:
+            raise BatchNotFound(batch_id)
+        return record
+
+    async def page(self, owner: str, after: str | None, limit: int) -> tuple[list[dict[str, str]], bool]:
+        """Up to `limit` batches, newest first, after the batch `after`; and whether more follow."""
+        index = keys.batches(owner)
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(index, after)
+            if rank is None:
+                return [], False
+            start = rank + 1
+        found: list[dict[str, str]] = []
+        while len(found) <= limit:
+            ids: list[str] = await self.redis.zrevrange(index, start, start + limit)
+            if not ids:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch_id in ids:
+                    pipe.hgetall(keys.batch(owner, batch_id))
+                records: list[dict[str, str]] = await pipe.execute()
+            dead = [batch_id for batch_id, record in zip(ids, records, strict=True) if not record]
+            if dead:  # expired batches
+                await self.redis.zrem(index, *dead)
+            start += len(ids) - len(dead)
+            found += [record for record in records if record]
+        return found[:limit], len(found) > limit
+
+    async def cancel(self, owner: str, batch_id: str) -> str:
+        """Mark the batch cancelling (its jobs are then cancelled by `cancel_jobs`); its status afterwards."""
+        status = await self._move(owner, batch_id, "cancel")
+        if status is None:
+            raise BatchNotFound(batch_id)
+        if status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+            raise BatchFinished(batch_id, status)
+        return status
+
+    async def _records(self, owner: str, job_ids: list[str], fields: Collection[str]) -> list[dict[str, str]]:
+        """The `fields` of the jobs' records (those present), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.job(keys.key_id(owner, job_id)), list(fields))
+            replies: list[list[str | None]] = await pipe.execute()
+        return [{f: v for f, v in zip(fields, values, strict=True) if v is not None} for values in replies]
+
+    async def cancel_jobs(self, owner: str, batch_id: str, total: int | None = None) -> None:
+        """Cancel the unfinished jobs among the batch's first `total` (default: all), a page per two round trips."""
+        if total is None:
+            total = int(await self.redis.hget(keys.batch(owner, batch_id), "total") or 0)  # type: ignore[misc]
+        for start in range(0, total, PAGE):
+            job_ids = [batch_job_id(batch_id, index) for index in range(start, min(total, start + PAGE))]
+            records = await self._records(owner, job_ids, ("status", "model"))
+            unfinished = [
+                (job_id, record["model"])
+                for job_id, record in zip(job_ids, records, strict=True)
+                if record.get("status") in ACTIVE_STATES
+            ]
+            if unfinished:
+                await self.store.cancel_many(owner, unfinished)
+
+    async def expire_due(self) -> None:
+        """Expire the batches past their `expires_at` with work left, and cancel their unfinished jobs.
+
+        Each is claimed by removing it from the active set, so that one API process only handles it.
+        """
+        due: list[str] = await self.redis.zrangebyscore(keys.active_batches(), "-inf", now_ms(), start=0, num=100)
+        for member in due:
+            if not await self.redis.zrem(keys.active_batches(), member):
+                continue
+            owner, batch_id = keys.split_key_id(member)
+            if await self._move(owner, batch_id, "expire") == BatchStatus.EXPIRED:
+                await self.cancel_jobs(owner, batch_id)
+
+    async def _expire_forever(self) -> None:
+        while True:
+            try:
+                await self.expire_due()
+            except Exception as exc:
+                logger.warning("batch expiry: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(EXPIRY_POLL_SECONDS)
+
+    def start(self) -> None:
+        """Start expiring batches, every EXPIRY_POLL_SECONDS, in the background."""
+        self._expiry = asyncio.create_task(self._expire_forever(), name="batch-expiry")
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+
+    # ---- output and error files -----------------------------------------------------------------------
+
+    async def generated(self, owner: str, file_id: str) -> tuple[dict[str, str], str]:
+        """The batch of a generated file and the kind of file; FileNotFound until the batch has results."""
+        parsed = parse_generated_file_id(file_id)
+        record: dict[str, str] = await self.redis.hgetall(keys.batch(owner, parsed[0])) if parsed else {}  # type: ignore[misc]
+        if not parsed or not record or record["status"] not in WITH_RESULTS:
+            raise FileNotFound(file_id)
+        return record, parsed[1]
+
+    async def generated_lines(self, owner: str, batch: dict[str, str], kind: str) -> AsyncIterator[bytes]:
+        """The output (or error) lines of the batch's jobs, a page at a time, in request order.
+
+        Jobs whose record has expired (RESULT_TTL after they ended) are left out.
+        """
+        endpoint, status, total = Endpoint(batch["endpoint"]), batch["status"], int(batch.get("total", 0))
+        for start in range(0, total, PAGE):
+            job_ids = [batch_job_id(batch["id"], index) for index in range(start, min(total, start + PAGE))]
+            lines = []
+            for job_id, record in zip(job_ids, await self._records(owner, job_ids, JOB_FIELDS), strict=True):
+                job_status = record.get("status")
+                if kind == "output" and job_status == JobStatus.SUCCEEDED:
+                    lines.append(output_line(endpoint, job_id, record))
+                elif kind == "errors" and job_status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                    lines.append(error_line(job_id, record, status))
+            if lines:
+                yield b"".join(lines)
+
+    async def generated_file(self, owner: str, file_id: str) -> dict[str, Any]:
+        """The file object of a generated file; its size is counted by making it (O(batch size))."""
+        batch, kind = await self.generated(owner, file_id)
+        size = 0
+        async for chunk in self.generated_lines(owner, batch, kind):
+            size += len(chunk)
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": size,
+            "created_at": ended_at(batch),
+            "expires_at": None,
+            "filename": f"{batch['id']}_{kind}.jsonl",
+            "purpose": "batch_output",
+            "status": "processed",
+            "status_details": None,
+        }
+
+
+def _errors_json(errors: list[dict[str, Any]]) -> str:
+    return orjson.dumps({"object": "list", "data": errors}).decode()
