@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import uvicorn
 
 from api.main import create_app
-from shared.settings import get_settings
+from shared.logs import configure_logging
+from shared.settings import settings_or_exit
 
 
 def main() -> None:
-    settings = get_settings()
-    logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings_or_exit()
+    configure_logging(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.API_HOST,
@@ -22,6 +22,7 @@ def main() -> None:
         http="httptools",
         proxy_headers=True,
         access_log=False,
+        log_config=None,  # keep the handlers of configure_logging()
         log_level=settings.LOG_LEVEL.lower(),
     )
 

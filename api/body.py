@@ -42,8 +42,21 @@ def parse_one_or_many(
     return items, many
 
 
-def one_or_many_schema(component: str) -> dict[str, Any]:
-    """OpenAPI request body of a route taking `component` or an array of it."""
-    ref = {"$ref": f"#/components/schemas/{component}"}
-    schema = {"oneOf": [ref, {"type": "array", "items": ref}]}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+_COMPONENTS: dict[str, Any] = {}
+"""Schemas of the bodies parsed by hand, for the OpenAPI document's components (see `add_components`)."""
+
+
+def one_or_many_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body of a route taking `model` or an array of it (parsed by `parse_one_or_many`)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    _COMPONENTS.update(schema.pop("$defs", {}))
+    _COMPONENTS[model.__name__] = schema
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    body = {"oneOf": [ref, {"type": "array", "items": ref}]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
+def add_components(openapi: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with the schemas `one_or_many_schema` refers to."""
+    openapi.setdefault("components", {}).setdefault("schemas", {}).update(_COMPONENTS)
+    return openapi

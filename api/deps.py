@@ -9,6 +9,9 @@ from fastapi import Depends, Header, Request
 from api.auth import Caller, KeyRing
 from api.limits import RateLimiter
 from api.streams import StreamHub
+from shared.batches import BatchStore
+from shared.files import FileStore
+from shared.metrics import ApiMetrics
 from shared.settings import Settings
 from shared.store import JobStore
 
@@ -21,6 +24,9 @@ class State(TypedDict):
     hub: StreamHub
     keyring: KeyRing
     limiter: RateLimiter
+    metrics: ApiMetrics
+    files: FileStore
+    batches: BatchStore
 
 
 async def _settings(request: Request) -> Settings:
@@ -36,6 +42,16 @@ async def _store(request: Request) -> JobStore:
 async def _hub(request: Request) -> StreamHub:
     hub: StreamHub = request.state.hub
     return hub
+
+
+async def _files(request: Request) -> FileStore:
+    files: FileStore = request.state.files
+    return files
+
+
+async def _batches(request: Request) -> BatchStore:
+    batches: BatchStore = request.state.batches
+    return batches
 
 
 async def _caller(
@@ -57,6 +73,8 @@ async def _owner(caller: Annotated[Caller, Depends(_caller)]) -> str:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 HubDep = Annotated[StreamHub, Depends(_hub)]
+FilesDep = Annotated[FileStore, Depends(_files)]
+BatchesDep = Annotated[BatchStore, Depends(_batches)]
 AUTHENTICATED = Depends(_caller)
 """For routers whose routes need an API key but not the caller."""
 CallerDep = Annotated[Caller, Depends(_caller)]

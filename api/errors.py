@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
 
 from api.auth import Unauthorized
 from api.limits import RateLimited
 from api.responses import JSONResponse
 from shared.connection import REDIS_ERRORS
 from shared.errors import (
+    BadFileRequest,
+    BatchFinished,
+    BatchNotFound,
+    FileNotFound,
+    FileTooLarge,
     JobConflict,
     JobFinished,
     JobNotFound,
@@ -19,10 +25,12 @@ from shared.errors import (
     StoreUnavailable,
     UnknownModel,
 )
+from shared.openai_shapes import OpenAIError
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
+OPENAI_FILE_ROUTES = ("/v1/files", "/v1/batches")
 
 _STATUS: dict[type[SppError], int] = {
     Unauthorized: 401,
@@ -30,6 +38,11 @@ _STATUS: dict[type[SppError], int] = {
     UnknownModel: 404,
     JobConflict: 409,
     JobFinished: 409,
+    BadFileRequest: 400,
+    FileNotFound: 404,
+    BatchNotFound: 404,
+    BatchFinished: 409,
+    FileTooLarge: 413,
     QueueFull: 429,
     StoreUnavailable: 503,
 }
@@ -49,7 +62,19 @@ async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     extra: dict[str, object] = {"known_models": exc.known} if isinstance(exc, UnknownModel) else {}
     if isinstance(exc, RateLimited):
         return _error_response(429, str(exc), retry_after=str(exc.retry_after))
-    return _error_response(_STATUS.get(type(exc), 400), str(exc), extra=extra)
+    status = _STATUS.get(type(exc), 400)
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute) and route.path.startswith(OPENAI_FILE_ROUTES):
+        # The `openai` client shows only the message of OpenAI's shape: both shapes are given.
+        extra["error"] = {"message": str(exc), "type": type(exc).__name__, "param": None, "code": status}
+    return _error_response(status, str(exc), extra=extra)
+
+
+async def _openai_error(request: Request, exc: Exception) -> JSONResponse:
+    """The OpenAI-compatible routes answer in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
+    assert isinstance(exc, OpenAIError)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status in (429, 503) else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
@@ -59,5 +84,6 @@ async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(SppError, _spp_error)
+    app.add_exception_handler(OpenAIError, _openai_error)
     for error in REDIS_ERRORS:
         app.add_exception_handler(error, _redis_error)

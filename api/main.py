@@ -4,24 +4,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.auth import KeyRing
+from api.body import add_components
 from api.deps import State
 from api.limits import BodySizeLimit, RateLimiter
+from api.observability import RequestMetrics
 from api.responses import JSONResponse
-from api.routes import health, jobs, legacy, models
+from api.routes import batches, files, health, jobs, legacy, metrics, models
+from api.routes import openai as openai_compatible
 from api.streams import StreamHub
+from shared.batches import BatchStore
 from shared.connection import redis_client
+from shared.files import FileStore
+from shared.metrics import ApiMetrics
 from shared.settings import Settings, get_settings
 from shared.store import JobStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    api_metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -29,16 +37,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = redis_client(settings, "spp-api")
         hub = StreamHub(redis_client(settings, "spp-api-streams", single_connection=True), redis)
         await hub.start()
+        # Files' bytes go through a client that does not decode them.
+        file_bytes = redis_client(settings, "spp-api-files", decode=False)
+        store = JobStore(
+            redis, settings, on_created=lambda model, count: api_metrics.submitted.labels(model).inc(count)
+        )
+        file_store = FileStore(redis, file_bytes, settings)
+        batch_store = BatchStore(store, file_store)
+        batch_store.start()
         try:
             yield State(
                 settings=settings,
-                store=JobStore(redis, settings),
+                store=store,
                 hub=hub,
                 keyring=keyring,
                 limiter=RateLimiter(redis, settings),
+                metrics=api_metrics,
+                files=file_store,
+                batches=batch_store,
             )
         finally:
+            await batch_store.stop()
             await hub.stop()
+            await file_bytes.aclose()
             await redis.aclose()
 
     app = FastAPI(
@@ -51,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(RequestMetrics, metrics=api_metrics)
     if settings.cors_origins:
         # Credentials only with an explicit list of origins, never with the '*' wildcard.
         app.add_middleware(
@@ -60,8 +82,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
+    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.include_router(openai_compatible.router)
     app.include_router(legacy.router)
     app.include_router(health.router)
+    _document_hand_parsed_bodies(app)
     return app
+
+
+def _document_hand_parsed_bodies(app: FastAPI) -> None:
+    """Add the schemas of the bodies the routes parse themselves (one item or an array) to OpenAPI."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_components(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

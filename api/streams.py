@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -51,7 +51,9 @@ class StreamHub:
     def followed(self) -> int:
         return len(self._positions)
 
-    async def follow(self, key: str, after: str = "0-0", keepalive: float = 15.0) -> AsyncIterator[StreamEvent | None]:
+    async def follow(
+        self, key: str, after: str = "0-0", keepalive: float = 15.0
+    ) -> AsyncGenerator[StreamEvent | None, None]:
         """Events of stream `key` after id `after`, up to and including `done`; None means "still alive"."""
         queue: asyncio.Queue[list[StreamEvent]] = asyncio.Queue()
         last = after

@@ -12,14 +12,16 @@ from shared.settings import Settings
 REDIS_ERRORS: tuple[type[Exception], ...] = (exceptions.ConnectionError, exceptions.TimeoutError, OSError)
 
 
-def redis_client(settings: Settings, name: str, *, single_connection: bool = False, max_connections: int = 64) -> Redis:
-    """A client that decodes replies to str and retries a command a few times across a reconnect.
+def redis_client(
+    settings: Settings, name: str, *, single_connection: bool = False, max_connections: int = 64, decode: bool = True
+) -> Redis:
+    """A client that decodes replies to str (bytes if not `decode`) and retries a command a few times on reconnect.
 
     `name` is the connection's CLIENT SETNAME, so that CLIENT LIST tells the API from the workers.
     """
     client: Redis = Redis.from_url(
         settings.redis_url,
-        decode_responses=True,
+        decode_responses=decode,
         client_name=name,
         single_connection_client=single_connection,
         max_connections=max_connections,

@@ -42,3 +42,32 @@ class QueueFull(SppError):
 class StoreUnavailable(SppError):
     def __init__(self) -> None:
         super().__init__("the job store (Redis) is unavailable; retry later")
+
+
+class FileNotFound(SppError):
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"no file with id {file_id!r}")
+        self.file_id = file_id
+
+
+class FileTooLarge(SppError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the file is over the limit of BATCH_MAX_BYTES={limit} bytes")
+        self.limit = limit
+
+
+class BadFileRequest(SppError):
+    """An upload that is not a multipart form with a `file` and `purpose=batch`, or a file unfit for its use."""
+
+
+class BatchNotFound(SppError):
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no batch with id {batch_id!r}")
+        self.batch_id = batch_id
+
+
+class BatchFinished(SppError):
+    def __init__(self, batch_id: str, status: str) -> None:
+        super().__init__(f"batch {batch_id!r} has already ended: {status}")
+        self.batch_id = batch_id
+        self.status = status

@@ -109,7 +109,7 @@ def batch(owner: str, batch_id: str) -> str:
 
 
 def batches(owner: str) -> str:
-    """Sorted set: the owner's batch ids scored by creation time (ms), for listing."""
+    """Sorted set: the owner's batch ids scored by creation time (µs), for listing."""
     return f"{PREFIX}:batches:{owner}"
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import orjson
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.templates import template_names
@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     API_PORT: int = Field(8000, ge=1, le=65535)
     API_ROOT_PATH: str = ""
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["auto", "json", "text"] = Field(
+        "auto", description="json: one object per line; text: for a terminal; auto: text on a terminal, else json."
+    )
 
     # API keys: a JSON file {"client name": "key"} and/or a comma-separated list.
     API_KEYS_FILE: Path | None = None
@@ -102,6 +105,15 @@ class Settings(BaseSettings):
     BACKEND_READ_TIMEOUT: float = Field(
         120.0, gt=0, description="Seconds of silence from a model server before the attempt is abandoned."
     )
+    FIRST_TOKEN_TIMEOUT: float = Field(
+        60.0, gt=0, description="Seconds from sending a request to its first token before the attempt is abandoned."
+    )
+    REPLICA_MAX_FAILURES: int = Field(
+        3, ge=1, description="Consecutive transient failures after which a replica is skipped for a while."
+    )
+    REPLICA_COOLDOWN: float = Field(
+        10.0, gt=0, description="Seconds a failing replica is first skipped; doubles each time it fails again."
+    )
 
     # Jobs
     RESULT_TTL: int = Field(172_800, ge=1, description="Seconds a finished job is kept.")
@@ -114,11 +126,22 @@ class Settings(BaseSettings):
     DEFAULT_MAX_TOKENS: int = Field(512, ge=1)
     JOB_MAX_ATTEMPTS: int = Field(3, ge=1, description="Attempts per job for transient backend failures.")
     RETRY_BACKOFF: float = Field(1.0, ge=0, description="First retry delay in seconds; doubles, with jitter.")
+    JOB_DEADLINE: float = Field(
+        3_600.0, gt=0, description="Seconds from a job's creation after which it is not retried anymore."
+    )
+
+    # Files and batches (the OpenAI Files and Batch API)
+    BATCH_MAX_LINES: int = Field(50_000, ge=1, description="Requests in one batch input file.")
+    BATCH_MAX_BYTES: int = Field(200 * 2**20, ge=1, description="Bytes of one uploaded file.")
+    FILE_TTL: int | None = Field(None, ge=1, description="Seconds an uploaded file is kept; unset: RESULT_TTL.")
 
     # Worker
     WORKER_MAX_JOBS: int = Field(256, ge=1, description="Generations one worker runs at once.")
     WORKER_IDLE_POLL: float = Field(1.0, gt=0, description="Seconds an idle worker waits between polls.")
     WORKER_HEARTBEAT: float = Field(1.0, gt=0, description="Seconds between heartbeats of running jobs.")
+    WORKER_SHUTDOWN_GRACE: float = Field(
+        30.0, ge=0, description="Seconds a stopping worker lets running generations finish before handing them back."
+    )
     STREAM_FLUSH_MS: int = Field(100, ge=0, description="Token coalescing window, in milliseconds.")
 
     # Services Publics Plus: what the old endpoints (/anonymize) generate with
@@ -127,7 +150,7 @@ class Settings(BaseSettings):
     SPP_TEMPERATURE: float = Field(0.2, ge=0, le=2)
     SPP_TOP_P: float = Field(1.0, gt=0, le=1)
 
-    @field_validator("API_KEYS_FILE", "REDIS_URL", "REDIS_PASSWORD", "RATE_LIMIT", mode="before")
+    @field_validator("API_KEYS_FILE", "REDIS_URL", "REDIS_PASSWORD", "RATE_LIMIT", "FILE_TTL", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -148,6 +171,24 @@ class Settings(BaseSettings):
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE={self.API_KEYS_FILE} is not a readable file")
         return self
+
+    @property
+    def worker_lease(self) -> float:
+        """Seconds a heartbeat keeps a worker's running jobs: three heartbeats, so that one late beat loses
+        nothing; past it, the sweeper hands the jobs back to the queue."""
+        return 3 * self.WORKER_HEARTBEAT
+
+    @property
+    def in_progress_lease(self) -> float:
+        """Seconds arq's in-progress key of a job is kept, from its start or its last heartbeat (arq takes
+        no job whose key exists): two heartbeats past `worker_lease`, so that the sweeper hands the job of
+        a dead worker back before arq would take it again under its old id."""
+        return self.worker_lease + 2 * self.WORKER_HEARTBEAT
+
+    @property
+    def file_ttl(self) -> int:
+        """Seconds an uploaded file is kept: FILE_TTL, or RESULT_TTL when unset."""
+        return self.FILE_TTL or self.RESULT_TTL
 
     @property
     def rate_limit(self) -> float:
@@ -190,3 +231,15 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
+
+
+def settings_or_exit() -> Settings:
+    """For `python -m ...` entry points: the settings, or exit with one line per wrong variable."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        raise SystemExit(f"albert-spp: invalid configuration:\n{problems}") from None

@@ -7,6 +7,8 @@ and each costs one round trip. The job record (`keys.job`) is the truth; arq onl
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -33,6 +35,9 @@ from shared.templates import render_prompt
 JOB_FUNCTION = "generate"
 """The name of the arq function every job runs (worker/generate.py)."""
 
+SWEEP_BATCH = 1000
+"""Jobs one sweep hands back at most (the next sweep takes the rest)."""
+
 INTERACTIVE_HEAD_START_MS = 10**12
 """How far back in time interactive jobs are scored in a model's queue, so that they run before any
 batch job queued earlier (arq takes the lowest scores first). About 31 years: never reached."""
@@ -40,6 +45,11 @@ batch job queued earlier (arq takes the lowest scores first). About 31 years: ne
 
 def _script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(resources.files("shared").joinpath(f"lua/{name}.lua").read_text())
+
+
+def arq_definition(kid: str, now: int) -> str:
+    """arq's job definition (JSON, never pickle) of a run of job `kid`: the job function and its argument."""
+    return orjson.dumps({"t": None, "f": JOB_FUNCTION, "a": [kid], "k": {}, "et": now}).decode()
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
@@ -59,14 +69,20 @@ class Started:
     run: int
     """The fencing token of this run: every later write of the worker must present it."""
     request: GenerationRequest
+    created_at: int
+    """When the job was submitted (ms since the epoch)."""
 
 
 class JobStore:
     """Job state in Redis, for the API (submit, read, cancel) and the workers (start, append, finish)."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, *, on_created: Callable[[str, int], None] | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings
+        self._on_created = on_created
+        """Called with (model, number of jobs) for the jobs a submission created: the API's metrics."""
         self._submit = _script(redis, "submit")
         self._cancel = _script(redis, "cancel")
         self._start = _script(redis, "start")
@@ -141,7 +157,7 @@ class JobStore:
             if job.metadata is not None:
                 record["metadata"] = orjson.dumps(job.metadata).decode()
             record |= extra or {}
-            definition = orjson.dumps({"t": None, "f": JOB_FUNCTION, "a": [kid], "k": {}, "et": now}).decode()
+            definition = arq_definition(kid, now)
             script_keys += [keys.job(kid), keys.arq_job(arq_id), keys.queue(request.model), keys.stream(kid)]
             channel = keys.wake_channel(request.model)
             args += [kid, record["hash"], arq_id, definition, channel, "replace" if replace else "keep", len(record)]
@@ -153,10 +169,14 @@ class JobStore:
             raise JobConflict(keys.split_key_id(reply[1])[1])
         if reply[0] == "full":
             raise QueueFull(reply[1].removeprefix(keys.queue("")))
-        return [
+        submitted = [
             Submitted(record=_pairs(existing), created=False) if existing else Submitted(record, created=True)
             for record, existing in zip(fresh, reply[1:], strict=True)
         ]
+        if self._on_created is not None:
+            for model, count in Counter(item.record["model"] for item in submitted if item.created).items():
+                self._on_created(model, count)
+        return submitted
 
     async def get(self, owner: str, job_id: str) -> dict[str, str]:
         record: dict[str, str] = await self.redis.hgetall(keys.job(keys.key_id(owner, job_id)))  # type: ignore[misc]
@@ -176,8 +196,23 @@ class JobStore:
         """Cancel a queued or running job; a running one's worker is told through pub/sub."""
         kid = keys.key_id(owner, job_id)
         record = await self.get(owner, job_id)
-        model = record["model"]
-        outcome = await self._cancel(
+        outcome = await self._cancel_job(kid, record["model"])
+        if outcome is None:
+            raise JobNotFound(job_id)
+        if outcome != "ok":
+            raise JobFinished(job_id, outcome)
+        return await self.get(owner, job_id)
+
+    async def cancel_many(self, owner: str, jobs: list[tuple[str, str]]) -> None:
+        """Cancel jobs given as (job id, model) in one round trip; finished and unknown ones are left as they are."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, model in jobs:
+                await self._cancel_job(keys.key_id(owner, job_id), model, pipe)
+            await pipe.execute()
+
+    async def _cancel_job(self, kid: str, model: str, client: Redis | None = None) -> Any:
+        """Run cancel.lua on one job (queued in `client` when it is a pipeline)."""
+        return await self._cancel(
             keys=[keys.job(kid), keys.stream(kid), keys.queue(model), keys.running(model)],
             args=[
                 now_ms(),
@@ -187,12 +222,8 @@ class JobStore:
                 keys.cancel_channel(model),
                 keys.arq_job(""),
             ],
+            client=client,
         )
-        if outcome is None:
-            raise JobNotFound(job_id)
-        if outcome != "ok":
-            raise JobFinished(job_id, outcome)
-        return await self.get(owner, job_id)
 
     async def model_stats(self, models: list[str]) -> dict[str, dict[str, int]]:
         """Queue depth, running jobs and live workers of each model, in one round trip."""
@@ -214,20 +245,22 @@ class JobStore:
     async def start(self, kid: str, arq_id: str, model: str, worker_id: str) -> Started | None:
         """Mark the job running for a new attempt; None when it must not run (anymore)."""
         now = now_ms()
-        deadline = now + int(3 * self.settings.WORKER_HEARTBEAT * 1000)
+        deadline = now + int(self.settings.worker_lease * 1000)
         reply = await self._start(
             keys=[keys.job(kid), keys.stream(kid), keys.running(model)],
             args=[now, worker_id, deadline, kid, arq_id],
         )
         if not reply:
             return None
-        return Started(
-            attempt=int(reply[0]), run=int(reply[1]), request=GenerationRequest.model_validate_json(reply[2])
-        )
+        request = GenerationRequest.model_validate_json(reply[2])
+        return Started(attempt=int(reply[0]), run=int(reply[1]), request=request, created_at=int(reply[3]))
 
-    async def append(self, kid: str, run: int, text: str) -> bool:
-        """Append tokens to the stream; False when this run no longer owns the job."""
-        return bool(await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[run, text]))
+    async def append(self, kid: str, run: int, text: str, seq: int = 0) -> bool:
+        """Append tokens to the stream; False when this run no longer owns the job.
+
+        `seq` numbers the run's chunks from 1: a numbered chunk sent again is written once.
+        """
+        return bool(await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[run, text, seq]))
 
     async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
         """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens)."""
@@ -250,19 +283,49 @@ class JobStore:
             )
         )
 
-    async def requeue(self, kid: str, model: str, run: int, *, refund: bool) -> bool:
-        """Give a running job back to the queue (arq reschedules it); `refund` un-counts the attempt."""
-        return bool(
-            await self._requeue(keys=[keys.job(kid), keys.running(model)], args=[run, kid, "1" if refund else "0"])
+    async def requeue(self, kid: str, model: str, run: int, *, refund: bool, delay: float = 0.0) -> bool:
+        """Give this run's job back to the queue, to run again after `delay` seconds (0: at once, in its
+        place); `refund` un-counts the attempt (a shutdown, not a failure)."""
+        handed = await self._hand_back(model, "run", {kid: run}, refund=refund, delay=delay)
+        return bool(handed)
+
+    async def sweep(self, model: str) -> list[str]:
+        """Hand back the model's running jobs whose heartbeat deadline passed (their worker died or lost
+        Redis for longer than WORKER_HEARTBEAT × 3); the attempt counts. Returns their key ids."""
+        expired: list[str] = await self.redis.zrangebyscore(keys.running(model), "-inf", now_ms(), 0, SWEEP_BATCH)
+        if not expired:
+            return []
+        return await self._hand_back(model, "expired", dict.fromkeys(expired, 0), refund=False, delay=0.0)
+
+    async def _hand_back(self, model: str, mode: str, runs: dict[str, int], *, refund: bool, delay: float) -> list[str]:
+        """requeue.lua: each job of `runs` (key id: run) moves to a fresh arq job id in the model's queue."""
+        now = now_ms()
+        args: list[str | int] = [
+            mode,
+            now,
+            "1" if refund else "0",
+            now + int(delay * 1000) if delay > 0 else "keep",
+            self.settings.RESULT_TTL * 1000,
+            keys.arq_job(""),
+            keys.arq_in_progress(""),
+            keys.arq_retry(""),
+            keys.wake_channel(model),
+        ]
+        for kid, run in runs.items():
+            args += [kid, run, keys.arq_id(kid), arq_definition(kid, now)]
+        handed: list[str] = await self._requeue(
+            keys=[keys.running(model), keys.queue(model), *(keys.job(kid) for kid in runs)], args=args
         )
+        return handed
 
     async def heartbeat(self, model: str, worker_id: str, runs: dict[str, int]) -> list[str]:
         """Record that the worker and its runs (key id: run) are alive; returns the key ids it must stop."""
         now = now_ms()
-        deadline = now + int(3 * self.settings.WORKER_HEARTBEAT * 1000)
+        deadline = now + int(self.settings.worker_lease * 1000)
+        in_progress = int(self.settings.in_progress_lease * 1000)
         pairs = [value for kid, run in runs.items() for value in (kid, run)]
         stale: list[str] = await self._heartbeat(
             keys=[keys.workers(model), keys.running(model), *(keys.job(kid) for kid in runs)],
-            args=[now, worker_id, deadline, *pairs],
+            args=[now, worker_id, deadline, keys.arq_in_progress(""), in_progress, *pairs],
         )
         return stale

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.settings import DEFAULT_LLM_TABLE, Settings
+from shared.settings import DEFAULT_LLM_TABLE, settings_or_exit
 from stack.processes import Service, free_port, port_is_free, redis_reachable, start_python, start_redis
 
 RUN_DIR = Path(".run")
@@ -28,7 +28,7 @@ def _redis_configured() -> bool:
 
 
 def main() -> int:
-    settings = Settings()
+    settings = settings_or_exit()
     env: dict[str, str] = {}
     services: list[Service] = []
 

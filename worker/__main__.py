@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
-from shared.settings import get_settings
+from shared.logs import configure_logging
+from shared.settings import settings_or_exit
 from worker.runner import ModelWorker
 
 
 async def _run(model: str) -> None:
-    worker = ModelWorker(get_settings(), model)
+    worker = ModelWorker(settings_or_exit(), model)
     try:
         await worker.async_run()
     except asyncio.CancelledError:
@@ -21,11 +21,11 @@ async def _run(model: str) -> None:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = settings_or_exit()
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--model", default=settings.default_model, choices=settings.models)
     args = parser.parse_args()
-    logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings)
     try:
         import uvloop
     except ImportError:

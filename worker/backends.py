@@ -3,20 +3,27 @@
 Both stream the generation as `Delta` text pieces and end with one `Final`. Failures raise
 `BackendUnavailable` (worth retrying: connection refused, 5xx, cut stream, silence) or
 `BackendRejected` (the server refused the request itself: a 4xx such as context length exceeded).
+
+aiohttp, not httpx: with a few hundred streams in flight, httpx's connection pool rescans every
+connection for each idle one on every request (quadratic), which took most of a worker's CPU.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncGenerator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from shared.models import GenerationRequest, Usage
 from shared.settings import Backend, Settings
+from worker.replicas import Replicas
+
+_DRAIN_SECONDS = 1.0
 
 
 class BackendError(Exception):
@@ -62,18 +69,34 @@ def _error_message(body: Any) -> str:
     return str(body)[:500]
 
 
-async def _raise_for_status(response: httpx.Response, url: str) -> None:
-    if response.status_code == 200:
+async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
+    if response.status == 200:
         return
-    raw = await response.aread()
+    raw = await response.read()
     try:
         message = _error_message(orjson.loads(raw))
     except orjson.JSONDecodeError:
         message = raw.decode(errors="replace")[:500]
-    text = f"{url} answered HTTP {response.status_code}: {message}"
-    if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+    text = f"{url} answered HTTP {response.status}: {message}"
+    if 400 <= response.status < 500 and response.status not in (408, 429):
         raise BackendRejected(text)
     raise BackendUnavailable(text)
+
+
+async def _records(response: aiohttp.ClientResponse, separators: bytes = b"\n") -> AsyncIterator[bytes]:
+    """The body split on `separators` (any of those bytes), whatever the size of a record."""
+    buffer = b""
+    async for raw in response.content.iter_any():
+        buffer += raw
+        if not any(separator in raw for separator in separators):
+            continue
+        for separator in separators[1:]:
+            buffer = buffer.replace(bytes([separator]), separators[:1])
+        *complete, buffer = buffer.split(separators[:1])
+        for record in complete:
+            yield record
+    if buffer:
+        yield buffer
 
 
 def _chat_as_text(request: GenerationRequest) -> str:
@@ -83,53 +106,88 @@ def _chat_as_text(request: GenerationRequest) -> str:
     return "".join(f"<|{m.role}|>\n{m.content}\n" for m in request.messages or ()) + "<|assistant|>\n"
 
 
-class ModelClient:
-    """Streams generations of one model from its servers, spreading requests over replicas."""
+def _sampling(request: GenerationRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stream": True,
+    }
+    if request.stop:
+        body["stop"] = request.stop
+    if request.seed is not None:
+        body["seed"] = request.seed
+    return body
 
-    def __init__(self, settings: Settings, model: str, *, transport: httpx.AsyncBaseTransport | None = None):
+
+class ModelClient:
+    """Streams generations of one model from its servers, spreading requests over replicas (worker/replicas.py)."""
+
+    def __init__(self, settings: Settings, model: str) -> None:
         self.model = model
         self.backends = settings.backends_for(model)
         if not self.backends:
             raise ValueError(f"model {model!r} is not in LLM_TABLE")
-        self._next = itertools.cycle(self.backends)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.BACKEND_READ_TIMEOUT, connect=settings.BACKEND_CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=settings.WORKER_MAX_JOBS),
-            transport=transport,
+        self.replicas = Replicas(settings, self.backends)
+        self._first_token_timeout = settings.FIRST_TOKEN_TIMEOUT
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.BACKEND_CONNECT_TIMEOUT, sock_read=settings.BACKEND_READ_TIMEOUT
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the running event loop."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, raise_for_status=False)
+        return self._session
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def stream(self, request: GenerationRequest, request_id: str) -> AsyncGenerator[Event, None]:
-        backend = next(self._next)
+        """The generation's events from the next replica; raises BackendUnavailable or BackendRejected.
+
+        The first event must come within FIRST_TOKEN_TIMEOUT of sending the request (a server that accepts
+        requests but never starts them); after it, BACKEND_READ_TIMEOUT bounds each silence.
+        """
+        replica = self.replicas.pick()
+        backend = replica.backend
+        if backend.protocol == "generate":
+            events = self._stream_generate(backend, request, request_id)
+        else:
+            events = self._stream_openai(backend, request, request_id)
+        first_token = asyncio.timeout(self._first_token_timeout)
         try:
-            if backend.protocol == "generate":
-                async for event in self._stream_generate(backend, request, request_id):
+            async with contextlib.aclosing(events), first_token:
+                async for event in events:
+                    first_token.reschedule(None)
                     yield event
+        except TimeoutError as exc:
+            self.replicas.failed(replica)
+            if first_token.expired():
+                reason = f"no first token within FIRST_TOKEN_TIMEOUT={self._first_token_timeout:g}s"
             else:
-                async for event in self._stream_openai(backend, request, request_id):
-                    yield event
-        except httpx.TimeoutException as exc:
-            raise BackendUnavailable(f"{backend.url}: no answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
+                reason = f"no answer in time ({type(exc).__name__})"
+            raise BackendUnavailable(f"{backend.url}: {reason}") from exc
+        except aiohttp.ClientError as exc:
+            self.replicas.failed(replica)
             raise BackendUnavailable(f"{backend.url}: {type(exc).__name__}: {exc}") from exc
+        except BackendUnavailable:
+            self.replicas.failed(replica)
+            raise
+        except BackendRejected:
+            self.replicas.succeeded(replica)
+            raise
+        else:
+            self.replicas.succeeded(replica)
 
     async def _stream_openai(
         self, backend: Backend, request: GenerationRequest, request_id: str
     ) -> AsyncGenerator[Event, None]:
-        body: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.stop:
-            body["stop"] = request.stop
-        if request.seed is not None:
-            body["seed"] = request.seed
+        body = {"model": request.model, **_sampling(request), "stream_options": {"include_usage": True}}
         if request.messages is not None:
             path, chat = "/v1/chat/completions", True
             body["messages"] = [m.model_dump() for m in request.messages]
@@ -140,14 +198,17 @@ class ModelClient:
         finish_reason: str | None = None
         usage: Usage | None = None
         pieces = 0
-        headers = {"X-Request-Id": request_id, "Accept": "text/event-stream"}
-        async with self._http.stream("POST", url, content=orjson.dumps(body), headers=headers) as response:
+        done = False
+        headers = {"X-Request-Id": request_id, "Accept": "text/event-stream", "Content-Type": "application/json"}
+        async with self.session.post(url, data=orjson.dumps(body), headers=headers) as response:
             await _raise_for_status(response, url)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for raw in _records(response):
+                line = raw.rstrip(b"\r")
+                if not line.startswith(b"data:"):
                     continue  # blank separators, SSE comments (": ping"), event/id fields
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
+                    done = True
                     break
                 try:
                     chunk = orjson.loads(data)
@@ -166,47 +227,38 @@ class ModelClient:
                         yield Delta(text)
                     if choice.get("finish_reason"):
                         finish_reason = choice["finish_reason"]
-            else:
-                if finish_reason is None:
-                    raise BackendUnavailable(f"{url}: the stream was cut before its end")
+            if done:
+                # The end of the body lets the connection be reused; a server that keeps the response
+                # open after [DONE] only costs its connection, not the generation.
+                with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                    await asyncio.wait_for(response.content.read(), _DRAIN_SECONDS)
+        if not done and finish_reason is None:
+            raise BackendUnavailable(f"{url}: the stream was cut before its end")
         yield Final(finish_reason, usage or Usage(completion_tokens=pieces))
 
     async def _stream_generate(
         self, backend: Backend, request: GenerationRequest, request_id: str
     ) -> AsyncGenerator[Event, None]:
         prompt = _chat_as_text(request)
-        body: dict[str, Any] = {
-            "prompt": prompt,
-            "stream": True,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-        }
-        if request.stop:
-            body["stop"] = request.stop
-        if request.seed is not None:
-            body["seed"] = request.seed
+        body = {"prompt": prompt, **_sampling(request)}
         url = backend.url + "/generate"
         sent = 0
         records = 0
-        buffer = b""
-        headers = {"X-Request-Id": request_id}
-        async with self._http.stream("POST", url, content=orjson.dumps(body), headers=headers) as response:
+        headers = {"X-Request-Id": request_id, "Content-Type": "application/json"}
+        async with self.session.post(url, data=orjson.dumps(body), headers=headers) as response:
             await _raise_for_status(response, url)
-            async for raw in response.aiter_bytes():
-                buffer += raw
-                *complete, buffer = buffer.replace(b"\0", b"\n").split(b"\n")
-                for record in complete:
-                    if not record.strip():
-                        continue
+            async for record in _records(response, b"\n\0"):
+                if not record.strip():
+                    continue
+                try:
                     text = orjson.loads(record)["text"][0]
-                    completion = text[len(prompt) :] if text.startswith(prompt) else text
-                    records += 1
-                    if len(completion) > sent:
-                        yield Delta(completion[sent:])
-                        sent = len(completion)
-        if buffer.strip():
-            raise BackendUnavailable(f"{url}: the stream was cut inside a record")
+                except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                    raise BackendUnavailable(f"{url}: unreadable record in the stream: {record[:200]!r}") from None
+                completion = text[len(prompt) :] if text.startswith(prompt) else text
+                records += 1
+                if len(completion) > sent:
+                    yield Delta(completion[sent:])
+                    sent = len(completion)
         if records == 0:
             raise BackendUnavailable(f"{url}: the stream ended without any record")
         # /generate reports neither usage nor finish reason: one record is one generated token.

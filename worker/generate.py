@@ -1,4 +1,9 @@
-"""The job function: one attempt at one generation, from the job record to the stored result."""
+"""The job function: one attempt at one generation, from the job record to the stored result.
+
+Every outcome is written to the job record, never left to arq: arq only delivers key ids. A job given back
+to the queue (a retry, a shutdown) moves to a fresh arq job id (requeue.lua), so generate returns normally
+and arq's own bookkeeping of the old id cannot touch it.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,45 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from arq import Retry
+from redis import exceptions as redis_errors
 
-from shared.models import JobError, JobResult
+from shared.models import GenerationRequest, JobError, JobResult, now_ms
+from shared.store import Started
 from worker.backends import BackendError, BackendRejected, Delta
 from worker.context import WorkerContext
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REDIS_WRITE_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+"""What a Redis write raises while Redis restarts or is unreachable (the client already retried a few times)."""
+
+REDIS_PATIENCE = 30.0
+"""Seconds a run keeps trying one Redis write through an outage. Past it the run gives up: its job, still
+`running` but no longer heartbeated, is handed back by the sweeper once Redis answers, and generated again."""
+
+
+async def persist(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, tried again through a Redis outage for up to REDIS_PATIENCE seconds.
+
+    Every store write is safe to send twice (a command whose reply was lost may have run): the scripts are
+    fenced by the run, and appends are numbered.
+    """
+    deadline = time.monotonic() + REDIS_PATIENCE
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except REDIS_WRITE_ERRORS:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
 
 class AttemptLost(Exception):
@@ -30,6 +65,9 @@ class TokenWriter:
         self._window = spp.settings.STREAM_FLUSH_MS / 1000
         self._buffer: list[str] = []
         self._last_flush = 0.0
+        self._seq = 0
+        self._pending: str | None = None
+        """A chunk whose write failed (or lost its reply): sent again as it is, under its number, before the rest."""
         self.parts: list[str] = []
 
     @property
@@ -42,14 +80,32 @@ class TokenWriter:
         now = time.monotonic()
         if now - self._last_flush >= self._window:
             self._last_flush = now
-            await self.flush()
+            try:
+                await self.flush()
+            except REDIS_WRITE_ERRORS as exc:
+                # Redis is away: the generation goes on, and its tokens wait for the next flush.
+                logger.debug("job %s: tokens kept for later, Redis unavailable (%s)", self._kid, exc)
 
     async def flush(self) -> None:
-        if self._buffer:
-            chunk = "".join(self._buffer)
+        """Write the buffered tokens as the run's next numbered chunk; on a Redis error, they are kept."""
+        if self._pending is None:
+            if not self._buffer:
+                return
+            self._seq += 1
+            self._pending = "".join(self._buffer)
             self._buffer.clear()
-            if not await self._spp.store.append(self._kid, self._run, chunk):
-                raise AttemptLost
+        written = await self._spp.store.append(self._kid, self._run, self._pending, self._seq)
+        self._pending = None
+        if not written:
+            raise AttemptLost
+        if self._buffer:  # tokens that came while the pending chunk waited for Redis
+            await self.flush()
+
+    async def settle(self) -> str:
+        """Write a chunk still pending after a Redis error; returns the tail to write with the final record."""
+        if self._pending is not None:
+            await persist(self.flush)
+        return self.take_tail()
 
     def take_tail(self) -> str:
         """The unflushed text, to be written together with the final record."""
@@ -64,34 +120,58 @@ def backoff_delay(first: float, attempt: int) -> float:
 
 
 async def generate(ctx: dict[str, Any], kid: str) -> None:
-    """Run one attempt of job `kid`; every outcome is recorded in the job record, never raised to arq."""
+    """Run one attempt of job `kid`; every outcome is recorded in the job record, none is raised to arq but
+    a start that Redis could not record (arq then runs the same arq job again)."""
     spp: WorkerContext = ctx["spp"]
-    store, settings, model = spp.store, spp.settings, spp.model
+    store, model = spp.store, spp.model
     arq_id: str = ctx["job_id"]
-    started = await store.start(kid, arq_id, model, spp.worker_id)
+    try:
+        started = await persist(lambda: store.start(kid, arq_id, model, spp.worker_id))
+    except REDIS_WRITE_ERRORS as exc:
+        # Not started: arq keeps this arq job queued (Retry is the one outcome it does not finish).
+        logger.warning("job %s not started, Redis unavailable: %s", kid, exc)
+        raise Retry(defer=spp.settings.WORKER_HEARTBEAT) from exc
     if started is None:
         logger.info("job %s skipped: no longer queued", kid)
         return
-    attempt, run, request = started.attempt, started.run, started.request
+    spp.runs[kid], spp.arq_ids[kid] = started.run, arq_id
+    try:
+        await _attempt(spp, kid, arq_id, started)
+    except REDIS_WRITE_ERRORS as exc:
+        logger.warning(
+            "job %s model=%s attempt=%d left to the sweeper, Redis unavailable: %s", kid, model, started.attempt, exc
+        )
+    finally:
+        spp.runs.pop(kid, None)
+        spp.arq_ids.pop(kid, None)
+
+
+async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) -> None:
+    """The started attempt, to its stored outcome: a result, a failure, or the job back in the queue."""
+    store, settings, model = spp.store, spp.settings, spp.model
+    attempt, run = started.attempt, started.run
     log_args = (kid, model, attempt)
+    if attempt > settings.JOB_MAX_ATTEMPTS:
+        # Retries stop at the last attempt: only the sweeper goes past it, after each worker running it died.
+        message = (
+            f"the worker running attempt {attempt - 1} stopped (killed, crashed or cut off from Redis), "
+            f"and JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS} attempts were made"
+        )
+        await persist(lambda: store.finish(kid, model, run, JobError(type="worker_lost", message=message)))
+        logger.warning("job %s model=%s attempt=%d failed: worker_lost", *log_args)
+        return
+    if attempt > 1 and now_ms() > started.created_at + settings.JOB_DEADLINE * 1000:
+        message = f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed since the job was created: no attempt {attempt}"
+        await persist(lambda: store.finish(kid, model, run, JobError(type="deadline", message=message)))
+        logger.warning("job %s model=%s attempt=%d failed: deadline", *log_args)
+        return
     logger.info("job %s model=%s attempt=%d started", *log_args)
     began = time.monotonic()
     writer = TokenWriter(spp, kid, run)
-    result: JobResult | None = None
-    spp.runs[kid], spp.arq_ids[kid] = run, arq_id
     try:
-        async with (
-            asyncio.timeout(settings.BACKEND_TIMEOUT),
-            contextlib.aclosing(spp.client.stream(request, f"{kid}:{run}")) as events,
-        ):
-            async for event in events:
-                if isinstance(event, Delta):
-                    await writer.add(event.text)
-                else:
-                    result = JobResult(text=writer.text, finish_reason=event.finish_reason, usage=event.usage)
-        if result is None:
-            raise RuntimeError("the model client ended without a final event")
-        stored = await store.finish(kid, model, run, result, tail=writer.take_tail())
+        result = await _stream(spp, kid, run, started.request, writer)
+        tail = await writer.settle()
+        stored = await persist(lambda: store.finish(kid, model, run, result, tail=tail))
         outcome = "succeeded" if stored else "discarded (run lost)"
         logger.info("job %s model=%s attempt=%d %s in %.3fs", *log_args, outcome, time.monotonic() - began)
     except AttemptLost:
@@ -99,24 +179,56 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
     except asyncio.CancelledError:
         if arq_id not in spp.aborting:
             # A shutdown, not a cancellation: give the job back without counting the attempt.
-            await asyncio.shield(store.requeue(kid, model, run, refund=True))
-            logger.info("job %s model=%s attempt=%d handed back on shutdown", *log_args)
+            try:
+                await asyncio.shield(store.requeue(kid, model, run, refund=True))
+                logger.info("job %s model=%s attempt=%d handed back on shutdown", *log_args)
+            except REDIS_WRITE_ERRORS as exc:
+                logger.warning("job %s model=%s attempt=%d left to the sweeper: %s", *log_args, exc)
         raise
     except (BackendError, TimeoutError) as exc:
-        kind = exc.kind if isinstance(exc, BackendError) else "timeout"
-        message = str(exc) or f"no result within BACKEND_TIMEOUT={settings.BACKEND_TIMEOUT}s"
-        if isinstance(exc, BackendRejected) or attempt >= settings.JOB_MAX_ATTEMPTS:
-            await store.finish(kid, model, run, JobError(type=kind, message=message))
-            logger.warning("job %s model=%s attempt=%d failed: %s", *log_args, kind)
-            return
-        delay = backoff_delay(settings.RETRY_BACKOFF, attempt)
-        if await store.requeue(kid, model, run, refund=False):
-            logger.warning("job %s model=%s attempt=%d %s, retry in %.2fs", *log_args, kind, delay)
-            raise Retry(defer=delay) from exc
+        await _retry_or_fail(spp, kid, started, exc)
+    except REDIS_WRITE_ERRORS:
+        raise  # not a failure of the job: generate() leaves it to the sweeper
     except Exception as exc:
         logger.exception("job %s model=%s attempt=%d crashed", *log_args)
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        await store.finish(kid, model, run, JobError(type="internal", message=message))
-    finally:
-        spp.runs.pop(kid, None)
-        spp.arq_ids.pop(kid, None)
+        error = JobError(type="internal", message=f"internal error: {type(exc).__name__}: {exc}")
+        await persist(lambda: store.finish(kid, model, run, error))
+
+
+async def _stream(spp: WorkerContext, kid: str, run: int, request: GenerationRequest, writer: TokenWriter) -> JobResult:
+    """The generation from the model server, its tokens written to the job's stream as they come."""
+    result: JobResult | None = None
+    async with (
+        asyncio.timeout(spp.settings.BACKEND_TIMEOUT),
+        contextlib.aclosing(spp.client.stream(request, f"{kid}:{run}")) as events,
+    ):
+        async for event in events:
+            if isinstance(event, Delta):
+                await writer.add(event.text)
+            else:
+                result = JobResult(text=writer.text, finish_reason=event.finish_reason, usage=event.usage)
+    if result is None:
+        raise RuntimeError("the model client ended without a final event")
+    return result
+
+
+async def _retry_or_fail(spp: WorkerContext, kid: str, started: Started, exc: BackendError | TimeoutError) -> None:
+    """After a failed attempt: back to the queue after a backoff, or `failed` with the reason (a 4xx, the last
+    attempt, or JOB_DEADLINE passed before the next one could start)."""
+    store, settings, model = spp.store, spp.settings, spp.model
+    attempt, run = started.attempt, started.run
+    kind = exc.kind if isinstance(exc, BackendError) else "timeout"
+    message = str(exc) or f"no result within BACKEND_TIMEOUT={settings.BACKEND_TIMEOUT:g}s"
+    if not isinstance(exc, BackendRejected) and attempt < settings.JOB_MAX_ATTEMPTS:
+        delay = backoff_delay(settings.RETRY_BACKOFF, attempt)
+        if now_ms() + delay * 1000 <= started.created_at + settings.JOB_DEADLINE * 1000:
+            if await persist(lambda: store.requeue(kid, model, run, refund=False, delay=delay)):
+                log_args = (kid, model, attempt, kind, message[:300], delay)
+                logger.warning("job %s model=%s attempt=%d %s (%s), retry in %.2fs", *log_args)
+            return
+        kind, message = (
+            "deadline",
+            f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed, after attempt {attempt}: {message}",
+        )
+    await persist(lambda: store.finish(kid, model, run, JobError(type=kind, message=message)))
+    logger.warning("job %s model=%s attempt=%d failed: %s (%s)", kid, model, attempt, kind, message[:300])

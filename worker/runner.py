@@ -1,5 +1,6 @@
 """The arq worker of one model, with what arq lacks: wake-up on enqueue instead of idle polling,
-heartbeats of running jobs, and cancellation through the job record.
+heartbeats of running jobs and a sweeper of the jobs of dead workers (worker/sweeper.py), cancellation
+through the job record, a graceful stop, and survival of Redis outages.
 """
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from typing import Any
 
 import orjson
 from arq.connections import RedisSettings
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis import exceptions as redis_errors
 
@@ -22,7 +25,8 @@ from shared.settings import Settings
 from shared.store import JOB_FUNCTION, JobStore
 from worker.backends import ModelClient
 from worker.context import WorkerContext
-from worker.generate import generate
+from worker.generate import REDIS_PATIENCE, generate
+from worker.sweeper import sweep_forever
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class ModelWorker(Worker):
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
+        self._stopping: asyncio.Task[None] | None = None
         super().__init__(
             functions=[func(generate, name=JOB_FUNCTION)],
             queue_name=keys.queue(model),
@@ -53,8 +58,9 @@ class ModelWorker(Worker):
             on_startup=self._startup,
             on_shutdown=self._shutdown,
             max_jobs=settings.WORKER_MAX_JOBS,
-            # A deadline per attempt is enforced in the job function; this is only arq's backstop.
-            job_timeout=settings.BACKEND_TIMEOUT + 60,
+            # A deadline per attempt is enforced in the job function; this is only arq's backstop (its
+            # Redis writes may wait for Redis at the start and at the end of the attempt).
+            job_timeout=settings.BACKEND_TIMEOUT + 2 * REDIS_PATIENCE + 60,
             keep_result=0,
             poll_delay=0,
             max_tries=1_000_000,
@@ -63,6 +69,10 @@ class ModelWorker(Worker):
             job_deserializer=orjson.loads,
             health_check_key=f"{keys.queue(model)}:health-check:{self.worker_id}",
         )
+        # arq keeps a job's in-progress key for job_timeout + 10 s, and no worker takes the job meanwhile:
+        # a few heartbeats instead, kept alive by our heartbeat while the job runs, so that a job taken by a
+        # worker that died before starting it is taken again within seconds.
+        self.in_progress_timeout_s = settings.in_progress_lease
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         redis = redis_client(self.settings, "spp-worker", max_connections=self.settings.WORKER_MAX_JOBS + 8)
@@ -78,6 +88,7 @@ class ModelWorker(Worker):
         self._background = [
             asyncio.create_task(self._listen(ctx["spp"])),
             asyncio.create_task(self._beat(ctx["spp"])),
+            asyncio.create_task(sweep_forever(ctx["spp"].store, self.settings, self.model)),
         ]
         logger.info("worker %s serving model %s", self.worker_id, self.model)
 
@@ -100,9 +111,72 @@ class ModelWorker(Worker):
             logger.warning("Redis unavailable (%s); polling again in %.1fs", exc, self.settings.WORKER_IDLE_POLL)
             await asyncio.sleep(self.settings.WORKER_IDLE_POLL)
             return
-        if self._jobs_started() == before and self.allow_pick_jobs:
+        if not self.allow_pick_jobs:
+            # Stopping: arq's loop (poll_delay=0) would spin without ever yielding to the running jobs.
+            await asyncio.sleep(self.settings.WORKER_IDLE_POLL)
+        elif self._jobs_started() == before:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.WORKER_IDLE_POLL)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, except that a Redis error after a slot is taken gives the slot back (arq's
+        keeps it: each outage would leave the worker one job short, until it took none)."""
+        for job_id in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            try:
+                taken = await self._take(job_id.decode())
+            except BaseException:
+                self._release_sem_dec_counter_on_complete()
+                raise
+            if not taken:
+                self._release_sem_dec_counter_on_complete()
+
+    async def _take(self, job_id: str) -> bool:
+        """Mark arq job `job_id` in progress and run it, unless another worker has it or it is not due."""
+        in_progress = keys.arq_in_progress(job_id)
+        async with self.pool.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(in_progress)
+                ongoing = await pipe.exists(in_progress)
+                score = await pipe.zscore(self.queue_name, job_id)
+            except redis_errors.WatchError as exc:  # how redis-py reports a connection lost while watching
+                raise redis_errors.ConnectionError(str(exc)) from exc
+            if ongoing or not score or score > timestamp_ms():
+                return False
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
+            try:
+                await pipe.execute()
+            except (redis_errors.ResponseError, redis_errors.WatchError):
+                return False  # another worker took it since
+        task = self.loop.create_task(self.run_job(job_id, int(score)))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
+        return True
+
+    def handle_sig(self, signum: signal.Signals) -> None:
+        """SIGTERM or SIGINT: stop taking jobs, let the running ones finish for up to WORKER_SHUTDOWN_GRACE
+        seconds, then stop; jobs still running go back to the queue without counting the attempt (generate.py)
+        and the other workers are woken to take them. A second signal stops at once."""
+        if self._stopping is not None or not any(not task.done() for task in self.tasks.values()):
+            super().handle_sig(signum)
+            return
+        running = sum(not task.done() for task in self.tasks.values())
+        grace = self.settings.WORKER_SHUTDOWN_GRACE
+        logger.info("stopping on %s: %d running job(s) get %gs to finish", signum.name, running, grace)
+        self.allow_pick_jobs = False
+        self._stopping = asyncio.create_task(self._drain(signum))
+
+    async def _drain(self, signum: signal.Signals) -> None:
+        """Wait for the running jobs, up to the grace period, then stop as arq does (cancelling the rest)."""
+        running = [task for task in self.tasks.values() if not task.done()]
+        if running:  # no job is taken meanwhile: allow_pick_jobs is off
+            await asyncio.wait(running, timeout=self.settings.WORKER_SHUTDOWN_GRACE)
+        super().handle_sig(signum)
 
     def abort(self, spp: WorkerContext, kid: str) -> None:
         """Stop a running job on purpose: arq then finishes it instead of running it again."""
@@ -139,9 +213,11 @@ class ModelWorker(Worker):
     async def _beat(self, spp: WorkerContext) -> None:
         """Heartbeat of the worker and its running jobs; stops jobs whose record stopped saying running."""
         while True:
+            runs = dict(spp.runs)
             try:
-                for kid in await spp.store.heartbeat(self.model, self.worker_id, dict(spp.runs)):
-                    self.abort(spp, kid)
+                for kid in await spp.store.heartbeat(self.model, self.worker_id, runs):
+                    if spp.runs.get(kid) == runs[kid]:  # not a run that ended meanwhile
+                        self.abort(spp, kid)
             except REDIS_ERRORS as exc:
                 logger.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.WORKER_HEARTBEAT)

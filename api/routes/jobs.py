@@ -58,7 +58,7 @@ def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], 
     "",
     status_code=202,
     response_model=Job | list[Job],
-    openapi_extra=one_or_many_schema("JobCreate"),
+    openapi_extra=one_or_many_schema(JobCreate),
     responses={
         200: {"description": "The job already existed with the same body: nothing new was queued."},
         404: {"description": "Unknown model"},

@@ -46,7 +46,7 @@ class AnswerQuery(BaseModel):
     _id = field_validator("id", mode="before")(_id_as_text)
 
 
-@router.post("/anonymize", openapi_extra=one_or_many_schema("AnonymizeItem"))
+@router.post("/anonymize", openapi_extra=one_or_many_schema(AnonymizeItem))
 async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, owner: OwnerDep) -> JSONResponse:
     """Queue the administration's answer to one experience, or to an array of them."""
     limits = Limits(max_prompt_chars=settings.MAX_PROMPT_CHARS, max_messages=1, max_tokens=settings.MAX_TOKENS_LIMIT)
@@ -82,7 +82,7 @@ def _answer(record: dict[str, str] | None, job_id: str) -> dict[str, Any]:
 
 @router.post(
     "/prod/run/ditp-get-data",
-    openapi_extra=one_or_many_schema("AnswerQuery"),
+    openapi_extra=one_or_many_schema(AnswerQuery),
     responses={
         400: {"description": '`{"detail": "ID not found"}`: unknown, or not answered yet'},
         422: {"description": '`{"detail": "Generation failed", ...}`: there will be no answer; resubmit it'},

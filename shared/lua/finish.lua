@@ -2,8 +2,10 @@
 -- KEYS: job record, stream, model's running set.
 -- ARGV: run, status, field ('result' or 'error'), JSON payload, now_ms, result ttl s, stream ttl s,
 --       key id, final text chunk ('' for none).
--- Returns 1, or 0 when the run no longer owns the job (then nothing is written).
+-- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
+-- or 0 when the run no longer owns the job (then nothing is written).
 local state = redis.call('HMGET', KEYS[1], 'status', 'run')
+if state[1] == ARGV[2] and state[2] == ARGV[1] then return 1 end
 if state[1] ~= 'running' or state[2] ~= ARGV[1] then return 0 end
 if ARGV[9] ~= '' then
   redis.call('XADD', KEYS[2], '*', 't', 'token', 'd', ARGV[9])

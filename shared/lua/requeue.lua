@@ -1,9 +1,43 @@
--- Put a running job back in the queue: a transient failure to retry, or a worker shutting down.
--- KEYS: job record, model's running set.  ARGV: run, key id, refund (1: the attempt does not count).
--- Returns 1, or 0 when the run no longer owns the job.
-local state = redis.call('HMGET', KEYS[1], 'status', 'run')
-if state[1] ~= 'running' or state[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued')
-if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
+-- Give running jobs back to their model's queue, each under a fresh arq job id, and wake the model's workers.
+-- Two uses: a worker hands back its own run (a retry after a transient failure, or a shutdown), fenced by
+-- the run; the sweeper hands back runs whose heartbeat deadline passed (their worker died), fenced by it.
+-- The fresh id (a new arq job definition and queue entry; the old entry, definition, in-progress and retry
+-- keys deleted) means that whatever arq still does with the old id, such as the late bookkeeping of a
+-- worker presumed dead that was only slow, can never touch the job's new entry; and no in-progress key
+-- delays the next run.
+-- KEYS: model's running set, model's queue, then the record of each job.
+-- ARGV: mode ('run' or 'expired'), now_ms, refund (1: the attempt does not count), queue score ('keep': the
+--       job keeps its place, e.g. ahead of background jobs), arq ttl ms, arq key prefixes (job definition,
+--       in-progress, retry), wake channel, then per job: key id, run (mode 'run'), new arq id, its definition.
+-- Returns the key ids handed back: the others are no longer running under that run or deadline.
+local mode, now, refund, score, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local job_prefix, progress_prefix, retry_prefix, channel = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local done = {}
+for i = 3, #KEYS do
+  local p = 10 + 4 * (i - 3)
+  local kid, run, arq_id, definition = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
+  local state = redis.call('HMGET', KEYS[i], 'status', 'run', 'arq')
+  local owned
+  if mode == 'run' then
+    owned = state[1] == 'running' and state[2] == run
+  else
+    local deadline = redis.call('ZSCORE', KEYS[1], kid)
+    owned = state[1] == 'running' and deadline and tonumber(deadline) <= now
+    if state[1] ~= 'running' then redis.call('ZREM', KEYS[1], kid) end
+  end
+  if owned then
+    if refund == '1' then redis.call('HINCRBY', KEYS[i], 'attempts', -1) end
+    local old = state[3]
+    local place = score
+    if place == 'keep' then place = redis.call('ZSCORE', KEYS[2], old) or now end
+    redis.call('ZREM', KEYS[1], kid)
+    redis.call('ZREM', KEYS[2], old)
+    redis.call('DEL', job_prefix .. old, progress_prefix .. old, retry_prefix .. old)
+    redis.call('SET', job_prefix .. arq_id, definition, 'PX', ttl)
+    redis.call('ZADD', KEYS[2], place, arq_id)
+    redis.call('HSET', KEYS[i], 'status', 'queued', 'arq', arq_id)
+    done[#done + 1] = kid
+  end
+end
+if #done > 0 then redis.call('PUBLISH', channel, '1') end
+return done

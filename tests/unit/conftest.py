@@ -1,12 +1,19 @@
-"""Shared fixtures of the unit tests: settings isolated from the environment, an in-memory Redis, a job store."""
+"""Shared fixtures of the unit tests: settings isolated from the environment, an in-memory Redis, a job store,
+and mock model servers (real HTTP servers on 127.0.0.1 answering with scripted responses).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import fakeredis
+import orjson
 import pytest
+from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from shared.settings import Settings
 from shared.store import JobStore
@@ -45,3 +52,138 @@ async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
 @pytest.fixture
 async def store(redis: fakeredis.FakeAsyncRedis, settings: Settings) -> JobStore:
     return JobStore(redis, settings)
+
+
+# ---- mock model servers -----------------------------------------------------------------------------------
+
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+"""How a mock server answers one request."""
+
+Step = bytes | Callable[[], Awaitable[object]]
+"""One step of a streamed answer: bytes to send, or something to wait for (an event, an action) before the next."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A request as the mock server received it."""
+
+    method: str
+    url: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    peer: tuple[str, int]
+    """The client's address and port: one per TCP connection."""
+
+    def json(self) -> dict[str, Any]:
+        body: dict[str, Any] = orjson.loads(self.body)
+        return body
+
+
+def reply(body: bytes, status: int = 200, content_type: str = "text/event-stream") -> Answer:
+    """An answer sent all at once, with a Content-Length."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, status=status, headers={"Content-Type": content_type} if content_type else {})
+
+    return answer
+
+
+def stream(*steps: Step, cut: bool = False, content_type: str = "text/event-stream") -> Answer:
+    """A 200 answer with a chunked body written step by step; with `cut`, the connection is then closed
+    without ending the chunked body (a server that died mid-stream)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for step in steps:
+                if isinstance(step, bytes):
+                    await response.write(step)
+                else:
+                    await step()
+            if cut:
+                assert request.transport is not None
+                request.transport.close()  # what was written is still delivered, then the connection ends
+            else:
+                await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away first: nothing to answer
+        return response
+
+    return answer
+
+
+async def forever() -> None:
+    """A step that never ends: the server stays silent until the client leaves or the test ends."""
+    await asyncio.Event().wait()
+
+
+class MockServer:
+    """A model server on 127.0.0.1: records every request and answers each with the next of `answers`
+    (the last one repeats)."""
+
+    def __init__(self, answers: tuple[Answer, ...]) -> None:
+        if not answers:
+            raise ValueError("a mock server needs at least one answer")
+        self.answers = answers
+        self.requests: list[Received] = []
+        self.url = ""
+        self._handling: set[asyncio.Task[Any]] = set()
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        # handler_cancellation: a client that leaves stops the answer it was reading (a silent one included).
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        for task in list(self._handling):
+            task.cancel()
+        await self._runner.cleanup()
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the last request."""
+        return self.requests[-1].json()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        host, port = request.transport.get_extra_info("peername")[:2]
+        received = Received(
+            request.method, str(request.url), request.path, request.headers, await request.read(), (host, port)
+        )
+        self.requests.append(received)
+        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        task = asyncio.current_task()
+        assert task is not None
+        self._handling.add(task)
+        try:
+            return await answer(request)
+        finally:
+            self._handling.discard(task)
+
+
+class Serve(Protocol):
+    async def __call__(self, *answers: Answer) -> MockServer: ...
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Starts mock model servers, each on a free port; all are stopped after the test."""
+    servers: list[MockServer] = []
+
+    async def start(*answers: Answer) -> MockServer:
+        server = MockServer(answers)
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()

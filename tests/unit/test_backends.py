@@ -1,19 +1,19 @@
-"""The model server clients against a mock transport: vLLM's OpenAI-compatible streams and legacy `/generate`."""
+"""The model server clients against mock servers on 127.0.0.1: vLLM's OpenAI-compatible streams and `/generate`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+import asyncio
+import socket
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from aiohttp import web
 
 from shared.models import GenerationRequest, Message, Usage
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL, Answer, MockServer, Serve, Step, forever, make_settings, reply, stream
 from worker.backends import BackendRejected, BackendUnavailable, Delta, Event, Final, ModelClient
-
-Handler = Callable[[httpx.Request], httpx.Response]
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -61,38 +61,14 @@ def sse(*chunks: dict[str, Any] | str, done: bool = True, eol: str = "\n") -> by
     return eol.join(lines).encode() + eol.encode()
 
 
-async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
-    """`body` delivered `size` bytes at a time, as a slow network would."""
-    for start in range(0, len(body), size):
-        yield body[start : start + size]
+def client_for(server: MockServer, table: str | None = None, **settings: Any) -> ModelClient:
+    """A client of `server` (its URL given with `/v1`, as vLLM's often are) unless `table` says otherwise."""
+    llm_table = table or f'[["{MODEL}", "{server.url}/v1"]]'
+    return ModelClient(make_settings(LLM_TABLE=llm_table, **settings), MODEL)
 
 
-class Server:
-    """A mock model server: records every request and answers with `answer(request)`."""
-
-    def __init__(self, answer: Handler) -> None:
-        self.answer = answer
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.answer(request)
-
-    @property
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = orjson.loads(self.requests[-1].content)
-        return body
-
-
-def answer_with(
-    content: bytes | AsyncIterator[bytes], status: int = 200, content_type: str = "text/event-stream"
-) -> Handler:
-    return lambda request: httpx.Response(status, content=content, headers={"content-type": content_type})
-
-
-def client_for(server: Server, table: str | None = None) -> ModelClient:
-    settings = make_settings(LLM_TABLE=table or f'[["{MODEL}", "http://vllm.test:8000/v1"]]')
-    return ModelClient(settings, MODEL, transport=httpx.MockTransport(server))
+def legacy_client_for(server: MockServer) -> ModelClient:
+    return client_for(server, f'[["{MODEL}", "{server.url}", "generate"]]')
 
 
 def prompt_request(prompt: str | None = "Bonjour", **fields: Any) -> GenerationRequest:
@@ -132,6 +108,42 @@ def final(events: list[Event]) -> Final:
     return last
 
 
+def split_at(body: bytes, cuts: list[int], gates: list[asyncio.Event]) -> Answer:
+    """`body` streamed in pieces cut at `cuts`: piece i+1 is only sent once `gates[i]` is set.
+
+    With `gates[i]` set when the client yields its (i+1)-th delta, the client has read all of piece i before
+    piece i+1 exists: the cuts are exactly where its reads end, whatever TCP would have merged.
+    """
+    steps: list[Step] = []
+    start = 0
+    for cut, gate in zip(cuts, gates, strict=True):
+        steps += [body[start:cut], gate.wait]
+        start = cut
+    return stream(*steps, body[start:])
+
+
+async def run_opening_gates(client: ModelClient, request: GenerationRequest, gates: list[asyncio.Event]) -> list[Event]:
+    """Like `run`, setting `gates[i]` when the (i+1)-th delta arrives."""
+    events: list[Event] = []
+    try:
+        async for event in client.stream(request, "kid:1"):
+            events.append(event)
+            if isinstance(event, Delta) and len(texts(events)) <= len(gates):
+                gates[len(texts(events)) - 1].set()
+    finally:
+        await client.aclose()
+    return events
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that is bound but not listening: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
 # ---- OpenAI-compatible streams ----------------------------------------------------------------------------
 
 CHAT_STREAM = sse(
@@ -142,31 +154,38 @@ CHAT_STREAM = sse(
 )
 
 
-async def test_chat_stream_yields_deltas_then_final_with_usage() -> None:
-    events = await run(client_for(Server(answer_with(CHAT_STREAM))), chat_request())
+async def test_chat_stream_yields_deltas_then_final_with_usage(serve: Serve) -> None:
+    events = await run(client_for(await serve(stream(CHAT_STREAM))), chat_request())
 
     assert texts(events) == [" Bonjour", "."]
     assert final(events) == Final("stop", Usage(prompt_tokens=9, completion_tokens=2, total_tokens=11))
 
 
-async def test_completion_stream_yields_text_pieces() -> None:
+async def test_completion_stream_yields_text_pieces(serve: Serve) -> None:
     body = sse(text_chunk("Il "), text_chunk("fait"), text_chunk(" beau", finish="length"), usage_chunk(3, 3))
 
-    events = await run(client_for(Server(answer_with(body))), prompt_request())
+    events = await run(client_for(await serve(stream(body))), prompt_request())
 
     assert texts(events) == ["Il ", "fait", " beau"]
     assert final(events) == Final("length", Usage(prompt_tokens=3, completion_tokens=3, total_tokens=6))
 
 
-async def test_chat_request_body_path_and_headers() -> None:
-    server = Server(answer_with(CHAT_STREAM))
+async def test_body_with_content_length_is_read_too(serve: Serve) -> None:
+    events = await run(client_for(await serve(reply(CHAT_STREAM))), chat_request())
+
+    assert texts(events) == [" Bonjour", "."]
+
+
+async def test_chat_request_body_path_and_headers(serve: Serve) -> None:
+    server = await serve(stream(CHAT_STREAM))
 
     await run(client_for(server), chat_request("Salut", max_tokens=5, temperature=0.0, top_p=1.0), "alice:j9:2")
 
     request = server.requests[0]
     assert request.method == "POST"
-    assert str(request.url) == "http://vllm.test:8000/v1/chat/completions"
+    assert request.url == f"{server.url}/v1/chat/completions"
     assert request.headers["X-Request-Id"] == "alice:j9:2"
+    assert request.headers["Content-Type"] == "application/json"
     assert server.body == {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Salut"}],
@@ -178,12 +197,12 @@ async def test_chat_request_body_path_and_headers() -> None:
     }
 
 
-async def test_completion_request_body_has_prompt_stop_and_seed() -> None:
-    server = Server(answer_with(sse(text_chunk("x", finish="stop"))))
+async def test_completion_request_body_has_prompt_stop_and_seed(serve: Serve) -> None:
+    server = await serve(stream(sse(text_chunk("x", finish="stop"))))
 
     await run(client_for(server), prompt_request("Once", stop=["\n", "END"], seed=42))
 
-    assert server.requests[0].url.path == "/v1/completions"
+    assert server.requests[0].path == "/v1/completions"
     body = server.body
     assert body["prompt"] == "Once"
     assert "messages" not in body
@@ -194,8 +213,8 @@ async def test_completion_request_body_has_prompt_stop_and_seed() -> None:
     assert body["stream_options"] == {"include_usage": True}
 
 
-async def test_seed_zero_is_sent() -> None:
-    server = Server(answer_with(sse(text_chunk("x", finish="stop"))))
+async def test_seed_zero_is_sent(serve: Serve) -> None:
+    server = await serve(stream(sse(text_chunk("x", finish="stop"))))
 
     await run(client_for(server), prompt_request(seed=0))
 
@@ -203,77 +222,134 @@ async def test_seed_zero_is_sent() -> None:
     assert "stop" not in server.body
 
 
-async def test_missing_usage_chunk_counts_completion_tokens_from_pieces() -> None:
+async def test_missing_usage_chunk_counts_completion_tokens_from_pieces(serve: Serve) -> None:
     body = sse(chat_chunk("", role="assistant"), chat_chunk("a"), chat_chunk("b"), chat_chunk("c", finish="stop"))
 
-    events = await run(client_for(Server(answer_with(body))), chat_request())
+    events = await run(client_for(await serve(stream(body))), chat_request())
 
     assert final(events) == Final("stop", Usage(completion_tokens=3))
 
 
-async def test_null_usage_in_ordinary_chunks_is_ignored() -> None:
+async def test_null_usage_in_ordinary_chunks_is_ignored(serve: Serve) -> None:
     chunk = chat_chunk("a", finish="stop") | {"usage": None}
 
-    events = await run(client_for(Server(answer_with(sse(chunk, usage_chunk(1, 1))))), chat_request())
+    events = await run(client_for(await serve(stream(sse(chunk, usage_chunk(1, 1))))), chat_request())
 
     assert final(events).usage == Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
 
 
-async def test_sse_comments_and_other_fields_are_skipped() -> None:
+async def test_sse_comments_and_other_fields_are_skipped(serve: Serve) -> None:
     body = sse(
         ": ping", "event: message", "id: 3", "retry: 1000", chat_chunk("a"), ": ping", chat_chunk("b", finish="stop")
     )
 
-    events = await run(client_for(Server(answer_with(body))), chat_request())
+    events = await run(client_for(await serve(stream(body))), chat_request())
 
     assert texts(events) == ["a", "b"]
 
 
-async def test_empty_and_role_only_deltas_yield_nothing() -> None:
+async def test_empty_and_role_only_deltas_yield_nothing(serve: Serve) -> None:
     empty_choices = chat_chunk() | {"choices": []}
     null_content = chat_chunk() | {"choices": [{"index": 0, "delta": {"content": None}, "finish_reason": None}]}
     body = sse(
         chat_chunk(role="assistant"), chat_chunk(""), null_content, empty_choices, chat_chunk("a", finish="stop")
     )
 
-    events = await run(client_for(Server(answer_with(body))), chat_request())
+    events = await run(client_for(await serve(stream(body))), chat_request())
 
     assert texts(events) == ["a"]
     assert final(events).usage.completion_tokens == 1
 
 
-async def test_crlf_line_endings() -> None:
+async def test_crlf_line_endings(serve: Serve) -> None:
     body = sse(chat_chunk("a"), chat_chunk("b", finish="stop"), usage_chunk(1, 2), eol="\r\n")
 
-    events = await run(client_for(Server(answer_with(body))), chat_request())
+    events = await run(client_for(await serve(stream(body))), chat_request())
 
     assert texts(events) == ["a", "b"]
     assert final(events).finish_reason == "stop"
 
 
-async def test_data_field_without_space() -> None:
+async def test_data_field_without_space(serve: Serve) -> None:
     body = b'data:{"choices":[{"index":0,"text":"a","finish_reason":"stop"}]}\n\ndata:[DONE]\n\n'
 
-    events = await run(client_for(Server(answer_with(body))), prompt_request())
+    events = await run(client_for(await serve(stream(body))), prompt_request())
 
     assert texts(events) == ["a"]
 
 
-async def test_stream_split_at_any_byte_is_parsed_the_same() -> None:
-    body = sse(chat_chunk("é"), chat_chunk("tã", finish="stop"), usage_chunk(1, 2))
+async def test_stream_split_inside_a_character_a_line_ending_and_a_field_name_is_parsed_the_same(
+    serve: Serve,
+) -> None:
+    body = sse(chat_chunk("é"), chat_chunk("tã"), chat_chunk("ü"), chat_chunk("!", finish="stop"), eol="\r\n")
+    second, third, fourth = (body.index(b"data:", body.index(text.encode())) for text in ("é", "tã", "ü"))
+    cuts = [
+        body.index("ã".encode()) + 1,  # inside the two bytes of "ã"
+        third - 1,  # between the "\r" and the "\n" of the blank line ending the second event
+        fourth + 2,  # inside "data:"
+    ]
+    assert second < cuts[0] < cuts[1] < third < cuts[2]
+    gates = [asyncio.Event() for _ in cuts]
 
-    events = await run(client_for(Server(answer_with(pieces(body, 3)))), chat_request())
+    events = await run_opening_gates(client_for(await serve(split_at(body, cuts, gates))), chat_request(), gates)
 
-    assert texts(events) == ["é", "tã"]
+    assert texts(events) == ["é", "tã", "ü", "!"]
+    assert final(events) == Final("stop", Usage(completion_tokens=4))
+
+
+async def test_sse_line_longer_than_64_kib(serve: Serve) -> None:
+    long = "y" * 100_000 + "é" * 10_000
+    body = sse(chat_chunk(long), chat_chunk(".", finish="stop"), usage_chunk(1, 2))
+    assert max(len(line) for line in body.split(b"\n")) > 2**16
+
+    events = await run(client_for(await serve(stream(body))), chat_request())
+
+    assert texts(events) == [long, "."]
     assert final(events).usage.completion_tokens == 2
 
 
-async def test_stream_that_ends_with_finish_reason_but_without_done_is_complete() -> None:
+async def test_stream_that_ends_with_finish_reason_but_without_done_is_complete(serve: Serve) -> None:
     body = sse(chat_chunk("a", finish="stop"), done=False)
 
-    events = await run(client_for(Server(answer_with(body))), chat_request())
+    events = await run(client_for(await serve(stream(body))), chat_request())
 
     assert final(events) == Final("stop", Usage(completion_tokens=1))
+
+
+# ---- connections ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["openai", "generate"])
+async def test_sequential_generations_reuse_one_connection(serve: Serve, protocol: str) -> None:
+    server = await serve(stream(CHAT_STREAM if protocol == "openai" else records("Q", ["a", "ab"], b"\0")))
+    client = client_for(server, f'[["{MODEL}", "{server.url}", "{protocol}"]]')
+
+    try:
+        for _ in range(5):
+            events = [event async for event in client.stream(prompt_request("Q"), "kid:1")]
+            assert isinstance(events[-1], Final)
+    finally:
+        await client.aclose()
+
+    assert len(server.requests) == 5
+    assert len({request.peer for request in server.requests}) == 1
+
+
+async def test_connection_refused_is_unavailable(closed_port: int) -> None:
+    client = ModelClient(make_settings(LLM_TABLE=f'[["{MODEL}", "http://127.0.0.1:{closed_port}"]]'), MODEL)
+
+    with pytest.raises(BackendUnavailable, match="ClientConnectorError"):
+        await run(client, chat_request())
+
+
+async def test_silence_longer_than_the_read_timeout_is_unavailable(serve: Serve) -> None:
+    server = await serve(stream(sse(chat_chunk("a"), done=False), forever))
+    seen: list[Event] = []
+
+    with pytest.raises(BackendUnavailable, match="no answer in time"):
+        await collect_into(seen, client_for(server, BACKEND_READ_TIMEOUT=0.05), chat_request())
+
+    assert seen == [Delta("a")]
 
 
 # ---- OpenAI-compatible errors -----------------------------------------------------------------------------
@@ -292,31 +368,31 @@ async def test_stream_that_ends_with_finish_reason_but_without_done_is_complete(
         ),
     ],
 )
-async def test_http_400_is_rejected_with_the_server_message(error: dict[str, Any]) -> None:
-    server = Server(answer_with(orjson.dumps(error), status=400, content_type="application/json"))
+async def test_http_400_is_rejected_with_the_server_message(serve: Serve, error: dict[str, Any]) -> None:
+    server = await serve(reply(orjson.dumps(error), status=400, content_type="application/json"))
 
     with pytest.raises(BackendRejected, match="HTTP 400: context length exceeded"):
         await run(client_for(server), chat_request())
     assert len(server.requests) == 1
 
 
-async def test_http_404_unknown_model_is_rejected() -> None:
+async def test_http_404_unknown_model_is_rejected(serve: Serve) -> None:
     body = orjson.dumps({"error": {"message": "The model `x` does not exist.", "code": 404}})
 
     with pytest.raises(BackendRejected, match="does not exist"):
-        await run(client_for(Server(answer_with(body, status=404))), chat_request())
+        await run(client_for(await serve(reply(body, status=404))), chat_request())
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429, 408])
-async def test_server_errors_and_overload_are_unavailable(status: int) -> None:
+async def test_server_errors_and_overload_are_unavailable(serve: Serve, status: int) -> None:
     body = orjson.dumps({"error": {"message": "engine is busy", "code": status}})
 
     with pytest.raises(BackendUnavailable, match=f"HTTP {status}: engine is busy"):
-        await run(client_for(Server(answer_with(body, status=status))), chat_request())
+        await run(client_for(await serve(reply(body, status=status, content_type="application/json"))), chat_request())
 
 
-async def test_non_json_error_body_is_quoted() -> None:
-    server = Server(answer_with(b"<html>Bad Gateway</html>", status=502, content_type="text/html"))
+async def test_non_json_error_body_is_quoted(serve: Serve) -> None:
+    server = await serve(reply(b"<html>Bad Gateway</html>", status=502, content_type="text/html"))
 
     with pytest.raises(BackendUnavailable, match="HTTP 502: <html>Bad Gateway</html>"):
         await run(client_for(server), chat_request())
@@ -326,54 +402,42 @@ async def test_non_json_error_body_is_quoted() -> None:
     ("code", "error_type"),
     [(500, BackendUnavailable), (400, BackendRejected)],
 )
-async def test_mid_stream_error_chunk_raises(code: int, error_type: type[Exception]) -> None:
+async def test_mid_stream_error_chunk_raises(serve: Serve, code: int, error_type: type[Exception]) -> None:
     error = {"error": {"message": "engine died", "type": "InternalServerError", "code": code}}
     body = sse(chat_chunk("a"), error)
     seen: list[Event] = []
 
     with pytest.raises(error_type, match="error during the stream: engine died"):
-        await collect_into(seen, client_for(Server(answer_with(body))), chat_request())
+        await collect_into(seen, client_for(await serve(stream(body))), chat_request())
 
     assert seen == [Delta("a")]
 
 
-async def test_stream_cut_without_done_nor_finish_reason_is_unavailable() -> None:
+async def test_stream_ended_without_done_nor_finish_reason_is_unavailable(serve: Serve) -> None:
     body = sse(chat_chunk("a"), chat_chunk("b"), done=False)
 
     with pytest.raises(BackendUnavailable, match="cut"):
-        await run(client_for(Server(answer_with(body))), chat_request())
+        await run(client_for(await serve(stream(body))), chat_request())
 
 
-async def test_stream_cut_inside_a_chunk_is_unavailable() -> None:
+async def test_stream_ended_inside_a_chunk_is_unavailable(serve: Serve) -> None:
     body = sse(chat_chunk("a"), done=False) + b'data: {"choices": [{"index": 0, "del'
 
-    with pytest.raises(BackendUnavailable):
-        await run(client_for(Server(answer_with(body))), chat_request())
+    with pytest.raises(BackendUnavailable, match="unreadable chunk"):
+        await run(client_for(await serve(stream(body))), chat_request())
 
 
-async def test_connection_error_is_unavailable() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
+@pytest.mark.parametrize(
+    "tail", [b"", b'data: {"choices": [{"index": 0, "del'], ids=["between-events", "inside-an-event"]
+)
+async def test_connection_lost_mid_stream_is_unavailable(serve: Serve, tail: bytes) -> None:
+    server = await serve(stream(sse(chat_chunk("a"), done=False), tail, cut=True))
+    seen: list[Event] = []
 
-    with pytest.raises(BackendUnavailable, match="ConnectError"):
-        await run(client_for(Server(refuse)), chat_request())
+    with pytest.raises(BackendUnavailable, match="ClientPayloadError"):
+        await collect_into(seen, client_for(server), chat_request())
 
-
-async def test_read_timeout_is_unavailable() -> None:
-    def silent(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("no answer", request=request)
-
-    with pytest.raises(BackendUnavailable, match="no answer in time"):
-        await run(client_for(Server(silent)), chat_request())
-
-
-async def test_connection_lost_mid_stream_is_unavailable() -> None:
-    async def broken() -> AsyncIterator[bytes]:
-        yield sse(chat_chunk("a"), done=False)
-        raise httpx.ReadError("connection reset by peer")
-
-    with pytest.raises(BackendUnavailable, match="ReadError"):
-        await run(client_for(Server(answer_with(broken()))), chat_request())
+    assert seen == [Delta("a")]
 
 
 def test_client_of_a_model_missing_from_llm_table_is_refused() -> None:
@@ -383,8 +447,6 @@ def test_client_of_a_model_missing_from_llm_table_is_refused() -> None:
 
 # ---- legacy /generate --------------------------------------------------------------------------------------
 
-LEGACY_TABLE = f'[["{MODEL}", "http://old.test:8080", "generate"]]'
-
 
 def records(prompt: str, completions: list[str], separator: bytes) -> bytes:
     """Cumulative `/generate` records: each holds the prompt and all the text so far."""
@@ -392,21 +454,22 @@ def records(prompt: str, completions: list[str], separator: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("separator", [b"\n", b"\0"], ids=["newline", "nul"])
-async def test_legacy_generate_yields_deltas_of_cumulative_records(separator: bytes) -> None:
-    server = Server(answer_with(records("Q: ", ["Il", "Il fait", "Il fait beau"], separator), content_type=""))
+async def test_legacy_generate_yields_deltas_of_cumulative_records(serve: Serve, separator: bytes) -> None:
+    server = await serve(stream(records("Q: ", ["Il", "Il fait", "Il fait beau"], separator), content_type=""))
 
-    events = await run(client_for(server, LEGACY_TABLE), prompt_request("Q: ", max_tokens=16))
+    events = await run(legacy_client_for(server), prompt_request("Q: ", max_tokens=16))
 
     assert texts(events) == ["Il", " fait", " beau"]
     assert final(events) == Final("stop", Usage(completion_tokens=3))
 
 
-async def test_legacy_generate_request_body_and_path() -> None:
-    server = Server(answer_with(records("P", ["x"], b"\0")))
+async def test_legacy_generate_request_body_and_path(serve: Serve) -> None:
+    server = await serve(stream(records("P", ["x"], b"\0")))
 
-    await run(client_for(server, LEGACY_TABLE), prompt_request("P", stop=["."], seed=3), "public:j1:1")
+    await run(legacy_client_for(server), prompt_request("P", stop=["."], seed=3), "public:j1:1")
 
-    assert str(server.requests[0].url) == "http://old.test:8080/generate"
+    assert server.requests[0].method == "POST"
+    assert server.requests[0].url == f"{server.url}/generate"
     assert server.requests[0].headers["X-Request-Id"] == "public:j1:1"
     assert server.body == {
         "prompt": "P",
@@ -419,84 +482,113 @@ async def test_legacy_generate_request_body_and_path() -> None:
     }
 
 
-async def test_legacy_generate_finish_reason_length_at_max_tokens() -> None:
-    server = Server(answer_with(records("P", ["a", "ab", "abc"], b"\n")))
+async def test_legacy_generate_finish_reason_length_at_max_tokens(serve: Serve) -> None:
+    server = await serve(stream(records("P", ["a", "ab", "abc"], b"\n")))
 
-    events = await run(client_for(server, LEGACY_TABLE), prompt_request("P", max_tokens=3))
+    events = await run(legacy_client_for(server), prompt_request("P", max_tokens=3))
 
     assert final(events) == Final("length", Usage(completion_tokens=3))
 
 
-async def test_legacy_generate_chat_is_sent_as_text_and_its_prefix_stripped() -> None:
-    def answer(request: httpx.Request) -> httpx.Response:
-        prompt = orjson.loads(request.content)["prompt"]
-        return httpx.Response(200, content=records(prompt, ["Salut", "Salut !"], b"\0"))
+async def test_legacy_generate_chat_is_sent_as_text_and_its_prefix_stripped(serve: Serve) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        prompt = (await request.json())["prompt"]
+        return await stream(records(prompt, ["Salut", "Salut !"], b"\0"))(request)
 
-    server = Server(answer)
+    server = await serve(answer)
 
-    events = await run(client_for(server, LEGACY_TABLE), chat_request("Bonjour"))
+    events = await run(legacy_client_for(server), chat_request("Bonjour"))
 
     assert "Bonjour" in server.body["prompt"]
     assert texts(events) == ["Salut", " !"]
 
 
-async def test_legacy_generate_records_split_across_reads() -> None:
+async def test_legacy_generate_records_split_inside_a_character_and_a_record(serve: Serve) -> None:
     body = records("Q", ["é", "é tã", "é tã !"], b"\0")
+    cuts = [body.index("ã".encode()) + 1, body.rindex(b'"text"') + 3]
+    gates = [asyncio.Event() for _ in cuts]
 
-    events = await run(client_for(Server(answer_with(pieces(body, 5))), LEGACY_TABLE), prompt_request("Q"))
+    events = await run_opening_gates(
+        legacy_client_for(await serve(split_at(body, cuts, gates))), prompt_request("Q"), gates
+    )
 
-    assert "".join(texts(events)) == "é tã !"
+    assert texts(events) == ["é", " tã", " !"]
     assert final(events).usage.completion_tokens == 3
 
 
-async def test_legacy_generate_cut_inside_a_record_is_unavailable() -> None:
+async def test_legacy_generate_record_longer_than_64_kib(serve: Serve) -> None:
+    completions = ["x" * 40_000, "x" * 80_000, "x" * 80_000 + "é" * 30_000]
+    body = records("Q", completions, b"\0")
+    assert max(len(record) for record in body.split(b"\0")) > 2**16
+
+    events = await run(legacy_client_for(await serve(stream(body))), prompt_request("Q"))
+
+    assert texts(events) == ["x" * 40_000, "x" * 40_000, "é" * 30_000]
+    assert final(events).usage.completion_tokens == 3
+
+
+async def test_legacy_generate_ended_inside_a_record_is_unavailable(serve: Serve) -> None:
     body = records("Q", ["a"], b"\n") + b'{"text": ["Qab'
 
-    with pytest.raises(BackendUnavailable, match="cut inside a record"):
-        await run(client_for(Server(answer_with(body)), LEGACY_TABLE), prompt_request("Q"))
+    with pytest.raises(BackendUnavailable, match="unreadable record"):
+        await run(legacy_client_for(await serve(stream(body))), prompt_request("Q"))
 
 
-async def test_legacy_generate_without_any_record_is_unavailable() -> None:
+async def test_legacy_generate_connection_lost_inside_a_record_is_unavailable(serve: Serve) -> None:
+    server = await serve(stream(records("Q", ["a"], b"\0"), b'{"text": ["Qab', cut=True))
+
+    with pytest.raises(BackendUnavailable, match="ClientPayloadError"):
+        await run(legacy_client_for(server), prompt_request("Q"))
+
+
+async def test_legacy_generate_without_any_record_is_unavailable(serve: Serve) -> None:
     with pytest.raises(BackendUnavailable, match="without any record"):
-        await run(client_for(Server(answer_with(b"")), LEGACY_TABLE), prompt_request("Q"))
+        await run(legacy_client_for(await serve(stream(b""))), prompt_request("Q"))
 
 
-async def test_legacy_generate_http_errors() -> None:
-    rejected = Server(answer_with(b'{"detail": "prompt too long"}', status=422))
-    unavailable = Server(answer_with(b"Internal Server Error", status=500))
+async def test_legacy_generate_http_errors(serve: Serve) -> None:
+    rejected = await serve(reply(b'{"detail": "prompt too long"}', status=422, content_type="application/json"))
+    unavailable = await serve(reply(b"Internal Server Error", status=500, content_type="text/plain"))
 
     with pytest.raises(BackendRejected, match="prompt too long"):
-        await run(client_for(rejected, LEGACY_TABLE), prompt_request("Q"))
+        await run(legacy_client_for(rejected), prompt_request("Q"))
     with pytest.raises(BackendUnavailable, match="HTTP 500"):
-        await run(client_for(unavailable, LEGACY_TABLE), prompt_request("Q"))
+        await run(legacy_client_for(unavailable), prompt_request("Q"))
 
 
 # ---- replicas -------------------------------------------------------------------------------------------
 
 
-async def test_requests_alternate_between_replicas() -> None:
-    server = Server(answer_with(CHAT_STREAM))
-    table = f'[["{MODEL}", "http://replica-1:8000/v1"], ["other", "http://x"], ["{MODEL}", "http://replica-2:8000"]]'
-    client = client_for(server, table)
+async def test_requests_alternate_between_replicas(serve: Serve) -> None:
+    first, second = await serve(stream(CHAT_STREAM)), await serve(stream(CHAT_STREAM))
+    table = f'[["{MODEL}", "{first.url}/v1"], ["other", "http://x"], ["{MODEL}", "{second.url}"]]'
+    client = client_for(first, table)
+    counts: list[tuple[int, int]] = []
 
-    for _ in range(4):
-        assert texts([event async for event in client.stream(chat_request(), "kid:1")]) == [" Bonjour", "."]
-    await client.aclose()
+    try:
+        for _ in range(4):
+            assert texts([event async for event in client.stream(chat_request(), "kid:1")]) == [" Bonjour", "."]
+            counts.append((len(first.requests), len(second.requests)))
+    finally:
+        await client.aclose()
 
-    assert [request.url.host for request in server.requests] == ["replica-1", "replica-2", "replica-1", "replica-2"]
+    assert counts == [(1, 0), (1, 1), (2, 1), (2, 2)]
+    assert {request.path for request in first.requests + second.requests} == {"/v1/chat/completions"}
 
 
-async def test_replicas_may_mix_protocols() -> None:
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/generate":
-            return httpx.Response(200, content=records("Q", ["x"], b"\n"))
-        return httpx.Response(200, content=sse(text_chunk("x", finish="stop")))
+async def test_replicas_may_mix_protocols(serve: Serve) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path == "/generate":
+            return await stream(records("Q", ["x"], b"\n"))(request)
+        return await stream(sse(text_chunk("x", finish="stop")))(request)
 
-    server = Server(answer)
-    client = client_for(server, f'[["{MODEL}", "http://a"], ["{MODEL}", "http://b", "generate"]]')
+    server = await serve(answer)
+    client = client_for(server, f'[["{MODEL}", "{server.url}"], ["{MODEL}", "{server.url}", "generate"]]')
 
-    for _ in range(2):
-        assert texts([event async for event in client.stream(prompt_request("Q"), "kid:1")]) == ["x"]
-    await client.aclose()
+    try:
+        for _ in range(2):
+            assert texts([event async for event in client.stream(prompt_request("Q"), "kid:1")]) == ["x"]
+    finally:
+        await client.aclose()
 
-    assert [str(request.url) for request in server.requests] == ["http://a/v1/completions", "http://b/generate"]
+    assert [request.path for request in server.requests] == ["/v1/completions", "/generate"]

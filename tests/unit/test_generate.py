@@ -1,4 +1,4 @@
-"""The job function: one attempt from the job record to the stored result, with a mock model server."""
+"""The job function: one attempt from the job record to the stored result, with a mock model server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import fakeredis
-import httpx
 import orjson
 import pytest
-from arq import Retry
 
 from shared import keys
-from shared.models import JobCreate
+from shared.models import JobCreate, now_ms
+from shared.settings import Settings
 from shared.store import JobStore
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL, Answer, MockServer, Serve, forever, make_settings, reply, stream
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import AttemptLost, TokenWriter, generate
@@ -23,8 +22,6 @@ from worker.generate import AttemptLost, TokenWriter, generate
 OWNER = "owner1"
 KID = keys.key_id(OWNER, "j1")
 TOKENS = ["Il", " fait", " beau", "."]
-
-Answer = Callable[[httpx.Request], httpx.Response]
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -44,30 +41,38 @@ def completion_stream(tokens: list[str], *, finish: str | None = "stop", done: b
     return b"".join(b"data: " + line + b"\n\n" for line in lines)
 
 
-class Server:
-    """A mock model server answering each request with the next of `answers` (the last one repeats)."""
-
-    def __init__(self, *answers: Answer) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        return answer(request)
+def first_event_end(body: bytes) -> int:
+    return body.index(b"\n\n") + 2
 
 
 def ok(tokens: list[str] = TOKENS) -> Answer:
-    return lambda request: httpx.Response(200, content=completion_stream(tokens))
+    return stream(completion_stream(tokens))
 
 
 def status(code: int, message: str) -> Answer:
     body = orjson.dumps({"error": {"message": message, "type": "Error", "code": code}})
-    return lambda request: httpx.Response(code, content=body)
+    return reply(body, status=code, content_type="application/json")
 
 
-def streaming(chunks: Callable[[], AsyncIterator[bytes]]) -> Answer:
-    return lambda request: httpx.Response(200, content=chunks())
+class WatchedStore(JobStore):
+    """A job store that tells when tokens were appended to a stream: the mock server waits on it to act
+    once the worker has handled what it was sent."""
+
+    def __init__(self, redis: fakeredis.FakeAsyncRedis, settings: Settings) -> None:
+        super().__init__(redis, settings)
+        self.appended = asyncio.Event()
+
+    async def append(self, kid: str, run: int, text: str, seq: int = 0) -> bool:
+        written = await super().append(kid, run, text, seq)
+        self.appended.set()
+        return written
+
+
+def first_append(spp: WorkerContext) -> Callable[[], Awaitable[object]]:
+    """A server step: wait until the worker appended its first tokens to the job's stream."""
+    store = spp.store
+    assert isinstance(store, WatchedStore)
+    return store.appended.wait
 
 
 MakeContext = Callable[..., Awaitable[WorkerContext]]
@@ -89,10 +94,11 @@ async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeCon
     """Builds a worker context on the in-memory Redis and a mock server, with `job j1` submitted."""
     clients: list[ModelClient] = []
 
-    async def build(server: Server, **overrides: Any) -> WorkerContext:
-        settings = make_settings(**{"STREAM_FLUSH_MS": 0, "RETRY_BACKOFF": 2.0} | overrides)
-        store = JobStore(redis, settings)
-        client = ModelClient(settings, MODEL, transport=httpx.MockTransport(server))
+    async def build(server: MockServer, **overrides: Any) -> WorkerContext:
+        table = f'[["{MODEL}", "{server.url}"]]'
+        settings = make_settings(**{"LLM_TABLE": table, "STREAM_FLUSH_MS": 0, "RETRY_BACKOFF": 2.0} | overrides)
+        store = WatchedStore(redis, settings)
+        client = ModelClient(settings, MODEL)
         clients.append(client)
         await store.submit(OWNER, [JobCreate(id="j1", prompt="Quel temps ?")])
         return WorkerContext(settings=settings, model=MODEL, worker_id="host:1", store=store, client=client)
@@ -124,8 +130,8 @@ async def running_jobs(spp: WorkerContext) -> list[str]:
 # ---- success ------------------------------------------------------------------------------------------------
 
 
-async def test_success_stores_the_streamed_text_as_result(make_context: MakeContext) -> None:
-    spp = await make_context(Server(ok()))
+async def test_success_stores_the_streamed_text_as_result(make_context: MakeContext, serve: Serve) -> None:
+    spp = await make_context(await serve(ok()))
 
     await generate(await job_ctx(spp), KID)
 
@@ -142,8 +148,8 @@ async def test_success_stores_the_streamed_text_as_result(make_context: MakeCont
     assert await running_jobs(spp) == []
 
 
-async def test_without_coalescing_each_token_is_one_stream_entry(make_context: MakeContext) -> None:
-    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
+async def test_without_coalescing_each_token_is_one_stream_entry(make_context: MakeContext, serve: Serve) -> None:
+    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=0)
 
     await generate(await job_ctx(spp), KID)
 
@@ -152,8 +158,9 @@ async def test_without_coalescing_each_token_is_one_stream_entry(make_context: M
 
 async def test_coalescing_sends_the_first_token_at_once_and_the_rest_with_the_result(
     make_context: MakeContext,
+    serve: Serve,
 ) -> None:
-    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=10_000)
+    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=10_000)
 
     await generate(await job_ctx(spp), KID)
 
@@ -161,21 +168,22 @@ async def test_coalescing_sends_the_first_token_at_once_and_the_rest_with_the_re
     assert orjson.loads((await record(spp))["result"])["text"] == "Il fait beau."
 
 
-async def test_the_request_id_is_the_key_id_and_attempt(make_context: MakeContext) -> None:
-    server = Server(ok())
+async def test_the_request_id_is_the_key_id_and_attempt(make_context: MakeContext, serve: Serve) -> None:
+    server = await serve(ok())
     spp = await make_context(server)
 
     await generate(await job_ctx(spp), KID)
 
+    assert server.requests[0].path == "/v1/completions"
     assert server.requests[0].headers["X-Request-Id"] == f"{KID}:1"
-    assert orjson.loads(server.requests[0].content)["prompt"] == "Quel temps ?"
+    assert server.requests[0].json()["prompt"] == "Quel temps ?"
 
 
 # ---- failures -----------------------------------------------------------------------------------------------
 
 
-async def test_rejected_request_fails_at_once_without_retry(make_context: MakeContext) -> None:
-    server = Server(status(400, "This model's maximum context length is 4096 tokens."))
+async def test_rejected_request_fails_at_once_without_retry(make_context: MakeContext, serve: Serve) -> None:
+    server = await serve(status(400, "This model's maximum context length is 4096 tokens."))
     spp = await make_context(server, JOB_MAX_ATTEMPTS=3)
 
     await generate(await job_ctx(spp), KID)
@@ -191,14 +199,17 @@ async def test_rejected_request_fails_at_once_without_retry(make_context: MakeCo
     assert await running_jobs(spp) == []
 
 
-async def test_unavailable_backend_with_attempts_left_requeues_and_retries(make_context: MakeContext) -> None:
-    spp = await make_context(Server(status(500, "engine crashed")), JOB_MAX_ATTEMPTS=3, RETRY_BACKOFF=2.0)
+async def test_unavailable_backend_with_attempts_left_requeues_and_retries(
+    make_context: MakeContext, serve: Serve
+) -> None:
+    spp = await make_context(await serve(status(500, "engine crashed")), JOB_MAX_ATTEMPTS=3, RETRY_BACKOFF=2.0)
+    before = now_ms()
 
-    with pytest.raises(Retry) as info:
-        await generate(await job_ctx(spp), KID)
+    await generate(await job_ctx(spp), KID)
 
-    assert info.value.defer_score is not None
-    assert 1000 <= info.value.defer_score <= 2000
+    [(arq_id, score)] = await spp.store.redis.zrange(keys.queue(MODEL), 0, -1, withscores=True)
+    assert arq_id == await arq_of(spp.store, KID), "queued again under a fresh arq job id"
+    assert before + 1000 <= score <= now_ms() + 2000
     stored = await record(spp)
     assert stored["status"] == "queued"
     assert stored["attempts"] == "1"
@@ -206,12 +217,11 @@ async def test_unavailable_backend_with_attempts_left_requeues_and_retries(make_
     assert await running_jobs(spp) == []
 
 
-async def test_unavailable_backend_on_the_last_attempt_fails(make_context: MakeContext) -> None:
-    server = Server(status(503, "overloaded"))
+async def test_unavailable_backend_on_the_last_attempt_fails(make_context: MakeContext, serve: Serve) -> None:
+    server = await serve(status(503, "overloaded"))
     spp = await make_context(server, JOB_MAX_ATTEMPTS=2)
 
-    with pytest.raises(Retry):
-        await generate(await job_ctx(spp), KID)
+    await generate(await job_ctx(spp), KID)
     await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
@@ -223,31 +233,29 @@ async def test_unavailable_backend_on_the_last_attempt_fails(make_context: MakeC
     assert len(server.requests) == 2
 
 
-async def test_retry_after_a_cut_stream_resets_the_stream_then_succeeds(make_context: MakeContext) -> None:
+@pytest.mark.parametrize("connection_lost", [False, True], ids=["ended-early", "connection-lost"])
+async def test_retry_after_a_cut_stream_resets_the_stream_then_succeeds(
+    make_context: MakeContext, serve: Serve, connection_lost: bool
+) -> None:
     cut = completion_stream(["Il", " pleut"], finish=None, done=False)
-    spp = await make_context(Server(lambda request: httpx.Response(200, content=cut), ok()), JOB_MAX_ATTEMPTS=3)
+    spp = await make_context(await serve(stream(cut, cut=connection_lost), ok()), JOB_MAX_ATTEMPTS=3)
 
-    with pytest.raises(Retry):
-        await generate(await job_ctx(spp), KID)
+    await generate(await job_ctx(spp), KID)
     await generate(await job_ctx(spp), KID)
 
     stored = await record(spp)
     assert stored["status"] == "succeeded"
     assert stored["attempts"] == "2"
     assert orjson.loads(stored["result"])["text"] == "Il fait beau."
-    stream = await events(spp)
-    reset = stream.index(("reset", "2"))
-    assert "".join(data for event_type, data in stream[:reset]) == "Il pleut"
-    assert "".join(data for event_type, data in stream[reset + 1 :] if event_type == "token") == "Il fait beau."
-    assert stream[-1] == ("done", "succeeded")
+    entries = await events(spp)
+    reset = entries.index(("reset", "2"))
+    assert "".join(data for event_type, data in entries[:reset]) == "Il pleut"
+    assert "".join(data for event_type, data in entries[reset + 1 :] if event_type == "token") == "Il fait beau."
+    assert entries[-1] == ("done", "succeeded")
 
 
-async def test_timeout_on_the_last_attempt_fails_with_type_timeout(make_context: MakeContext) -> None:
-    async def silence() -> AsyncIterator[bytes]:
-        await asyncio.Event().wait()
-        yield b""
-
-    spp = await make_context(Server(streaming(silence)), JOB_MAX_ATTEMPTS=1, BACKEND_TIMEOUT=0.01)
+async def test_timeout_on_the_last_attempt_fails_with_type_timeout(make_context: MakeContext, serve: Serve) -> None:
+    spp = await make_context(await serve(stream(forever)), JOB_MAX_ATTEMPTS=1, BACKEND_TIMEOUT=0.01)
 
     await generate(await job_ctx(spp), KID)
 
@@ -258,8 +266,8 @@ async def test_timeout_on_the_last_attempt_fails_with_type_timeout(make_context:
 # ---- cancellation -------------------------------------------------------------------------------------------
 
 
-async def test_job_cancelled_before_start_is_skipped(make_context: MakeContext) -> None:
-    server = Server(ok())
+async def test_job_cancelled_before_start_is_skipped(make_context: MakeContext, serve: Serve) -> None:
+    server = await serve(ok())
     spp = await make_context(server)
     await spp.store.cancel(OWNER, "j1")
 
@@ -272,17 +280,16 @@ async def test_job_cancelled_before_start_is_skipped(make_context: MakeContext) 
     assert await events(spp) == [("done", "cancelled")]
 
 
-async def test_job_cancelled_mid_stream_stops_writing(make_context: MakeContext) -> None:
+async def test_job_cancelled_mid_stream_stops_writing(make_context: MakeContext, serve: Serve) -> None:
     spp: WorkerContext
+    body = completion_stream(TOKENS)
 
-    async def cancelled_after_first_token() -> AsyncIterator[bytes]:
-        body = completion_stream(TOKENS)
-        first_event_end = body.index(b"\n\n") + 2
-        yield body[:first_event_end]
+    async def after_first_token_cancel() -> None:
+        await first_append(spp)()
         await spp.store.cancel(OWNER, "j1")
-        yield body[first_event_end:]
 
-    spp = await make_context(Server(streaming(cancelled_after_first_token)), STREAM_FLUSH_MS=0)
+    answer = stream(body[: first_event_end(body)], after_first_token_cancel, body[first_event_end(body) :])
+    spp = await make_context(await serve(answer), STREAM_FLUSH_MS=0)
 
     await generate(await job_ctx(spp), KID)
 
@@ -292,16 +299,15 @@ async def test_job_cancelled_mid_stream_stops_writing(make_context: MakeContext)
     assert await events(spp) == [("token", "Il"), ("done", "cancelled")]
 
 
-async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: MakeContext) -> None:
+async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: MakeContext, serve: Serve) -> None:
     spp: WorkerContext
 
-    async def cancelled_before_the_end() -> AsyncIterator[bytes]:
-        body = completion_stream(TOKENS, done=False)
-        yield body
+    async def after_first_token_cancel() -> None:
+        await first_append(spp)()
         await spp.store.cancel(OWNER, "j1")
-        yield b"data: [DONE]\n\n"
 
-    spp = await make_context(Server(streaming(cancelled_before_the_end)), STREAM_FLUSH_MS=10_000)
+    answer = stream(completion_stream(TOKENS, done=False), after_first_token_cancel, b"data: [DONE]\n\n")
+    spp = await make_context(await serve(answer), STREAM_FLUSH_MS=10_000)
 
     await generate(await job_ctx(spp), KID)
 
@@ -311,8 +317,10 @@ async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: 
     assert await events(spp) == [("token", "Il"), ("done", "cancelled")]
 
 
-async def test_token_writer_raises_attempt_lost_once_the_job_is_cancelled(make_context: MakeContext) -> None:
-    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
+async def test_token_writer_raises_attempt_lost_once_the_job_is_cancelled(
+    make_context: MakeContext, serve: Serve
+) -> None:
+    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=0)
     started = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert started is not None
     writer = TokenWriter(spp, KID, started.attempt)
@@ -326,18 +334,22 @@ async def test_token_writer_raises_attempt_lost_once_the_job_is_cancelled(make_c
     assert await tokens_in_stream(spp) == ["Il"]
 
 
-async def test_token_writer_of_a_superseded_attempt_raises_attempt_lost(make_context: MakeContext) -> None:
-    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=0)
+async def test_token_writer_of_a_superseded_attempt_raises_attempt_lost(
+    make_context: MakeContext, serve: Serve
+) -> None:
+    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=0)
     first = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert first is not None
+    await spp.store.redis.zadd(keys.running(MODEL), {KID: 0})  # its heartbeat deadline passed
+    assert await spp.store.sweep(MODEL) == [KID]
     await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, "other:2")
 
     with pytest.raises(AttemptLost):
         await TokenWriter(spp, KID, first.attempt).add("late")
 
 
-async def test_token_writer_buffers_within_the_window(make_context: MakeContext) -> None:
-    spp = await make_context(Server(ok()), STREAM_FLUSH_MS=10_000)
+async def test_token_writer_buffers_within_the_window(make_context: MakeContext, serve: Serve) -> None:
+    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=10_000)
     started = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert started is not None
     writer = TokenWriter(spp, KID, started.attempt)
@@ -352,30 +364,24 @@ async def test_token_writer_buffers_within_the_window(make_context: MakeContext)
 
 
 async def _start_hanging_generation(
-    make_context: MakeContext, *then: Answer
+    make_context: MakeContext, serve: Serve, *then: Answer
 ) -> tuple[WorkerContext, asyncio.Task[None]]:
     """A generation whose model server sent one token and then nothing: the task waits on the stream.
 
     `then` answers the next requests to the model server.
     """
-    received = asyncio.Event()
-
-    async def one_token_then_silence() -> AsyncIterator[bytes]:
-        body = completion_stream(TOKENS)
-        yield body[: body.index(b"\n\n") + 2]
-        received.set()
-        await asyncio.Event().wait()
-
-    spp = await make_context(Server(streaming(one_token_then_silence), *then), STREAM_FLUSH_MS=0)
+    body = completion_stream(TOKENS)
+    spp = await make_context(await serve(stream(body[: first_event_end(body)], forever), *then), STREAM_FLUSH_MS=0)
     task = asyncio.create_task(generate(await job_ctx(spp), KID))
-    await received.wait()
+    await first_append(spp)()
     return spp, task
 
 
 async def test_shutdown_mid_generation_hands_the_job_back_without_counting_the_attempt(
     make_context: MakeContext,
+    serve: Serve,
 ) -> None:
-    spp, task = await _start_hanging_generation(make_context)
+    spp, task = await _start_hanging_generation(make_context, serve)
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -387,8 +393,8 @@ async def test_shutdown_mid_generation_hands_the_job_back_without_counting_the_a
     assert await running_jobs(spp) == []
 
 
-async def test_abort_of_a_cancelled_job_does_not_requeue_it(make_context: MakeContext) -> None:
-    spp, task = await _start_hanging_generation(make_context)
+async def test_abort_of_a_cancelled_job_does_not_requeue_it(make_context: MakeContext, serve: Serve) -> None:
+    spp, task = await _start_hanging_generation(make_context, serve)
     await spp.store.cancel(OWNER, "j1")
     spp.aborting.add(KID)
 
@@ -402,8 +408,10 @@ async def test_abort_of_a_cancelled_job_does_not_requeue_it(make_context: MakeCo
     assert await events(spp) == [("token", "Il"), ("done", "cancelled")]
 
 
-async def test_restart_after_shutdown_streams_a_reset_before_the_new_text(make_context: MakeContext) -> None:
-    spp, task = await _start_hanging_generation(make_context, ok())
+async def test_restart_after_shutdown_streams_a_reset_before_the_new_text(
+    make_context: MakeContext, serve: Serve
+) -> None:
+    spp, task = await _start_hanging_generation(make_context, serve, ok())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -411,8 +419,8 @@ async def test_restart_after_shutdown_streams_a_reset_before_the_new_text(make_c
     await generate(await job_ctx(spp), KID)
 
     assert orjson.loads((await record(spp))["result"])["text"] == "Il fait beau."
-    stream = await events(spp)
-    assert ("token", "Il") in stream
-    resets = [index for index, (event_type, _) in enumerate(stream) if event_type == "reset"]
-    assert resets, f"no reset in {stream}"
-    assert "".join(data for event_type, data in stream[resets[-1] :] if event_type == "token") == "Il fait beau."
+    entries = await events(spp)
+    assert ("token", "Il") in entries
+    resets = [index for index, (event_type, _) in enumerate(entries) if event_type == "reset"]
+    assert resets, f"no reset in {entries}"
+    assert "".join(data for event_type, data in entries[resets[-1] :] if event_type == "token") == "Il fait beau."

@@ -343,10 +343,13 @@ async def test_start_after_requeue_emits_a_reset_with_the_new_attempt(
     assert await events(redis, kid("j1")) == [("token", "partial"), ("reset", "2")]
 
 
-async def test_start_of_a_job_whose_worker_vanished_takes_it_over(
+async def test_a_job_whose_worker_vanished_is_taken_over_once_swept(
     redis: fakeredis.FakeAsyncRedis, store: JobStore
 ) -> None:
     await submit_and_start(store)
+    assert await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, "other:2") is None, "still running"
+    await redis.zadd(keys.running(MODEL), {kid("j1"): 0})  # its heartbeat deadline passed
+    assert await store.sweep(MODEL) == [kid("j1")]
 
     started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, "other:2")
 
@@ -626,9 +629,9 @@ async def test_model_stats_counts_queued_running_and_live_workers(
 
 async def test_heartbeat_stops_a_run_that_another_worker_took_over(store: JobStore) -> None:
     await submit_and_start(store, "j1")
-    taken = await store.start(
-        kid("j1"), await arq_of(store, kid("j1")), MODEL, "other:2"
-    )  # as after the first worker was presumed dead
+    await store.redis.zadd(keys.running(MODEL), {kid("j1"): 0})  # as after the first worker was presumed dead
+    await store.sweep(MODEL)
+    taken = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, "other:2")
     assert taken is not None
 
     assert await store.heartbeat(MODEL, WORKER, {kid("j1"): 1}) == [kid("j1")]
@@ -716,16 +719,16 @@ async def test_background_jobs_ignore_the_queue_depth_limit(redis: fakeredis.Fak
 
 async def test_a_batch_ends_with_its_last_job(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
     batch = "spp:batch:test"
-    await redis.hset(batch, mapping={"total": 3, "status": "in_progress"})
+    await redis.hset(batch, mapping={"total": 3, "status": "in_progress"})  # type: ignore[misc]
     await store.submit(OWNER, [job("b1"), job("b2"), job("b3")], background=True, extra={"batch": batch})
     for job_id in ("b1", "b2"):
         run = await submit_and_start(store, job_id)
         await store.finish(kid(job_id), MODEL, run, RESULT if job_id == "b1" else JobError(type="x", message="y"))
-    assert (await redis.hgetall(batch))["status"] == "in_progress"
+    assert (await redis.hgetall(batch))["status"] == "in_progress"  # type: ignore[misc]
 
     await store.cancel(OWNER, "b3")
 
-    counts = await redis.hgetall(batch)
+    counts = await redis.hgetall(batch)  # type: ignore[misc]
     assert (counts["completed"], counts["failed"], counts["cancelled"]) == ("1", "1", "1")
     assert counts["status"] == "completed"
     assert "completed_at" in counts
@@ -734,9 +737,9 @@ async def test_a_batch_ends_with_its_last_job(redis: fakeredis.FakeAsyncRedis, s
 
 async def test_a_cancelling_batch_becomes_cancelled(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
     batch = "spp:batch:test"
-    await redis.hset(batch, mapping={"total": 1, "status": "cancelling"})
+    await redis.hset(batch, mapping={"total": 1, "status": "cancelling"})  # type: ignore[misc]
     await store.submit(OWNER, [job("b1")], background=True, extra={"batch": batch})
 
     await store.cancel(OWNER, "b1")
 
-    assert (await redis.hgetall(batch))["status"] == "cancelled"
+    assert (await redis.hgetall(batch))["status"] == "cancelled"  # type: ignore[misc]

@@ -1,0 +1,251 @@
+"""The store's recovery scripts on an in-memory Redis: sweeping the jobs of dead workers, handing jobs back
+under a fresh arq job id, arq's in-progress lease, and writes that are safe to send twice."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import fakeredis
+import orjson
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from shared import keys
+from shared.models import JobCreate, JobResult, Usage, now_ms
+from shared.settings import Settings
+from shared.store import JobStore
+from tests.unit.conftest import MODEL, make_settings
+
+OWNER = "owner1"
+WORKER = "host:1"
+RESULT = JobResult(text="Bonjour.", finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=2))
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def kid(job_id: str) -> str:
+    return keys.key_id(OWNER, job_id)
+
+
+async def record(redis: Redis, job_id: str) -> dict[str, str]:
+    fields: dict[str, str] = await redis.hgetall(keys.job(kid(job_id)))  # type: ignore[misc]
+    return fields
+
+
+async def events(redis: fakeredis.FakeAsyncRedis, job_id: str) -> list[tuple[str, str]]:
+    entries = await redis.xrange(keys.stream(kid(job_id)))
+    return [(fields["t"], fields["d"]) for _, fields in entries]
+
+
+async def start(store: JobStore, job_id: str, worker: str = WORKER) -> int:
+    """Submit (unless known) and start job `job_id`; returns its run."""
+    if not await store.redis.exists(keys.job(kid(job_id))):
+        await store.submit(OWNER, [JobCreate(id=job_id, prompt="Bonjour")])
+    arq_id = (await record(store.redis, job_id))["arq"]
+    started = await store.start(kid(job_id), arq_id, MODEL, worker)
+    assert started is not None
+    return started.run
+
+
+async def expire(redis: fakeredis.FakeAsyncRedis, *job_ids: str) -> None:
+    """Make the heartbeat deadline of running jobs pass, as when their worker died."""
+    await redis.zadd(keys.running(MODEL), {kid(job_id): now_ms() - 1 for job_id in job_ids}, xx=True)
+
+
+@pytest.fixture
+async def wake(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[PubSub]:
+    subscriber = redis.pubsub(ignore_subscribe_messages=True)
+    await subscriber.subscribe(keys.wake_channel(MODEL))
+    yield subscriber
+    await subscriber.aclose()  # type: ignore[no-untyped-call]
+
+
+async def woken(pubsub: PubSub) -> bool:
+    for _ in range(5):
+        if await pubsub.get_message(timeout=0.1) is not None:
+            return True
+    return False
+
+
+# ---- sweep ------------------------------------------------------------------------------------------------
+
+
+async def test_sweep_hands_back_a_job_whose_deadline_passed_under_a_fresh_arq_id(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, wake: PubSub
+) -> None:
+    await start(store, "j1")
+    old = (await record(redis, "j1"))["arq"]
+    score = await redis.zscore(keys.queue(MODEL), old)
+    await redis.set(keys.arq_in_progress(old), "1")
+    await redis.set(keys.arq_retry(old), "1")
+    await expire(redis, "j1")
+
+    assert await store.sweep(MODEL) == [kid("j1")]
+
+    stored = await record(redis, "j1")
+    assert stored["status"] == "queued"
+    assert stored["attempts"] == "1", "the lost attempt counts"
+    new = stored["arq"]
+    assert new != old
+    assert new.startswith(kid("j1") + "#")
+    assert await redis.zrange(keys.queue(MODEL), 0, -1, withscores=True) == [(new, score)], "it keeps its place"
+    assert orjson.loads(await redis.get(keys.arq_job(new)))["a"] == [kid("j1")]
+    assert await redis.pttl(keys.arq_job(new)) > 0
+    for gone in (keys.arq_job(old), keys.arq_in_progress(old), keys.arq_retry(old)):
+        assert not await redis.exists(gone), gone
+    assert await redis.zrange(keys.running(MODEL), 0, -1) == []
+    assert await woken(wake)
+
+
+async def test_sweep_leaves_jobs_whose_heartbeat_is_alive(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    live_run = await start(store, "live")
+    await start(store, "dead")
+    await expire(redis, "live", "dead")
+    await store.heartbeat(MODEL, WORKER, {kid("live"): live_run})
+
+    assert await store.sweep(MODEL) == [kid("dead")]
+
+    assert (await record(redis, "live"))["status"] == "running"
+    assert await redis.zrange(keys.running(MODEL), 0, -1) == [kid("live")]
+
+
+async def test_two_sweepers_hand_a_job_back_once(redis: fakeredis.FakeAsyncRedis, settings: Settings) -> None:
+    first, second = JobStore(redis, settings), JobStore(redis, settings)
+    await start(first, "j1")
+    await expire(redis, "j1")
+
+    assert await first.sweep(MODEL) == [kid("j1")]
+    assert await second.sweep(MODEL) == []
+    assert len(await redis.zrange(keys.queue(MODEL), 0, -1)) == 1
+
+
+async def test_a_swept_run_is_fenced_and_the_next_run_resets_the_stream(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    stale = await start(store, "j1")
+    await store.append(kid("j1"), stale, "Il pl", 1)
+    await expire(redis, "j1")
+    await store.sweep(MODEL)
+
+    assert await store.append(kid("j1"), stale, "eut", 2) is False
+    assert await store.finish(kid("j1"), MODEL, stale, RESULT) is False
+    assert await store.heartbeat(MODEL, WORKER, {kid("j1"): stale}) == [kid("j1")]
+    await start(store, "j1", "other:2")
+    assert await events(redis, "j1") == [("token", "Il pl"), ("reset", "2")]
+
+
+async def test_sweep_drops_running_entries_of_jobs_that_are_not_running(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    await redis.zadd(keys.running(MODEL), {kid("gone"): 0})
+
+    assert await store.sweep(MODEL) == []
+
+    assert await redis.zrange(keys.running(MODEL), 0, -1) == []
+
+
+async def test_start_refuses_a_running_job(store: JobStore) -> None:
+    await start(store, "j1")
+
+    assert await store.start(kid("j1"), (await record(store.redis, "j1"))["arq"], MODEL, "other:2") is None
+
+
+async def test_start_returns_the_creation_time(store: JobStore) -> None:
+    (submitted,) = await store.submit(OWNER, [JobCreate(id="j1", prompt="Bonjour")])
+
+    started = await store.start(kid("j1"), submitted.record["arq"], MODEL, WORKER)
+
+    assert started is not None
+    assert started.created_at == int(submitted.record["created_at"])
+
+
+# ---- requeue ----------------------------------------------------------------------------------------------
+
+
+async def test_requeue_with_a_delay_schedules_a_fresh_arq_job_later(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, wake: PubSub
+) -> None:
+    run = await start(store, "j1")
+    old = (await record(redis, "j1"))["arq"]
+    before = now_ms()
+
+    assert await store.requeue(kid("j1"), MODEL, run, refund=False, delay=5.0)
+
+    new = (await record(redis, "j1"))["arq"]
+    [(member, score)] = await redis.zrange(keys.queue(MODEL), 0, -1, withscores=True)
+    assert member == new != old
+    assert before + 5000 <= score <= now_ms() + 5000
+    assert not await redis.exists(keys.arq_job(old))
+    assert await woken(wake)
+
+
+async def test_requeue_on_shutdown_keeps_the_place_and_refunds_the_attempt(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    run = await start(store, "j1")
+    score = await redis.zscore(keys.queue(MODEL), (await record(redis, "j1"))["arq"])
+
+    assert await store.requeue(kid("j1"), MODEL, run, refund=True)
+
+    stored = await record(redis, "j1")
+    assert (stored["status"], stored["attempts"]) == ("queued", "0")
+    assert await redis.zscore(keys.queue(MODEL), stored["arq"]) == score
+
+
+async def test_requeue_by_a_stale_run_changes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    run = await start(store, "j1")
+    before = await record(redis, "j1")
+    queue = await redis.zrange(keys.queue(MODEL), 0, -1)
+
+    assert await store.requeue(kid("j1"), MODEL, run + 1, refund=False) is False
+
+    assert await record(redis, "j1") == before
+    assert await redis.zrange(keys.queue(MODEL), 0, -1) == queue
+
+
+# ---- heartbeat --------------------------------------------------------------------------------------------
+
+
+async def test_heartbeat_keeps_arq_in_progress_key_alive(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = JobStore(redis, make_settings(WORKER_HEARTBEAT=2.0))
+    run = await start(store, "j1")
+    in_progress = keys.arq_in_progress((await record(redis, "j1"))["arq"])
+    await redis.set(in_progress, "1", px=100)
+
+    await store.heartbeat(MODEL, WORKER, {kid("j1"): run})
+
+    assert 9_000 < await redis.pttl(in_progress) <= 10_000, "five heartbeats: the sweeper comes first"
+
+
+# ---- writes sent twice ------------------------------------------------------------------------------------
+
+
+async def test_a_numbered_chunk_sent_twice_is_written_once(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    run = await start(store, "j1")
+
+    assert await store.append(kid("j1"), run, "Bon", 1)
+    assert await store.append(kid("j1"), run, "Bon", 1)
+    assert await store.append(kid("j1"), run, "jour", 2)
+
+    assert await events(redis, "j1") == [("token", "Bon"), ("token", "jour")]
+
+
+async def test_chunk_numbers_start_again_with_each_run(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    first = await start(store, "j1")
+    await store.append(kid("j1"), first, "a", 1)
+    await store.requeue(kid("j1"), MODEL, first, refund=False)
+    second = await start(store, "j1")
+
+    assert await store.append(kid("j1"), second, "b", 1)
+
+    assert await events(redis, "j1") == [("token", "a"), ("reset", "2"), ("token", "b")]
+
+
+async def test_a_finish_sent_twice_is_recorded_once(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    run = await start(store, "j1")
+
+    assert await store.finish(kid("j1"), MODEL, run, RESULT, tail="x")
+    assert await store.finish(kid("j1"), MODEL, run, RESULT, tail="x")
+
+    assert await events(redis, "j1") == [("token", "x"), ("done", "succeeded")]
