@@ -16,7 +16,7 @@ from api.deps import State
 from api.limits import BodySizeLimit, RateLimiter
 from api.observability import RequestMetrics
 from api.responses import JSONResponse
-from api.routes import batches, files, health, jobs, legacy, metrics, models
+from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models
 from api.routes import openai as openai_compatible
 from api.streams import StreamHub
 from shared.batches import BatchStore
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.include_router(metrics.router)
+    app.include_router(dashboard.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(files.router)

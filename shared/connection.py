@@ -1,10 +1,16 @@
-"""Redis clients built from the settings, with the reconnect behaviour every process needs."""
+"""Redis clients built from the settings, with the reconnect behaviour every process needs.
+
+With REDIS_SENTINELS set, clients find the master through Redis Sentinel and follow a failover.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from redis import exceptions
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
 from shared.settings import Settings
@@ -19,15 +25,21 @@ def redis_client(
 
     `name` is the connection's CLIENT SETNAME, so that CLIENT LIST tells the API from the workers.
     """
-    client: Redis = Redis.from_url(
-        settings.redis_url,
-        decode_responses=decode,
-        client_name=name,
-        single_connection_client=single_connection,
-        max_connections=max_connections,
-        socket_connect_timeout=2.0,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
-        retry_on_error=list(REDIS_ERRORS),
-    )
+    options: dict[str, Any] = {
+        "decode_responses": decode,
+        "client_name": name,
+        "max_connections": max_connections,
+        "socket_connect_timeout": 2.0,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        "retry_on_error": list(REDIS_ERRORS),
+    }
+    if settings.sentinels:
+        sentinel = Sentinel(settings.sentinels, socket_connect_timeout=2.0)  # type: ignore[no-untyped-call]
+        client: Redis = sentinel.master_for(
+            settings.REDIS_SENTINEL_MASTER, password=settings.REDIS_PASSWORD, db=settings.REDIS_DB, **options
+        )
+        # A dedicated connection of that pool: the stream reader blocks on it.
+        return client.client() if single_connection else client
+    client = Redis.from_url(settings.redis_url, single_connection_client=single_connection, **options)
     return client

@@ -78,6 +78,11 @@ def rate(owner: str) -> str:
     return f"{PREFIX}:rate:{owner}"
 
 
+def activity(model: str) -> str:
+    """Stream: one entry per finished job of the model (status, queue and run times, error), capped."""
+    return f"{PREFIX}:activity:{model}"
+
+
 def wake_channel(model: str) -> str:
     """Pub/sub channel: 'a job was queued' news that wakes idle workers of the model."""
     return f"{PREFIX}:wake:{model}"

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     )
     RATE_LIMIT_BURST: int = Field(40, ge=1, description="Requests a key may send at once above its rate.")
     MAX_BODY_BYTES: int = Field(32 * 2**20, ge=1024, description="Largest request body (file uploads aside).")
+    DASHBOARD_CLIENTS: str = Field(
+        "", description="Comma-separated client names (of API_KEYS_FILE) allowed to see /dashboard outside dev."
+    )
     CORS_ORIGINS: str = Field(
         "", description="Comma-separated origins allowed by CORS; '*' allows any, without credentials."
     )
@@ -97,6 +100,10 @@ class Settings(BaseSettings):
     REDIS_PORT: int = Field(6379, ge=1, le=65535)
     REDIS_PASSWORD: str | None = None
     REDIS_DB: int = Field(0, ge=0)
+    REDIS_SENTINELS: str = Field(
+        "", description="Comma-separated host:port of Redis Sentinels; when set, the master is found through them."
+    )
+    REDIS_SENTINEL_MASTER: str = Field("mymaster", description="The name of the master the Sentinels watch.")
 
     # Models
     LLM_TABLE: Annotated[list[Backend], NoDecode] = Field(default_factory=lambda: parse_llm_table(DEFAULT_LLM_TABLE))
@@ -166,6 +173,7 @@ class Settings(BaseSettings):
             self.STREAM_TTL = self.RESULT_TTL
         if self.ENV in ("staging", "prod") and not (self.API_KEYS_FILE or self.API_KEYS.strip()):
             raise ValueError(f"ENV={self.ENV} needs API keys: set API_KEYS_FILE (a JSON file) or API_KEYS")
+        _ = self.sentinels  # validates REDIS_SENTINELS
         if self.SPP_TEMPLATE not in template_names():
             raise ValueError(f"SPP_TEMPLATE={self.SPP_TEMPLATE!r} is not a template of shared/templates/")
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
@@ -198,6 +206,10 @@ class Settings(BaseSettings):
         return 0.0 if self.open_access else 20.0
 
     @property
+    def dashboard_clients(self) -> set[str]:
+        return {name.strip() for name in self.DASHBOARD_CLIENTS.split(",") if name.strip()}
+
+    @property
     def cors_origins(self) -> list[str]:
         return [origin.strip() for origin in self.CORS_ORIGINS.split(",") if origin.strip()]
 
@@ -213,6 +225,18 @@ class Settings(BaseSettings):
             return self.REDIS_URL
         auth = f":{quote(self.REDIS_PASSWORD, safe='')}@" if self.REDIS_PASSWORD else ""
         return f"redis://{auth}{self.REDIS_HOST}:{self.REDIS_PORT}/{self.REDIS_DB}"
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty when Sentinel is not used."""
+        pairs = []
+        for item in self.REDIS_SENTINELS.split(","):
+            if item.strip():
+                host, _, port = item.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(f"REDIS_SENTINELS: {item.strip()!r} is not host:port")
+                pairs.append((host, int(port)))
+        return pairs
 
     @property
     def models(self) -> list[str]:

@@ -38,6 +38,9 @@ JOB_FUNCTION = "generate"
 SWEEP_BATCH = 1000
 """Jobs one sweep hands back at most (the next sweep takes the rest)."""
 
+ACTIVITY_LENGTH = 20_000
+"""Finished jobs kept per model in its activity stream (about), for the dashboard's recent figures."""
+
 INTERACTIVE_HEAD_START_MS = 10**12
 """How far back in time interactive jobs are scored in a model's queue, so that they run before any
 batch job queued earlier (arq takes the lowest scores first). About 31 years: never reached."""
@@ -227,7 +230,7 @@ class JobStore:
 
     async def model_stats(self, models: list[str]) -> dict[str, dict[str, int]]:
         """Queue depth, running jobs and live workers of each model, in one round trip."""
-        live_since = now_ms() - int(3 * self.settings.WORKER_HEARTBEAT * 1000)
+        live_since = now_ms() - int(self.settings.worker_lease * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for model in models:
                 pipe.zcard(keys.queue(model))
@@ -268,7 +271,7 @@ class JobStore:
         status, field = (JobStatus.SUCCEEDED, "result") if succeeded else (JobStatus.FAILED, "error")
         return bool(
             await self._finish(
-                keys=[keys.job(kid), keys.stream(kid), keys.running(model)],
+                keys=[keys.job(kid), keys.stream(kid), keys.running(model), keys.activity(model)],
                 args=[
                     run,
                     status.value,
@@ -279,6 +282,7 @@ class JobStore:
                     self.settings.STREAM_TTL,
                     kid,
                     tail,
+                    ACTIVITY_LENGTH,
                 ],
             )
         )

@@ -33,7 +33,16 @@ logger = logging.getLogger(__name__)
 
 def arq_redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings, made to survive Redis outages (arq's worker dies on its first error)."""
-    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    if settings.sentinels:
+        redis_settings = RedisSettings(
+            host=settings.sentinels,
+            sentinel=True,
+            sentinel_master=settings.REDIS_SENTINEL_MASTER,
+            password=settings.REDIS_PASSWORD,
+            database=settings.REDIS_DB,
+        )
+    else:
+        redis_settings = RedisSettings.from_dsn(settings.redis_url)
     redis_settings.conn_retries = 30
     redis_settings.retry_on_error = [redis_errors.ConnectionError, redis_errors.TimeoutError, OSError]
     return redis_settings
@@ -220,4 +229,7 @@ class ModelWorker(Worker):
                         self.abort(spp, kid)
             except REDIS_ERRORS as exc:
                 logger.warning("heartbeat failed: %s", exc)
+            except Exception:
+                # A heartbeat that stopped for good would let the sweeper take every job of this worker.
+                logger.exception("heartbeat failed")
             await asyncio.sleep(self.settings.WORKER_HEARTBEAT)

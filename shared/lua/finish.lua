@@ -1,7 +1,7 @@
 -- Record the end of an attempt: succeeded (with its result) or failed (with its error).
--- KEYS: job record, stream, model's running set.
+-- KEYS: job record, stream, model's running set, model's activity stream (for the dashboard).
 -- ARGV: run, status, field ('result' or 'error'), JSON payload, now_ms, result ttl s, stream ttl s,
---       key id, final text chunk ('' for none).
+--       key id, final text chunk ('' for none), activity stream length.
 -- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
 -- or 0 when the run no longer owns the job (then nothing is written).
 local state = redis.call('HMGET', KEYS[1], 'status', 'run')
@@ -16,6 +16,15 @@ redis.call('XADD', KEYS[2], '*', 't', 'done', 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[8])
+local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at', 'id', 'attempts')
+local fact = {'s', ARGV[2], 'j', times[3] or '', 'a', times[4] or '0',
+              'q', tonumber(times[2] or ARGV[5]) - tonumber(times[1] or ARGV[5]),
+              'd', tonumber(ARGV[5]) - tonumber(times[2] or ARGV[5])}
+if ARGV[3] == 'error' then
+  local error = cjson.decode(ARGV[4])
+  fact[#fact + 1], fact[#fact + 2] = 'e', error['type'] .. ': ' .. string.sub(error['message'], 1, 300)
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', unpack(fact))
 -- A job of a batch counts in its batch's counters; the batch ends with its last job.
 local batch = redis.call('HGET', KEYS[1], 'batch')
 if batch then

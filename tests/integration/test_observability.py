@@ -1,0 +1,110 @@
+"""What operators see: Prometheus metrics, the live dashboard (in a real browser), JSON logs."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.integration.conftest import Sim, Stack, wait_for
+
+MODEL = "obs/model"
+SMALL = "obs/small"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim]) -> Stack:
+    sim = start_sim(MODEL, ms_per_token=2)
+    small = start_sim(SMALL, max_model_len=32)
+    stack = start_stack([(MODEL, sim.url), (SMALL, small.url)], LOG_FORMAT="json")
+    jobs = stack.http.post(
+        "/v1/jobs",
+        json=[{"prompt": f"question {i}", "params": {"max_tokens": 5}} for i in range(8)]
+        + [{"model": SMALL, "prompt": "trop long pour ce petit modèle", "params": {"max_tokens": 100}}],
+    ).json()
+    for job in jobs:
+        stack.wait_job(job["id"])
+    return stack
+
+
+def test_metrics_count_requests_jobs_and_queues(stack: Stack) -> None:
+    stack.http.get("/v1/jobs/unknown-id")
+    with httpx.Client(base_url=stack.url) as anonymous:
+        text = anonymous.get("/metrics").text
+    assert f'spp_jobs_submitted_total{{model="{MODEL}"}} 8.0' in text
+    assert 'route="/v1/jobs/{job_id}",status="404"' in text
+    assert f'spp_queue_depth{{model="{MODEL}"}} 0.0' in text
+    assert f'spp_workers_live{{model="{MODEL}"}} 1.0' in text
+
+
+def test_dashboard_data_shows_throughput_latency_workers_and_failures(stack: Stack) -> None:
+    data = stack.http.get("/dashboard/data").json()
+    models = {model["id"]: model for model in data["models"]}
+    assert models[MODEL]["succeeded"] >= 8
+    assert sum(models[MODEL]["per_minute"]) >= 8
+    assert models[MODEL]["latency_ms"]["p50"] > 0
+    assert [worker["live"] for worker in models[MODEL]["workers_seen"]] == [True]
+    (failure,) = models[SMALL]["failures"]
+    assert failure["error"].startswith("backend_rejected: ")
+    assert "maximum context length" in failure["error"]
+
+
+def test_the_dashboard_renders_in_a_real_browser(stack: Stack, logs_dir: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(f"{stack.url}/dashboard")
+            page.wait_for_selector(f'section.model[data-model="{MODEL}"]', timeout=15_000)
+            card = page.locator(f'section.model[data-model="{MODEL}"]')
+            assert card.locator(".queued").inner_text() == "0"
+            assert "backend_rejected" in page.locator(f'section.model[data-model="{SMALL}"] .failures').inner_text()
+            page.screenshot(path=str(logs_dir / "dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_logs_are_json_lines_with_the_facts_of_each_job(stack: Stack) -> None:
+    lines = [line for path in stack.logs.glob("api-*.log") for line in path.read_text().splitlines() if line]
+    assert lines
+    for line in lines:
+        entry = orjson.loads(line)
+        assert {"time", "level", "logger", "message"} <= entry.keys()
+    worker_lines = [
+        orjson.loads(line)
+        for path in stack.logs.glob("worker-*.log")
+        for line in path.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    finished = [entry for entry in worker_lines if entry.get("event") == "job_finished"]
+    assert finished
+    assert {"job", "model", "attempt", "duration_ms", "status"} <= finished[0].keys()
+
+
+def test_the_dashboard_needs_a_listed_client_outside_dev(
+    start_stack: Callable[..., Stack], start_sim: Callable[..., Sim], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_bytes(orjson.dumps({"ops": "key-ops", "platform": "key-platform"}))
+    sim = start_sim("obs/prod")
+    stack = start_stack(
+        [("obs/prod", sim.url)],
+        headers={"Authorization": "Bearer key-ops"},
+        ENV="prod",
+        API_KEYS_FILE=str(keys),
+        DASHBOARD_CLIENTS="ops",
+    )
+    assert stack.http.get("/dashboard/data").status_code == 200
+    assert stack.http.get("/dashboard/data", headers={"Authorization": "Bearer key-platform"}).status_code == 401
+    wait_for(lambda: stack.http.get("/dashboard").status_code == 200, 5, "the page is public")
