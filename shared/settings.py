@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     WORKER_SHUTDOWN_GRACE: float = Field(
         30.0, ge=0, description="Seconds a stopping worker lets running generations finish before handing them back."
     )
+    WORKER_METRICS_PORT: int = Field(9180, ge=0, le=65535, description="Port of a worker's /metrics; 0: none.")
+    WORKER_METRICS_HOST: str = Field("127.0.0.1", description="Address a worker's /metrics listens on.")
     STREAM_FLUSH_MS: int = Field(100, ge=0, description="Token coalescing window, in milliseconds.")
 
     # Services Publics Plus: what the old endpoints (/anonymize) generate with

@@ -250,7 +250,7 @@ class JobStore:
         now = now_ms()
         deadline = now + int(self.settings.worker_lease * 1000)
         reply = await self._start(
-            keys=[keys.job(kid), keys.stream(kid), keys.running(model)],
+            keys=[keys.job(kid), keys.stream(kid), keys.running(model), keys.queue(model)],
             args=[now, worker_id, deadline, kid, arq_id],
         )
         if not reply:

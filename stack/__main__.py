@@ -57,8 +57,11 @@ def main() -> int:
             )
             env["LLM_TABLE"] = DEFAULT_LLM_TABLE
             print(f"Model server: vLLM simulator for {model} on http://127.0.0.1:8081")
-        for model in settings.models:
-            services.append(start_python(f"worker {model}", ["worker", "--model", model], env=env))
+        for index, model in enumerate(settings.models):
+            # One metrics port per worker of this machine: WORKER_METRICS_PORT, then the next ones.
+            port = settings.WORKER_METRICS_PORT + index if settings.WORKER_METRICS_PORT else 0
+            worker_env = {**env, "WORKER_METRICS_PORT": str(port)}
+            services.append(start_python(f"worker {model}", ["worker", "--model", model], env=worker_env))
         api_url = f"http://{settings.API_HOST}:{settings.API_PORT}"
         services.append(start_python("api", ["api"], env=env, ready_url=f"{api_url}/health"))
         print(f"API: {api_url}  (docs: {api_url}/docs)  Ctrl-C stops everything.")

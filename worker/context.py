@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.metrics import WorkerMetrics
 from shared.settings import Settings
 from shared.store import JobStore
 from worker.backends import ModelClient
@@ -16,6 +17,7 @@ class WorkerContext:
     worker_id: str
     store: JobStore
     client: ModelClient
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     runs: dict[str, int] = field(default_factory=dict)
     """Key id → run of every job this worker runs now, for the heartbeat."""
     arq_ids: dict[str, str] = field(default_factory=dict)

@@ -114,6 +114,13 @@ class TokenWriter:
         return tail
 
 
+def _log(level: int, spp: WorkerContext, kid: str, attempt: int, event: str, what: str, **facts: Any) -> None:
+    """One line per job transition; its facts are fields of the JSON log line (never the prompt)."""
+    extra = {"event": event, "job": kid, "model": spp.model, "attempt": attempt, **facts}
+    details = "".join(f" {key}={value}" for key, value in facts.items())
+    logger.log(level, "job %s model=%s attempt=%d %s%s", kid, spp.model, attempt, what, details, extra=extra)
+
+
 def backoff_delay(first: float, attempt: int) -> float:
     """Exponential backoff with jitter: between half and all of `first * 2**(attempt-1)` seconds."""
     return float(random.uniform(0.5, 1.0) * first * 2 ** (attempt - 1))
@@ -158,41 +165,63 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
             f"and JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS} attempts were made"
         )
         await persist(lambda: store.finish(kid, model, run, JobError(type="worker_lost", message=message)))
-        logger.warning("job %s model=%s attempt=%d failed: worker_lost", *log_args)
+        _failed(spp, kid, attempt, "worker_lost", 0.0)
         return
     if attempt > 1 and now_ms() > started.created_at + settings.JOB_DEADLINE * 1000:
         message = f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed since the job was created: no attempt {attempt}"
         await persist(lambda: store.finish(kid, model, run, JobError(type="deadline", message=message)))
-        logger.warning("job %s model=%s attempt=%d failed: deadline", *log_args)
+        _failed(spp, kid, attempt, "deadline", 0.0)
         return
-    logger.info("job %s model=%s attempt=%d started", *log_args)
+    queue_ms = max(0, now_ms() - started.created_at)
+    spp.metrics.started.labels(model).inc()
+    spp.metrics.queue_seconds.labels(model).observe(queue_ms / 1000)
+    _log(logging.INFO, spp, kid, attempt, "job_started", "started", queue_ms=queue_ms)
     began = time.monotonic()
+    spp.metrics.running.labels(model).inc()
     writer = TokenWriter(spp, kid, run)
     try:
         result = await _stream(spp, kid, run, started.request, writer)
         tail = await writer.settle()
         stored = await persist(lambda: store.finish(kid, model, run, result, tail=tail))
-        outcome = "succeeded" if stored else "discarded (run lost)"
-        logger.info("job %s model=%s attempt=%d %s in %.3fs", *log_args, outcome, time.monotonic() - began)
+        seconds = time.monotonic() - began
+        if stored:
+            spp.metrics.succeeded.labels(model).inc()
+            spp.metrics.generation_seconds.labels(model).observe(seconds)
+            if seconds > 0:
+                spp.metrics.tokens_per_second.labels(model).observe(result.usage.completion_tokens / seconds)
+        _log(
+            logging.INFO,
+            spp,
+            kid,
+            attempt,
+            "job_finished",
+            "finished",
+            status="succeeded" if stored else "discarded",
+            duration_ms=round(seconds * 1000),
+            completion_tokens=result.usage.completion_tokens,
+        )
     except AttemptLost:
-        logger.info("job %s model=%s attempt=%d stopped: cancelled or taken over", *log_args)
+        _log(logging.INFO, spp, kid, attempt, "job_stopped", "stopped: cancelled or taken over")
     except asyncio.CancelledError:
         if arq_id not in spp.aborting:
             # A shutdown, not a cancellation: give the job back without counting the attempt.
             try:
                 await asyncio.shield(store.requeue(kid, model, run, refund=True))
-                logger.info("job %s model=%s attempt=%d handed back on shutdown", *log_args)
+                _log(logging.INFO, spp, kid, attempt, "job_handed_back", "handed back on shutdown")
             except REDIS_WRITE_ERRORS as exc:
                 logger.warning("job %s model=%s attempt=%d left to the sweeper: %s", *log_args, exc)
         raise
     except (BackendError, TimeoutError) as exc:
-        await _retry_or_fail(spp, kid, started, exc)
+        await _retry_or_fail(spp, kid, started, exc, time.monotonic() - began)
     except REDIS_WRITE_ERRORS:
         raise  # not a failure of the job: generate() leaves it to the sweeper
     except Exception as exc:
         logger.exception("job %s model=%s attempt=%d crashed", *log_args)
         error = JobError(type="internal", message=f"internal error: {type(exc).__name__}: {exc}")
         await persist(lambda: store.finish(kid, model, run, error))
+        _failed(spp, kid, attempt, "internal", time.monotonic() - began)
+    finally:
+        spp.metrics.running.labels(model).dec()
 
 
 async def _stream(spp: WorkerContext, kid: str, run: int, request: GenerationRequest, writer: TokenWriter) -> JobResult:
@@ -202,8 +231,11 @@ async def _stream(spp: WorkerContext, kid: str, run: int, request: GenerationReq
         asyncio.timeout(spp.settings.BACKEND_TIMEOUT),
         contextlib.aclosing(spp.client.stream(request, f"{kid}:{run}")) as events,
     ):
+        asked = time.monotonic()
         async for event in events:
             if isinstance(event, Delta):
+                if not writer.parts:
+                    spp.metrics.first_token_seconds.labels(spp.model).observe(time.monotonic() - asked)
                 await writer.add(event.text)
             else:
                 result = JobResult(text=writer.text, finish_reason=event.finish_reason, usage=event.usage)
@@ -212,23 +244,50 @@ async def _stream(spp: WorkerContext, kid: str, run: int, request: GenerationReq
     return result
 
 
-async def _retry_or_fail(spp: WorkerContext, kid: str, started: Started, exc: BackendError | TimeoutError) -> None:
+def _failed(spp: WorkerContext, kid: str, attempt: int, kind: str, seconds: float) -> None:
+    spp.metrics.failed.labels(spp.model, kind).inc()
+    _log(
+        logging.WARNING,
+        spp,
+        kid,
+        attempt,
+        "job_finished",
+        "finished",
+        status="failed",
+        error_type=kind,
+        duration_ms=round(seconds * 1000),
+    )
+
+
+async def _retry_or_fail(
+    spp: WorkerContext, kid: str, started: Started, exc: BackendError | TimeoutError, seconds: float
+) -> None:
     """After a failed attempt: back to the queue after a backoff, or `failed` with the reason (a 4xx, the last
     attempt, or JOB_DEADLINE passed before the next one could start)."""
     store, settings, model = spp.store, spp.settings, spp.model
     attempt, run = started.attempt, started.run
     kind = exc.kind if isinstance(exc, BackendError) else "timeout"
+    spp.metrics.backend_errors.labels(model, kind).inc()
     message = str(exc) or f"no result within BACKEND_TIMEOUT={settings.BACKEND_TIMEOUT:g}s"
     if not isinstance(exc, BackendRejected) and attempt < settings.JOB_MAX_ATTEMPTS:
         delay = backoff_delay(settings.RETRY_BACKOFF, attempt)
         if now_ms() + delay * 1000 <= started.created_at + settings.JOB_DEADLINE * 1000:
             if await persist(lambda: store.requeue(kid, model, run, refund=False, delay=delay)):
-                log_args = (kid, model, attempt, kind, message[:300], delay)
-                logger.warning("job %s model=%s attempt=%d %s (%s), retry in %.2fs", *log_args)
+                spp.metrics.retried.labels(model).inc()
+                _log(
+                    logging.WARNING,
+                    spp,
+                    kid,
+                    attempt,
+                    "job_retry",
+                    f"will be retried: {message[:300]}",
+                    error_type=kind,
+                    retry_in_s=round(delay, 2),
+                )
             return
         kind, message = (
             "deadline",
             f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed, after attempt {attempt}: {message}",
         )
     await persist(lambda: store.finish(kid, model, run, JobError(type=kind, message=message)))
-    logger.warning("job %s model=%s attempt=%d failed: %s (%s)", kid, model, attempt, kind, message[:300])
+    _failed(spp, kid, attempt, kind, seconds)

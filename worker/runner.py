@@ -14,6 +14,7 @@ import socket
 from typing import Any
 
 import orjson
+from aiohttp import web
 from arq.connections import RedisSettings
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -26,6 +27,7 @@ from shared.store import JOB_FUNCTION, JobStore
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import REDIS_PATIENCE, generate
+from worker.metrics_server import serve_metrics
 from worker.sweeper import sweep_forever
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class ModelWorker(Worker):
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
+        self._metrics_server: web.AppRunner | None = None
         self._stopping: asyncio.Task[None] | None = None
         super().__init__(
             functions=[func(generate, name=JOB_FUNCTION)],
@@ -94,6 +97,10 @@ class ModelWorker(Worker):
             client=client,
             aborting=self.aborting_tasks,
         )
+        if self.settings.WORKER_METRICS_PORT:
+            self._metrics_server = await serve_metrics(
+                ctx["spp"].metrics, self.settings.WORKER_METRICS_HOST, self.settings.WORKER_METRICS_PORT
+            )
         self._background = [
             asyncio.create_task(self._listen(ctx["spp"])),
             asyncio.create_task(self._beat(ctx["spp"])),
@@ -106,6 +113,8 @@ class ModelWorker(Worker):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         spp: WorkerContext = ctx["spp"]
+        if self._metrics_server is not None:
+            await self._metrics_server.cleanup()
         await spp.client.aclose()
         await spp.store.redis.aclose()
 

@@ -7,8 +7,9 @@
 -- delays the next run.
 -- KEYS: model's running set, model's queue, then the record of each job.
 -- ARGV: mode ('run' or 'expired'), now_ms, refund (1: the attempt does not count), queue score ('keep': the
---       job keeps its place, e.g. ahead of background jobs), arq ttl ms, arq key prefixes (job definition,
---       in-progress, retry), wake channel, then per job: key id, run (mode 'run'), new arq id, its definition.
+--       job keeps the place start.lua noted, e.g. ahead of background jobs), arq ttl ms, arq key prefixes
+--       (job definition, in-progress, retry), wake channel, then per job: key id, run (mode 'run'), new arq
+--       id, its definition.
 -- Returns the key ids handed back: the others are no longer running under that run or deadline.
 local mode, now, refund, score, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local job_prefix, progress_prefix, retry_prefix, channel = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -16,7 +17,7 @@ local done = {}
 for i = 3, #KEYS do
   local p = 10 + 4 * (i - 3)
   local kid, run, arq_id, definition = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
-  local state = redis.call('HMGET', KEYS[i], 'status', 'run', 'arq')
+  local state = redis.call('HMGET', KEYS[i], 'status', 'run', 'arq', 'place')
   local owned
   if mode == 'run' then
     owned = state[1] == 'running' and state[2] == run
@@ -29,7 +30,7 @@ for i = 3, #KEYS do
     if refund == '1' then redis.call('HINCRBY', KEYS[i], 'attempts', -1) end
     local old = state[3]
     local place = score
-    if place == 'keep' then place = redis.call('ZSCORE', KEYS[2], old) or now end
+    if place == 'keep' then place = state[4] or now end
     redis.call('ZREM', KEYS[1], kid)
     redis.call('ZREM', KEYS[2], old)
     redis.call('DEL', job_prefix .. old, progress_prefix .. old, retry_prefix .. old)

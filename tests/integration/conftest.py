@@ -143,6 +143,7 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
             "LLM_TABLE": json.dumps(llm_table),
             "LOG_LEVEL": "INFO",
             "RATE_LIMIT": "0",  # tests poll fast; test_limits.py sets its own
+            "WORKER_METRICS_PORT": "0",  # several workers per machine; test_observability.py sets one
             **{name: str(value) for name, value in settings.items()},
         }
         models = list(dict.fromkeys(entry[0] for entry in llm_table))

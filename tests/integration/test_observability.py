@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pytest
 
+from stack.processes import free_port
 from tests.integration.conftest import Sim, Stack, wait_for
 
 MODEL = "obs/model"
@@ -18,10 +19,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim]) -> Stack:
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim], metrics_port: int) -> Stack:
     sim = start_sim(MODEL, ms_per_token=2)
     small = start_sim(SMALL, max_model_len=32)
-    stack = start_stack([(MODEL, sim.url), (SMALL, small.url)], LOG_FORMAT="json")
+    # Both workers are given the port: the second finds it taken, says so, and works on without metrics.
+    stack = start_stack([(MODEL, sim.url), (SMALL, small.url)], LOG_FORMAT="json", WORKER_METRICS_PORT=metrics_port)
     jobs = stack.http.post(
         "/v1/jobs",
         json=[{"prompt": f"question {i}", "params": {"max_tokens": 5}} for i in range(8)]
@@ -40,6 +47,17 @@ def test_metrics_count_requests_jobs_and_queues(stack: Stack) -> None:
     assert 'route="/v1/jobs/{job_id}",status="404"' in text
     assert f'spp_queue_depth{{model="{MODEL}"}} 0.0' in text
     assert f'spp_workers_live{{model="{MODEL}"}} 1.0' in text
+
+
+def test_workers_export_their_metrics(stack: Stack, metrics_port: int) -> None:
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    started = [line for line in text.splitlines() if line.startswith("spp_jobs_started_total{")]
+    assert started
+    for name in ("spp_time_to_first_token_seconds", "spp_job_queue_seconds", "spp_generation_seconds"):
+        assert f"# TYPE {name} histogram" in text
+    assert "spp_job_queue_seconds_count{" in text
+    logs = "".join(path.read_text() for path in stack.logs.glob("worker-*.log"))
+    assert "no metrics endpoint: cannot listen" in logs, "the second worker says why it has no metrics"
 
 
 def test_dashboard_data_shows_throughput_latency_workers_and_failures(stack: Stack) -> None:

@@ -98,6 +98,20 @@ async def test_sweep_hands_back_a_job_whose_deadline_passed_under_a_fresh_arq_id
     assert await woken(wake)
 
 
+async def test_a_swept_job_keeps_its_place_even_if_arq_dropped_its_entry(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    await start(store, "j1")
+    old = (await record(redis, "j1"))["arq"]
+    score = await redis.zscore(keys.queue(MODEL), old)
+    await redis.zrem(keys.queue(MODEL), old)  # as arq does when another worker took the old id in vain
+    await expire(redis, "j1")
+
+    await store.sweep(MODEL)
+
+    assert await redis.zscore(keys.queue(MODEL), (await record(redis, "j1"))["arq"]) == score
+
+
 async def test_sweep_leaves_jobs_whose_heartbeat_is_alive(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
     live_run = await start(store, "live")
     await start(store, "dead")
