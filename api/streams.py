@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -21,6 +21,9 @@ from shared.streams import EventType, StreamEvent, parse_entries, stream_id
 logger = logging.getLogger(__name__)
 
 _PAGE = 1000
+_ONCE_SECONDS = 5.0
+
+T = TypeVar("T")
 
 
 class StreamHub:
@@ -36,6 +39,7 @@ class StreamHub:
         self._unblocking = False
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
+        self._once: dict[str, asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -46,6 +50,16 @@ class StreamHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._reader.aclose()
+
+    async def once(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        """`load()` once for every caller asking for `key` within a few seconds: the finished job that all
+        subscribers of a stream need at its `done` event is read from Redis once, not once each."""
+        task = self._once.get(key)
+        if task is None:
+            task = self._once[key] = asyncio.ensure_future(load())
+            asyncio.get_running_loop().call_later(_ONCE_SECONDS, self._once.pop, key, None)
+        result: T = await asyncio.shield(task)
+        return result
 
     @property
     def followed(self) -> int:

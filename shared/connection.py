@@ -8,12 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from redis import exceptions
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
 from shared.settings import Settings
+
+POOL_WAIT_SECONDS = 10.0
+"""How long a command waits for a free connection of its pool before failing."""
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (exceptions.ConnectionError, exceptions.TimeoutError, OSError)
 
@@ -41,5 +44,11 @@ def redis_client(
         )
         # A dedicated connection of that pool: the stream reader blocks on it.
         return client.client() if single_connection else client
-    client = Redis.from_url(settings.redis_url, single_connection_client=single_connection, **options)
-    return client
+    if single_connection:
+        single: Redis = Redis.from_url(settings.redis_url, single_connection_client=True, **options)
+        return single
+    # A blocking pool: past `max_connections` requests wait for a connection instead of failing with
+    # "Too many connections" (which the API would answer 503).
+    pool = BlockingConnectionPool.from_url(settings.redis_url, timeout=POOL_WAIT_SECONDS, **options)
+    pooled: Redis = Redis.from_pool(pool)
+    return pooled

@@ -135,7 +135,8 @@ async def job_events(
             if event is None:
                 yield b": keep-alive\n\n"
             elif event.type is EventType.DONE:
-                yield _frame("done", event.id, public_job(await store.get(owner, job_id)))
+                record = await hub.once(f"{stream}:{event.id}", lambda: store.get(owner, job_id))
+                yield _frame("done", event.id, public_job(record))
             elif event.type is EventType.RESET:
                 yield _frame("reset", event.id, {"attempt": int(event.data)})
             else:
