@@ -9,7 +9,11 @@ subscriber received it minus the time Redis added its stream entry (the ms of it
 Meanwhile CLIENT LIST is read every 200 ms: the most Redis connections named spp-api* (the API
 process's pools) seen at once, checked against the API process's own TCP sockets to Redis
 (/proc/<pid>/fd and /proc/<pid>/net/tcp). Complete: the subscribers whose token texts add up to the
-`done` job's result. Baseline: the same with one subscriber per job.
+`done` job's result. Also measured: the lag of the `done` events (the API reads the job record for each
+subscriber's `done`), the Redis calls of the API (INFO commandstats), the lag per 250 ms of the run
+(details: lag_timeline_ms: window start, events, lag p50, lag p99; api_sched_timeline: window start, the
+API's CPU % and run-queue wait %), and CPU and run-queue wait of every process with the machine's busy %
+(bench/sched.py). Baseline: the same with one subscriber per job.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from bench.common import (
     stack_env,
     sync,
 )
-from bench.sched import SchedMeter
+from bench.sched import SchedMeter, SchedSampler
 from bench.submission import job_body
 from stack.processes import Service
 
@@ -154,12 +158,15 @@ def phase(
             sched = SchedMeter({name: service.pid for name, service in services.items()} | {"bench": os.getpid()})
             meter.start()
             sched.start()
+            api_sampler = SchedSampler(api.pid)
+            api_sampler.start()
             for child in children:
                 assert child.stdout is not None
                 if child.stdout.readline().strip() != b"done":
                     raise RuntimeError(f"SSE clients failed (exit {child.wait()})")
             cpu = meter.stop()
             scheduler = sched.stop()
+            api_sampler.stop()
             sampler.stop()
             _, calls_after = command_calls(counter)
             counter.close()
@@ -204,6 +211,7 @@ def phase(
         "cpu_pct": cpu,
         "sched": scheduler,
         "lag_timeline_ms": timeline,
+        "api_sched_timeline": api_sampler.timeline(received[0][0]),
         "clients": parts,
     }
 
@@ -264,6 +272,13 @@ def run(args: argparse.Namespace) -> Result:
             f"{args.fanout_jobs} subscribers p99",
             f"< {LAG_TARGET_MS:g} ms",
             measured["lag_ms"]["p99"] < LAG_TARGET_MS,
+        ),
+        Figure(
+            "lag Redis -> subscriber of `done` p99",
+            "ms",
+            measured["done_lag_ms"]["p99"],
+            base["done_lag_ms"]["p99"],
+            f"{args.fanout_jobs} subscribers p99",
         ),
     ]
     options = {

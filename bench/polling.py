@@ -3,11 +3,12 @@
 --poll-jobs finished jobs (simulator without delays, max_tokens 100: answers of ~500 bytes) are made
 first, then the worker is stopped, so that only the API and Redis run. The load generator
 (bench/loadgen.py, a separate process, 32 keep-alive connections, closed loop) alternates GET /health and
-GET /v1/jobs/{id} (cycling through the ids) for --poll-rounds rounds of --poll-seconds; medians reported,
-with the CPU of the API, Redis and the generator. Commands per read: INFO total_commands_processed delta
-over each measured window divided by the reads (our own INFO subtracted), and a MONITOR count over
---poll-monitored sequential reads, by connection name and command (MONITOR slows Redis: not during the
-load). With wrk installed, the two loads are also run with wrk.
+GET /v1/jobs/{id} (cycling through the ids) for --poll-rounds rounds of --poll-seconds; reported: the round
+whose ratio is the median, with the CPU of the API, Redis and the generator. Commands per read: the INFO
+total_commands_processed delta over one more run of each load divided by the requests it sent (our own
+INFO subtracted), and a MONITOR count over --poll-monitored sequential reads, by connection name and
+command (MONITOR slows Redis: not during the load). With wrk installed, the two loads are also run with
+wrk.
 
 Informative: the same with rate limiting on (RATE_LIMIT set very high, so that nothing is refused, as
 in staging and prod where it is on by default), on a second API process; GET /health is not limited.
@@ -16,6 +17,7 @@ in staging and prod where it is on by default), on a second API process; GET /he
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 import httpx
@@ -48,7 +50,7 @@ RATIO_TARGET = 0.7
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(NAME)
     group.add_argument("--poll-seconds", type=float, default=5.0, help="seconds measured per load (5)")
-    group.add_argument("--poll-rounds", type=int, default=3, help="health/GET rounds, medians reported (3)")
+    group.add_argument("--poll-rounds", type=int, default=3, help="health/GET rounds, the median ratio reported (3)")
     group.add_argument("--poll-connections", type=int, default=32, help="connections of the generator (32)")
     group.add_argument("--poll-jobs", type=int, default=500, help="finished jobs read in turn (500)")
     group.add_argument("--poll-monitored", type=int, default=500, help="sequential reads counted by MONITOR (500)")
@@ -123,7 +125,8 @@ def run(args: argparse.Namespace) -> Result:
                 if wrk_baseline is not None:
                     wrk_reads = loadgen.run_wrk(stack.api_url, reads, CpuMeter(meter), connections, seconds)
                     load["wrk"] = {"baseline": wrk_baseline, "measured": wrk_reads}
-                # MONITOR: which commands, from which connection, per read.
+                # MONITOR: which commands, from which connection, per read (after the requests wrk left in flight).
+                time.sleep(1)
                 commands = CommandMeter(stack.redis_url)
                 commands.start()
                 uvloop.run(sequential_reads(stack.api_url, ids, args.poll_monitored))

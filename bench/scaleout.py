@@ -6,7 +6,8 @@ One stack (Redis, API, a worker), then more workers of the same model; for each 
 1 2 4): a warm-up array, then --scale-jobs jobs submitted as arrays of 500, throughput = jobs / (first POST
 sent -> last finished_at) as in `throughput`, and the CPU of every process meanwhile (% of one core; the
 machine has os.cpu_count() cores) with the machine's busy % and each process's run-queue wait
-(bench/sched.py). Baseline: one worker. Informative: a direct client of the simulator (256 streaming
+(bench/sched.py), and the Redis commands executed per job (INFO; the final reads of the jobs included).
+Baseline: one worker. Informative: a direct client of the simulator (256 streaming
 requests at once, same jobs) shows the simulator's own capacity on this machine.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import uvloop
 
-from bench.common import MODEL, CpuMeter, Figure, Processes, Result, Stack, poll, sync
+from bench.common import MODEL, CpuMeter, Figure, Processes, Result, Stack, command_calls, poll, sync
 from bench.sched import SchedMeter
 from bench.throughput import direct, pipeline, prompts
 from shared import keys
@@ -81,8 +82,16 @@ def run(args: argparse.Namespace) -> Result:
                 services = {"api": stack.api, "redis": stack_processes.services[0], "sim": sim}
                 services |= {f"worker {index + 1}": worker for index, worker in enumerate(workers)}
                 metered = Metered(services)
+                total_before, calls_before = command_calls(client)
                 metered.start()
                 result = pipeline(stack, texts, 500, args.scale_max_tokens, metered)
+                total_after, calls_after = command_calls(client)  # the jobs' reads by `pipeline` included
+                calls = {name: calls_after[name] - calls_before.get(name, 0) for name in calls_after}
+                result["redis_commands_per_job"] = round((total_after - total_before) / len(texts), 1)
+                result["redis_top_commands_per_job"] = {
+                    name: round(count / len(texts), 2)
+                    for name, count in sorted(calls.items(), key=lambda item: -item[1])[:8]
+                }
                 cpu = result["cpu_pct"]
                 result["workers"] = count
                 result["workers_cpu_pct"] = round(sum(v for k, v in cpu.items() if k.startswith("worker")), 1)
@@ -90,7 +99,8 @@ def run(args: argparse.Namespace) -> Result:
                 points.append(result)
                 print(
                     f"  {count} worker(s): {result['req_s']:.0f} jobs/s ({result['succeeded']}/{result['jobs']} "
-                    f"succeeded); CPU % workers {result['workers_cpu_pct']} {cpu}; machine busy "
+                    f"succeeded), {result['redis_commands_per_job']} Redis commands per job; "
+                    f"CPU % workers {result['workers_cpu_pct']} {cpu}; machine busy "
                     f"{metered.scheduler['machine_busy_pct']} %, run-queue wait % "
                     f"{metered.scheduler['runqueue_wait_pct']}, other processes {metered.scheduler['others_pct']} %",
                     flush=True,

@@ -9,6 +9,7 @@ whatever else runs there); one that is late while on a CPU all the time is satur
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -71,3 +72,41 @@ class SchedMeter:
         # What the rest of the machine used meanwhile (other processes, the kernel), in % of one core.
         result["others_pct"] = round(100 * max(0.0, busy - self._machine[0] - ours) / wall, 1)
         return result
+
+
+class SchedSampler(threading.Thread):
+    """Every `interval` seconds, (wall-clock ms, CPU s, run-queue wait s) of `pid`: where a process ran flat
+    out, or waited for a CPU, during a run. `timeline()` turns the samples into % per window."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(name="sched-sampler", daemon=True)
+        self._pid, self._interval = pid, interval
+        self._halt = threading.Event()
+        self.samples: list[tuple[float, float, float]] = []
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                running, waiting = schedstat(self._pid)
+            except OSError:
+                return
+            self.samples.append((1000 * time.time(), running, waiting))
+            self._halt.wait(self._interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    def timeline(self, origin_ms: float, window_ms: int = 250) -> list[list[int]]:
+        """[window start ms from `origin_ms`, CPU %, run-queue wait %] for each window with two samples."""
+        buckets: dict[int, list[tuple[float, float, float]]] = {}
+        for sample in self.samples:
+            buckets.setdefault(int((sample[0] - origin_ms) // window_ms), []).append(sample)
+        rows = []
+        for index in sorted(buckets):
+            first, last = buckets[index][0], buckets[index][-1]
+            wall = (last[0] - first[0]) / 1000
+            if wall > 0:
+                cpu = round(100 * (last[1] - first[1]) / wall)
+                rows.append([index * window_ms, cpu, round(100 * (last[2] - first[2]) / wall)])
+        return rows

@@ -1,11 +1,12 @@
 """`python -m bench.soak`: thousands of jobs through the API and two workers while workers are killed and
 Redis restarts, then a check that nothing was lost and nothing doubled.
 
-Everything runs on 127.0.0.1 in a temporary directory: redis-server (append-only file, as in production),
-the vLLM simulator with a few injected faults (--error-rate, --cut-rate), the workers and the API. Jobs are
-submitted at --rate per second; meanwhile, every few seconds, one chaos action: a worker killed with
-SIGKILL (restarted once its jobs run elsewhere) or Redis stopped and started again, up to --kills and
---redis-restarts actions. Then every accepted job is checked (bench/soak_check.py):
+Everything runs on 127.0.0.1, with its files and process logs in a temporary directory (kept): redis-server
+(append-only file, as in production), the vLLM simulator with a few injected faults (--error-rate,
+--cut-rate), the workers (WORKER_HEARTBEAT=--heartbeat, 0.5 s: a dead worker's jobs are handed back after
+about 2 s) and the API. Jobs are submitted at --rate per second; meanwhile, every few seconds, one chaos
+action: a worker killed with SIGKILL (restarted once its jobs run elsewhere) or Redis stopped and started
+again, up to --kills and --redis-restarts actions. Then every accepted job is checked (bench/soak_check.py):
 
 - lost: accepted (202, or 200 for a resubmission after a lost answer) but not finished at the end;
 - doubled: its stream holds more than one `done` entry: it was finished twice (finish.lua writes the
@@ -65,7 +66,7 @@ class Cluster:
     """The processes under test, each restartable."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.args, self.dir = args, workdir
+        self.dir = workdir
         self.redis_port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.redis = start_redis(self.redis_port, workdir / "redis", appendonly=True, log=self._log("redis"))
@@ -86,7 +87,7 @@ class Cluster:
             "LLM_TABLE": json.dumps([[MODEL, self.sim_url]]),
             "LOG_LEVEL": "INFO",
             "WORKER_HEARTBEAT": str(args.heartbeat),
-            "WORKER_MAX_JOBS": "64",
+            "WORKER_MAX_JOBS": str(args.worker_max_jobs),
             "JOB_MAX_ATTEMPTS": "3",
             "RETRY_BACKOFF": "0.2",
             "STREAM_FLUSH_MS": "50",
@@ -183,7 +184,7 @@ def chaos(cluster: Cluster, args: argparse.Namespace, finished: threading.Event)
     report = Chaos()
     client = cluster.client()
     for action in actions:
-        if finished.wait(rng.uniform(2, 6)):
+        if finished.wait(rng.uniform(1.5, 4)):
             break
         if action == "kill":
             index = rng.randrange(len(cluster.workers))
@@ -221,11 +222,11 @@ def run(args: argparse.Namespace) -> int:
         submitter = threading.Thread(target=submit, args=(cluster.api_url, args.jobs, args.rate, accepted, submitted))
         submitter.start()
         print(f"soak: {args.jobs} jobs at {args.rate:g}/s, {args.workers} workers, logs in {workdir}", flush=True)
-        report = chaos(cluster, args, submitted)
+        done = chaos(cluster, args, submitted)
         submitter.join()
-        report_ = check(cluster.client(), accepted, MODEL, timeout=args.timeout)
-        print_report(report_, report.kills, report.redis_downtimes, time.monotonic() - began, cluster.sim_url)
-        ok = report_.ok
+        report = check(cluster.client(), accepted, MODEL, timeout=args.timeout)
+        print_report(report, done.kills, done.redis_downtimes, time.monotonic() - began, cluster.sim_url)
+        ok = report.ok
     finally:
         cluster.close()
     print(f"process logs in {workdir}")
@@ -237,6 +238,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--jobs", type=int, default=3000)
     cli.add_argument("--rate", type=float, default=60.0, help="jobs submitted per second")
     cli.add_argument("--workers", type=int, default=2)
+    cli.add_argument("--worker-max-jobs", type=int, default=128, help="WORKER_MAX_JOBS of the workers")
     cli.add_argument("--kills", type=int, default=6, help="workers killed with SIGKILL, at most")
     cli.add_argument("--redis-restarts", type=int, default=3, help="Redis restarts, at most")
     cli.add_argument("--error-rate", type=float, default=0.02, help="simulator: requests answered HTTP 500")
