@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         keyring = KeyRing(settings)
-        redis = redis_client(settings, "spp-api")
+        redis = redis_client(settings, "spp-api", max_connections=settings.API_REDIS_CONNECTIONS)
         hub = StreamHub(redis_client(settings, "spp-api-streams", single_connection=True), redis)
         await hub.start()
         # Files' bytes go through a client that does not decode them.

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
         None, ge=0, description="Requests per second per API key; 0 disables; unset: 0 in dev/unittest, else 20."
     )
     RATE_LIMIT_BURST: int = Field(40, ge=1, description="Requests a key may send at once above its rate.")
+    API_REDIS_CONNECTIONS: int = Field(
+        4, ge=2, description="Redis connections of one API process (requests wait for a free one, never fail)."
+    )
     MAX_BODY_BYTES: int = Field(32 * 2**20, ge=1024, description="Largest request body (file uploads aside).")
     DASHBOARD_CLIENTS: str = Field(
         "", description="Comma-separated client names (of API_KEYS_FILE) allowed to see /dashboard outside dev."
