@@ -61,10 +61,6 @@ class StreamHub:
         result: T = await asyncio.shield(task)
         return result
 
-    @property
-    def followed(self) -> int:
-        return len(self._positions)
-
     async def follow(
         self, key: str, after: str = "0-0", keepalive: float = 15.0
     ) -> AsyncGenerator[StreamEvent | None, None]:
