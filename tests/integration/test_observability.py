@@ -9,12 +9,14 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from openai import OpenAI
 
 from stack.processes import free_port
 from tests.integration.conftest import Sim, Stack, wait_for
 
 MODEL = "obs/model"
 SMALL = "obs/small"
+IDLE = "obs/idle"  # no worker: its batch stays in progress
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -28,7 +30,12 @@ def stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim], metr
     sim = start_sim(MODEL, ms_per_token=2)
     small = start_sim(SMALL, max_model_len=32)
     # Both workers are given the port: the second finds it taken, says so, and works on without metrics.
-    stack = start_stack([(MODEL, sim.url), (SMALL, small.url)], LOG_FORMAT="json", WORKER_METRICS_PORT=metrics_port)
+    stack = start_stack(
+        [(MODEL, sim.url), (SMALL, small.url), (IDLE, sim.url)],
+        workers={MODEL: 1, SMALL: 1},
+        LOG_FORMAT="json",
+        WORKER_METRICS_PORT=metrics_port,
+    )
     jobs = stack.http.post(
         "/v1/jobs",
         json=[{"prompt": f"question {i}", "params": {"max_tokens": 5}} for i in range(8)]
@@ -36,6 +43,14 @@ def stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim], metr
     ).json()
     for job in jobs:
         stack.wait_job(job["id"])
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key="test-key")
+    lines = [
+        {"custom_id": f"q{i}", "method": "POST", "url": "/v1/completions", "body": {"model": IDLE, "prompt": "x"}}
+        for i in range(3)
+    ]
+    upload = client.files.create(file=("in.jsonl", b"\n".join(map(orjson.dumps, lines))), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h")
+    wait_for(lambda: client.batches.retrieve(batch.id).status == "in_progress", 15, "the batch is queued")
     return stack
 
 
@@ -67,6 +82,9 @@ def test_dashboard_data_shows_throughput_latency_workers_and_failures(stack: Sta
     assert sum(models[MODEL]["per_minute"]) >= 8
     assert models[MODEL]["latency_ms"]["p50"] > 0
     assert [worker["live"] for worker in models[MODEL]["workers_seen"]] == [True]
+    (batch,) = data["batches"]
+    assert (batch["status"], batch["total"], batch["completed"]) == ("in_progress", 3, 0)
+    assert models[IDLE]["queued"] == 3
     (failure,) = models[SMALL]["failures"]
     assert failure["error"].startswith("backend_rejected: ")
     assert "maximum context length" in failure["error"]
@@ -88,6 +106,8 @@ def test_the_dashboard_renders_in_a_real_browser(stack: Stack, logs_dir: Path) -
             card = page.locator(f'section.model[data-model="{MODEL}"]')
             assert card.locator(".queued").inner_text() == "0"
             assert "backend_rejected" in page.locator(f'section.model[data-model="{SMALL}"] .failures').inner_text()
+            assert "0 / 3" in page.locator("tr.batch").inner_text()
+            assert page.locator("tr.batch .progress").count() == 1
             page.screenshot(path=str(logs_dir / "dashboard.png"), full_page=True)
         finally:
             browser.close()
