@@ -65,35 +65,64 @@ class StreamHub:
         self, key: str, after: str = "0-0", keepalive: float = 15.0
     ) -> AsyncGenerator[StreamEvent | None, None]:
         """Events of stream `key` after id `after`, up to and including `done`; None means "still alive"."""
+        async with contextlib.aclosing(self.follow_batches(key, after, keepalive)) as batches:
+            async for batch in batches:
+                if not batch:
+                    yield None
+                for event in batch:
+                    yield event
+
+    async def follow_batches(
+        self, key: str, after: str = "0-0", keepalive: float = 15.0
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """The events of `follow`, in the batches they come in (so that a subscriber writes each batch at
+        once); an empty batch means "still alive"."""
         queue: asyncio.Queue[list[StreamEvent]] = asyncio.Queue()
         last = after
-        try:
-            for event in await self._history(key, last, "+"):
-                yield event
+
+        def fresh(events: list[StreamEvent]) -> list[StreamEvent]:
+            """The events after `last`, up to and including `done`: no repeat across replay and live."""
+            nonlocal last
+            batch = []
+            for event in events:
+                if stream_id(event.id) <= stream_id(last):
+                    continue
+                batch.append(event)
                 last = event.id
                 if event.type is EventType.DONE:
-                    return
+                    break
+            return batch
+
+        def ended(batch: list[StreamEvent]) -> bool:
+            return bool(batch) and batch[-1].type is EventType.DONE
+
+        try:
+            batch = fresh(await self._history(key, last, "+"))
+            if batch:
+                yield batch
+            if ended(batch):
+                return
             position = self._subscribe(key, queue, last)
             if stream_id(position) > stream_id(last):
                 # The reader is already past our replay: fill the gap from history.
-                for event in await self._history(key, last, position):
-                    yield event
-                    last = event.id
-                    if event.type is EventType.DONE:
-                        return
+                batch = fresh(await self._history(key, last, position))
+                if batch:
+                    yield batch
+                if ended(batch):
+                    return
             while True:
                 try:
-                    batch = await asyncio.wait_for(queue.get(), keepalive)
+                    events = await asyncio.wait_for(queue.get(), keepalive)
                 except TimeoutError:
-                    yield None
+                    yield []
                     continue
-                for event in batch:
-                    if stream_id(event.id) <= stream_id(last):
-                        continue
-                    yield event
-                    last = event.id
-                    if event.type is EventType.DONE:
-                        return
+                while not queue.empty():  # whatever else already came goes out in the same write
+                    events = events + queue.get_nowait()
+                batch = fresh(events)
+                if batch:
+                    yield batch
+                if ended(batch):
+                    return
         finally:
             self._unsubscribe(key, queue)
 
