@@ -7,7 +7,6 @@ the rate limit is a token bucket in Redis (shared/lua/rate.lua), shared by every
 from __future__ import annotations
 
 import math
-from importlib import resources
 
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +15,7 @@ from api.responses import JSONResponse
 from shared import keys
 from shared.errors import SppError
 from shared.models import now_ms
+from shared.scripts import load_script
 from shared.settings import Settings
 
 UPLOAD_PATHS = ("/v1/files",)
@@ -74,8 +74,7 @@ class RateLimiter:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._rate = settings.rate_limit
         self._burst = settings.RATE_LIMIT_BURST
-        source = resources.files("shared").joinpath("lua/rate.lua").read_text()
-        self._script = redis.register_script(source)
+        self._script = load_script(redis, "rate")
 
     async def check(self, owner: str) -> None:
         if self._rate <= 0:

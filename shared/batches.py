@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Collection
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -37,6 +36,7 @@ from shared.errors import BatchFinished, BatchNotFound, FileNotFound
 from shared.files import FileStore
 from shared.models import ACTIVE_STATES, JobCreate, JobStatus, Limits, now_ms
 from shared.openai_shapes import Endpoint
+from shared.scripts import load_script
 from shared.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class BatchStore:
         self.files = files
         self.redis = store.redis
         self.settings = store.settings
-        self._move_script = self.redis.register_script(resources.files("shared").joinpath("lua/batch.lua").read_text())
+        self._move_script = load_script(self.redis, "batch")
         self._expiry: asyncio.Task[None] | None = None
 
     async def _move(self, owner: str, batch_id: str, operation: str, argument: str | int = "") -> str | None:

@@ -10,12 +10,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
@@ -29,6 +27,7 @@ from shared.models import (
     fingerprint,
     now_ms,
 )
+from shared.scripts import load_script
 from shared.settings import Settings
 from shared.templates import render_prompt
 
@@ -44,10 +43,6 @@ ACTIVITY_LENGTH = 20_000
 INTERACTIVE_HEAD_START_MS = 10**12
 """How far back in time interactive jobs are scored in a model's queue, so that they run before any
 batch job queued earlier (arq takes the lowest scores first). About 31 years: never reached."""
-
-
-def _script(redis: Redis, name: str) -> AsyncScript:
-    return redis.register_script(resources.files("shared").joinpath(f"lua/{name}.lua").read_text())
 
 
 def arq_definition(kid: str, now: int) -> str:
@@ -86,13 +81,13 @@ class JobStore:
         self.settings = settings
         self._on_created = on_created
         """Called with (model, number of jobs) for the jobs a submission created: the API's metrics."""
-        self._submit = _script(redis, "submit")
-        self._cancel = _script(redis, "cancel")
-        self._start = _script(redis, "start")
-        self._append = _script(redis, "append")
-        self._finish = _script(redis, "finish")
-        self._requeue = _script(redis, "requeue")
-        self._heartbeat = _script(redis, "heartbeat")
+        self._submit = load_script(redis, "submit")
+        self._cancel = load_script(redis, "cancel")
+        self._start = load_script(redis, "start")
+        self._append = load_script(redis, "append")
+        self._finish = load_script(redis, "finish")
+        self._requeue = load_script(redis, "requeue")
+        self._heartbeat = load_script(redis, "heartbeat")
 
     # ---- API side -------------------------------------------------------------------------------
 
@@ -199,12 +194,15 @@ class JobStore:
         """Cancel a queued or running job; a running one's worker is told through pub/sub."""
         kid = keys.key_id(owner, job_id)
         record = await self.get(owner, job_id)
-        outcome = await self._cancel_job(kid, record["model"])
+        now = now_ms()
+        outcome = await self._cancel_job(kid, record["model"], now=now)
         if outcome is None:
             raise JobNotFound(job_id)
         if outcome != "ok":
             raise JobFinished(job_id, outcome)
-        return await self.get(owner, job_id)
+        # What cancel.lua wrote (status, finish time, request dropped), without reading the record again.
+        record.pop("request", None)
+        return record | {"status": JobStatus.CANCELLED.value, "finished_at": str(now)}
 
     async def cancel_many(self, owner: str, jobs: list[tuple[str, str]]) -> None:
         """Cancel jobs given as (job id, model) in one round trip; finished and unknown ones are left as they are."""
@@ -213,12 +211,12 @@ class JobStore:
                 await self._cancel_job(keys.key_id(owner, job_id), model, pipe)
             await pipe.execute()
 
-    async def _cancel_job(self, kid: str, model: str, client: Redis | None = None) -> Any:
+    async def _cancel_job(self, kid: str, model: str, client: Redis | None = None, *, now: int | None = None) -> Any:
         """Run cancel.lua on one job (queued in `client` when it is a pipeline)."""
         return await self._cancel(
             keys=[keys.job(kid), keys.stream(kid), keys.queue(model), keys.running(model)],
             args=[
-                now_ms(),
+                now if now is not None else now_ms(),
                 self.settings.RESULT_TTL,
                 self.settings.STREAM_TTL,
                 kid,

@@ -10,6 +10,7 @@
 -- Then, as the job scripts do, a batch in_progress or cancelling whose jobs have all ended is finalized:
 -- completed (or cancelled), with its time and finalizing_at. A batch that ends expires after the results.
 -- Returns the status afterwards, or false when the batch does not exist.
+--#include batch_end
 local batch, op, now, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local status = redis.call('HGET', batch, 'status')
 if not status then return false end
@@ -42,12 +43,4 @@ elseif op == 'expire' then
   if open then become('expired', true) end
 end
 
-if status == 'in_progress' or status == 'cancelling' then
-  local b = redis.call('HMGET', batch, 'total', 'completed', 'failed', 'cancelled')
-  local ended = tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[4] or '0')
-  if b[1] and ended >= tonumber(b[1]) then
-    become(status == 'cancelling' and 'cancelled' or 'completed', true)
-    redis.call('HSET', batch, 'finalizing_at', now)
-  end
-end
-return status
+return end_batch_when_done(batch, now, ttl)

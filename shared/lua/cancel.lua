@@ -2,6 +2,7 @@
 -- KEYS: job record, stream, model's queue, model's running set.
 -- ARGV: now_ms, result ttl s, stream ttl s, key id, cancel channel, arq job definition key prefix.
 -- Returns 'ok', the job's status when it had already finished, or false when the job is unknown.
+--#include batch_end
 local state = redis.call('HMGET', KEYS[1], 'status', 'arq')
 local status, arq_id = state[1], state[2]
 if not status then return false end
@@ -21,12 +22,6 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 local batch = redis.call('HGET', KEYS[1], 'batch')
 if batch then
   redis.call('HINCRBY', batch, 'cancelled', 1)
-  local b = redis.call('HMGET', batch, 'total', 'completed', 'failed', 'cancelled', 'status')
-  local ended = tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[4] or '0')
-  if ended >= tonumber(b[1]) and (b[5] == 'in_progress' or b[5] == 'cancelling') then
-    local final = b[5] == 'cancelling' and 'cancelled' or 'completed'
-    redis.call('HSET', batch, 'status', final, final .. '_at', ARGV[1], 'finalizing_at', ARGV[1])
-    redis.call('EXPIRE', batch, ARGV[2])
-  end
+  end_batch_when_done(batch, ARGV[1], ARGV[2])
 end
 return 'ok'

@@ -4,6 +4,7 @@
 --       key id, final text chunk ('' for none), activity stream length.
 -- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
 -- or 0 when the run no longer owns the job (then nothing is written).
+--#include batch_end
 local state = redis.call('HMGET', KEYS[1], 'status', 'run')
 if state[1] == ARGV[2] and state[2] == ARGV[1] then return 1 end
 if state[1] ~= 'running' or state[2] ~= ARGV[1] then return 0 end
@@ -29,12 +30,6 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', unpack(fact))
 local batch = redis.call('HGET', KEYS[1], 'batch')
 if batch then
   redis.call('HINCRBY', batch, ARGV[2] == 'succeeded' and 'completed' or 'failed', 1)
-  local b = redis.call('HMGET', batch, 'total', 'completed', 'failed', 'cancelled', 'status')
-  local ended = tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[4] or '0')
-  if ended >= tonumber(b[1]) and (b[5] == 'in_progress' or b[5] == 'cancelling') then
-    local final = b[5] == 'cancelling' and 'cancelled' or 'completed'
-    redis.call('HSET', batch, 'status', final, final .. '_at', ARGV[5], 'finalizing_at', ARGV[5])
-    redis.call('EXPIRE', batch, ARGV[6])
-  end
+  end_batch_when_done(batch, ARGV[5], ARGV[6])
 end
 return 1
