@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from shared.metrics import WorkerMetrics
 from shared.settings import Settings
 from shared.store import JobStore
 from worker.backends import ModelClient
+
+
+class Running(NamedTuple):
+    run: int
+    arq_id: str
 
 
 @dataclass
@@ -18,9 +24,7 @@ class WorkerContext:
     store: JobStore
     client: ModelClient
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-    runs: dict[str, int] = field(default_factory=dict)
-    """Key id → run of every job this worker runs now, for the heartbeat."""
-    arq_ids: dict[str, str] = field(default_factory=dict)
-    """Key id → arq job id of every job this worker runs now, to stop it."""
+    runs: dict[str, Running] = field(default_factory=dict)
+    """Every job this worker runs now, by key id: its run for the heartbeat, its arq job id to stop it."""
     aborting: set[str] = field(default_factory=set)
     """arq job ids cancelled on purpose, as opposed to by a shutdown: arq's own `aborting_tasks` set."""

@@ -21,7 +21,7 @@ from redis import exceptions as redis_errors
 from shared.models import GenerationRequest, JobError, JobResult, now_ms
 from shared.store import Started
 from worker.backends import BackendError, BackendRejected, Delta
-from worker.context import WorkerContext
+from worker.context import Running, WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
     if started is None:
         logger.info("job %s skipped: no longer queued", kid)
         return
-    spp.runs[kid], spp.arq_ids[kid] = started.run, arq_id
+    spp.runs[kid] = Running(started.run, arq_id)
     try:
         await _attempt(spp, kid, arq_id, started)
     except REDIS_WRITE_ERRORS as exc:
@@ -150,7 +150,6 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
         )
     finally:
         spp.runs.pop(kid, None)
-        spp.arq_ids.pop(kid, None)
 
 
 async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) -> None:

@@ -198,11 +198,11 @@ class ModelWorker(Worker):
 
     def abort(self, spp: WorkerContext, kid: str) -> None:
         """Stop a running job on purpose: arq then finishes it instead of running it again."""
-        arq_id = spp.arq_ids.get(kid)
-        task = self.job_tasks.get(arq_id) if arq_id is not None else None
-        if arq_id is not None and task is not None and not task.done():
+        running = spp.runs.get(kid)
+        task = self.job_tasks.get(running.arq_id) if running is not None else None
+        if running is not None and task is not None and not task.done():
             logger.info("job %s stopped: cancelled or replaced", kid)
-            self.aborting_tasks.add(arq_id)
+            self.aborting_tasks.add(running.arq_id)
             task.cancel()
 
     async def _listen(self, spp: WorkerContext) -> None:
@@ -231,10 +231,11 @@ class ModelWorker(Worker):
     async def _beat(self, spp: WorkerContext) -> None:
         """Heartbeat of the worker and its running jobs; stops jobs whose record stopped saying running."""
         while True:
-            runs = dict(spp.runs)
+            runs = {kid: running.run for kid, running in spp.runs.items()}
             try:
                 for kid in await spp.store.heartbeat(self.model, self.worker_id, runs):
-                    if spp.runs.get(kid) == runs[kid]:  # not a run that ended meanwhile
+                    running = spp.runs.get(kid)
+                    if running is not None and running.run == runs[kid]:  # not a run that ended meanwhile
                         self.abort(spp, kid)
             except REDIS_ERRORS as exc:
                 logger.warning("heartbeat failed: %s", exc)
