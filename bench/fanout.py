@@ -5,7 +5,7 @@ max_tokens --fanout-max-tokens submitted while no worker runs, so that they wait
 subscribers (bench/sse_clients.py, --fanout-clients separate processes of raw asyncio connections)
 connect, --fanout-per-job per job, and once all of them have their answer's head a worker is started:
 every job starts at once and every token event is live. The lag of a token event is the time a
-subscriber received it minus the time Redis added its stream entry (the ms of its stream id; one clock).
+subscriber received it minus the time the worker sent its stream entry (the ms of its stream id; one clock).
 Meanwhile CLIENT LIST is read every 200 ms: the most Redis connections named spp-api* (the API
 process's pools) seen at once, checked against the API process's own TCP sockets to Redis
 (/proc/<pid>/fd and /proc/<pid>/net/tcp). Complete: the subscribers whose token texts add up to the

@@ -7,8 +7,8 @@ sending `GET /v1/jobs/{id}/events`. Once every subscription has its answer's hea
 `ready`; when every one has its `done` event (or --timeout passes) it prints one JSON object (or writes
 it to --output and prints `done`):
 - lags_ms: for each `token` event, (the time it was received, the time it was received minus the time
-  Redis added it: the ms of its stream id, which is its event id; the machine has one clock), in ms;
-- done_lags_ms: the same lag for each `done` event;
+  the worker sent it: the ms of its stream id, which is its event id; the machine has one clock), in ms;
+- done_lags_ms: the same lag for each `done` event (whose id is the time Redis added it);
 - complete: subscribers whose concatenated token texts equal the final `done` job's result text;
 - cpu_pct of this process, so that a saturated client shows.
 """

@@ -256,12 +256,16 @@ class JobStore:
         request = GenerationRequest.model_validate_json(reply[2])
         return Started(attempt=int(reply[0]), run=int(reply[1]), request=request, created_at=int(reply[3]))
 
-    async def append(self, kid: str, run: int, text: str, seq: int = 0) -> bool:
-        """Append tokens to the stream; False when this run no longer owns the job.
+    async def append(self, kid: str, run: int, text: str, entry_id: str) -> str | None:
+        """Append tokens to the stream as entry `entry_id`; returns the entry's id (Redis's own if the worker's
+        clock is behind the stream), None when this run no longer owns the job.
 
-        `seq` numbers the run's chunks from 1: a numbered chunk sent again is written once.
+        `entry_id` is `streams.next_id` of the run's previous chunk, so that the chunk is written once even if
+        sent again; or `*` (Redis's clock, not safe to resend) when no id of the worker's follows in the run:
+        that id could fall below it, and its chunk be taken for a resend.
         """
-        return bool(await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[run, text, seq]))
+        added: str | None = await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[run, text, entry_id])
+        return added
 
     async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
         """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens)."""

@@ -4,7 +4,9 @@ Each stream entry has two fields: `t`, the event type, and `d`, its data:
 - `token`: `d` is a chunk of generated text (tokens coalesced over STREAM_FLUSH_MS);
 - `reset`: `d` is the number of the attempt starting over; text before it belongs to a failed attempt;
 - `done`: `d` is the job's final status; nothing follows it.
-The entry's Redis id is the event id clients resume from (`Last-Event-ID`).
+The entry's Redis id is the event id clients resume from (`Last-Event-ID`). The worker gives its `token`
+entries their ids (`next_id`: its clock, in ms), so that Redis refuses a chunk sent twice; every other entry,
+and a chunk behind the run's `reset` (the worker's clock behind Redis's), gets an id from Redis's clock.
 """
 
 from __future__ import annotations
@@ -36,3 +38,12 @@ def stream_id(value: str) -> tuple[int, int]:
     """A Redis stream id as a comparable pair; raises ValueError for anything else."""
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
+
+
+def next_id(last: str | None, now_ms: int) -> str:
+    """The id of a run's next `token` entry: `now_ms`, kept above `last`, the id of the run's previous one."""
+    if last is not None:
+        ms, seq = stream_id(last)
+        if now_ms <= ms:
+            return f"{ms}-{seq + 1}"
+    return f"{now_ms}-0"

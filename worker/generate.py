@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 
 from shared.models import GenerationRequest, JobError, JobResult, now_ms
 from shared.store import Started
+from shared.streams import next_id
 from worker.backends import BackendError, BackendRejected, Delta
 from worker.context import Running, WorkerContext
 
@@ -39,7 +40,7 @@ async def persist(call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, tried again through a Redis outage for up to REDIS_PATIENCE seconds.
 
     Every store write is safe to send twice (a command whose reply was lost may have run): the scripts are
-    fenced by the run, and appends are numbered.
+    fenced by the run, and each append carries its own stream id, which Redis refuses a second time.
     """
     deadline = time.monotonic() + REDIS_PATIENCE
     delay = 0.1
@@ -65,9 +66,10 @@ class TokenWriter:
         self._window = spp.settings.STREAM_FLUSH_MS / 1000
         self._buffer: list[str] = []
         self._last_flush = 0.0
-        self._seq = 0
-        self._pending: str | None = None
-        """A chunk whose write failed (or lost its reply): sent again as it is, under its number, before the rest."""
+        self._last_id: str | None = None
+        """The stream id of the run's last chunk written: the next one's id must be above it."""
+        self._pending: tuple[str, str] | None = None
+        """A chunk (id, text) whose write failed (or lost its reply): sent again as it is, before the rest."""
         self.parts: list[str] = []
 
     @property
@@ -87,17 +89,18 @@ class TokenWriter:
                 logger.debug("job %s: tokens kept for later, Redis unavailable (%s)", self._kid, exc)
 
     async def flush(self) -> None:
-        """Write the buffered tokens as the run's next numbered chunk; on a Redis error, they are kept."""
+        """Write the buffered tokens as the run's next chunk; on a Redis error, they are kept."""
         if self._pending is None:
             if not self._buffer:
                 return
-            self._seq += 1
-            self._pending = "".join(self._buffer)
+            self._pending = (next_id(self._last_id, now_ms()), "".join(self._buffer))
             self._buffer.clear()
-        written = await self._spp.store.append(self._kid, self._run, self._pending, self._seq)
+        entry_id, text = self._pending
+        written = await self._spp.store.append(self._kid, self._run, text, entry_id)
         self._pending = None
-        if not written:
+        if written is None:
             raise AttemptLost
+        self._last_id = written
         if self._buffer:  # tokens that came while the pending chunk waited for Redis
             await self.flush()
 

@@ -62,8 +62,8 @@ class WatchedStore(JobStore):
         super().__init__(redis, settings)
         self.appended = asyncio.Event()
 
-    async def append(self, kid: str, run: int, text: str, seq: int = 0) -> bool:
-        written = await super().append(kid, run, text, seq)
+    async def append(self, kid: str, run: int, text: str, entry_id: str) -> str | None:
+        written = await super().append(kid, run, text, entry_id)
         self.appended.set()
         return written
 

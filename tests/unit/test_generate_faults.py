@@ -63,8 +63,11 @@ class FlakyStore(JobStore):
         )
         return result
 
-    async def append(self, kid: str, run: int, text: str, seq: int = 0) -> bool:
-        return bool(await self._maybe_fail("append", lambda: super(FlakyStore, self).append(kid, run, text, seq)))
+    async def append(self, kid: str, run: int, text: str, entry_id: str) -> str | None:
+        added: str | None = await self._maybe_fail(
+            "append", lambda: super(FlakyStore, self).append(kid, run, text, entry_id)
+        )
+        return added
 
     async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
         call = lambda: super(FlakyStore, self).finish(kid, model, run, outcome, tail)  # noqa: E731
@@ -190,6 +193,32 @@ async def test_a_chunk_whose_reply_was_lost_is_written_once(make_context: MakeCo
 
     assert (await record(spp))["status"] == "succeeded"
     assert "".join(data for kind, data in await events(spp) if kind == "token") == "Il fait beau."
+
+
+async def test_chunks_resent_many_times_by_a_worker_whose_clock_is_behind_redis_are_written_once(
+    make_context: MakeContext, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's first chunk is behind the `reset` that Redis stamped when the run started: it goes after it,
+    and so do its resends and the chunks that follow."""
+    spp = await make_context(await serve(ok()))
+    assert isinstance(spp.store, FlakyStore)
+    arq_id: str = await spp.store.redis.hget(keys.job(KID), "arq")  # type: ignore[misc]
+    dead = await JobStore.start(spp.store, KID, arq_id, MODEL, "dead:1")
+    assert dead is not None
+    await JobStore.append(spp.store, KID, dead.run, "Il pl", "*")
+    await spp.store.redis.zadd(keys.running(MODEL), {KID: 0})
+    assert await spp.store.sweep(MODEL) == [KID]
+    monkeypatch.setattr(generate_module, "now_ms", lambda: 1)
+    spp.store.lost = ["append"] * len(TOKENS)
+
+    await run(spp)
+
+    assert (await record(spp))["status"] == "succeeded"
+    kinds = await events(spp)
+    assert kinds[:2] == [("token", "Il pl"), ("reset", "2")]
+    assert kinds[-1] == ("done", "succeeded")
+    assert "".join(data for _, data in kinds[2:-1]) == "Il fait beau."
+    assert spp.store.lost == []
 
 
 async def test_tokens_wait_for_redis_and_the_result_still_lands(make_context: MakeContext, serve: Serve) -> None:

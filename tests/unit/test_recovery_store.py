@@ -15,6 +15,7 @@ from shared import keys
 from shared.models import JobCreate, JobResult, Usage, now_ms
 from shared.settings import Settings
 from shared.store import JobStore
+from shared.streams import next_id, stream_id
 from tests.unit.conftest import MODEL, make_settings
 
 OWNER = "owner1"
@@ -138,11 +139,13 @@ async def test_a_swept_run_is_fenced_and_the_next_run_resets_the_stream(
     redis: fakeredis.FakeAsyncRedis, store: JobStore
 ) -> None:
     stale = await start(store, "j1")
-    await store.append(kid("j1"), stale, "Il pl", 1)
+    chunk = next_id(None, now_ms())
+    await store.append(kid("j1"), stale, "Il pl", chunk)
     await expire(redis, "j1")
     await store.sweep(MODEL)
 
-    assert await store.append(kid("j1"), stale, "eut", 2) is False
+    assert await store.append(kid("j1"), stale, "Il pl", chunk) is None, "a resend of the stale run: fenced"
+    assert await store.append(kid("j1"), stale, "eut", next_id(chunk, now_ms())) is None
     assert await store.finish(kid("j1"), MODEL, stale, RESULT) is False
     assert await store.heartbeat(MODEL, WORKER, {kid("j1"): stale}) == [kid("j1")]
     await start(store, "j1", "other:2")
@@ -235,25 +238,52 @@ async def test_heartbeat_keeps_arq_in_progress_key_alive(redis: fakeredis.FakeAs
 # ---- writes sent twice ------------------------------------------------------------------------------------
 
 
-async def test_a_numbered_chunk_sent_twice_is_written_once(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+def test_next_id_follows_the_clock_and_stays_above_the_previous_chunk() -> None:
+    assert next_id(None, 1_000) == "1000-0"
+    assert next_id("1000-0", 1_005) == "1005-0"
+    assert next_id("1000-0", 1_000) == "1000-1", "two chunks in one millisecond"
+    assert next_id("1000-3", 990) == "1000-4", "the clock went back"
+
+
+async def test_a_chunk_sent_twice_under_its_id_is_written_once(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
     run = await start(store, "j1")
+    first = next_id(None, now_ms())
+    second = next_id(first, now_ms())
+    third = next_id(second, now_ms())
 
-    assert await store.append(kid("j1"), run, "Bon", 1)
-    assert await store.append(kid("j1"), run, "Bon", 1)
-    assert await store.append(kid("j1"), run, "jour", 2)
+    assert await store.append(kid("j1"), run, "Bon", first) == first
+    assert await store.append(kid("j1"), run, "Bon", first) == first, "refused by Redis: written already"
+    assert await store.append(kid("j1"), run, "jour", second) == second
+    assert await store.append(kid("j1"), run, "jour", third) == third, "the same text in the next chunk"
 
-    assert await events(redis, "j1") == [("token", "Bon"), ("token", "jour")]
+    entries = await redis.xrange(keys.stream(kid("j1")))
+    assert [entry_id for entry_id, _ in entries] == [first, second, third]
+    assert await events(redis, "j1") == [("token", "Bon"), ("token", "jour"), ("token", "jour")]
+    assert "seq" not in await record(redis, "j1"), "nothing written to the record per chunk"
 
 
-async def test_chunk_numbers_start_again_with_each_run(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+@pytest.mark.parametrize("behind", ["clock", "reset"])
+async def test_a_first_chunk_behind_the_runs_reset_goes_after_it_once(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, behind: str
+) -> None:
     first = await start(store, "j1")
-    await store.append(kid("j1"), first, "a", 1)
+    await store.append(kid("j1"), first, "a", next_id(None, now_ms()))
     await store.requeue(kid("j1"), MODEL, first, refund=False)
     second = await start(store, "j1")
+    reset_id = (await redis.xrevrange(keys.stream(kid("j1")), count=1))[0][0]
+    # the worker's clock behind Redis's, or on the very id Redis gave the `reset`
+    chunk = "1-0" if behind == "clock" else reset_id
 
-    assert await store.append(kid("j1"), second, "b", 1)
+    written = await store.append(kid("j1"), second, "b", chunk)
+    assert written is not None
+    assert stream_id(written) > stream_id(reset_id)
+    assert await store.append(kid("j1"), second, "b", chunk) == written, "sent again: written once"
+    following = next_id(written, 1)
+    assert await store.append(kid("j1"), second, "c", following) == following
 
-    assert await events(redis, "j1") == [("token", "a"), ("reset", "2"), ("token", "b")]
+    assert await events(redis, "j1") == [("token", "a"), ("reset", "2"), ("token", "b"), ("token", "c")]
 
 
 async def test_a_finish_sent_twice_is_recorded_once(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:

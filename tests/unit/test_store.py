@@ -333,7 +333,7 @@ async def test_start_after_requeue_emits_a_reset_with_the_new_attempt(
     redis: fakeredis.FakeAsyncRedis, store: JobStore
 ) -> None:
     attempt = await submit_and_start(store)
-    await store.append(kid("j1"), attempt, "partial")
+    await store.append(kid("j1"), attempt, "partial", "*")
     assert await store.requeue(kid("j1"), MODEL, attempt, refund=False)
 
     started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
@@ -356,14 +356,14 @@ async def test_a_job_whose_worker_vanished_is_taken_over_once_swept(
     assert started is not None
     assert started.attempt == 2
     assert (await record(redis, kid("j1")))["worker"] == "other:2"
-    assert await store.append(kid("j1"), 1, "stale") is False
+    assert await store.append(kid("j1"), 1, "stale", "*") is None
 
 
 async def test_start_after_refunded_requeue_resets_the_stream_of_the_lost_attempt(
     redis: fakeredis.FakeAsyncRedis, store: JobStore
 ) -> None:
     attempt = await submit_and_start(store)
-    await store.append(kid("j1"), attempt, "partial")
+    await store.append(kid("j1"), attempt, "partial", "*")
     assert await store.requeue(kid("j1"), MODEL, attempt, refund=True)
 
     started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
@@ -377,17 +377,18 @@ async def test_append_by_the_owning_attempt_writes_a_token_entry(
 ) -> None:
     attempt = await submit_and_start(store)
 
-    assert await store.append(kid("j1"), attempt, "Bon") is True
-    assert await store.append(kid("j1"), attempt, "jour") is True
+    first = await store.append(kid("j1"), attempt, "Bon", "*")
+    second = await store.append(kid("j1"), attempt, "jour", "*")
 
+    assert [entry_id for entry_id, _ in await redis.xrange(keys.stream(kid("j1")))] == [first, second]
     assert await events(redis, kid("j1")) == [("token", "Bon"), ("token", "jour")]
 
 
 async def test_append_by_a_stale_attempt_writes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
     attempt = await submit_and_start(store)
 
-    assert await store.append(kid("j1"), attempt + 1, "x") is False
-    assert await store.append(kid("j1"), attempt - 1, "x") is False
+    assert await store.append(kid("j1"), attempt + 1, "x", "*") is None
+    assert await store.append(kid("j1"), attempt - 1, "x", "*") is None
 
     assert await events(redis, kid("j1")) == []
 
@@ -395,7 +396,7 @@ async def test_append_by_a_stale_attempt_writes_nothing(redis: fakeredis.FakeAsy
 async def test_append_to_a_queued_job_writes_nothing(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
     await store.submit(OWNER, [job("j1")])
 
-    assert await store.append(kid("j1"), 0, "x") is False
+    assert await store.append(kid("j1"), 0, "x", "*") is None
     assert await events(redis, kid("j1")) == []
 
 
@@ -405,7 +406,7 @@ async def test_append_to_a_queued_job_writes_nothing(redis: fakeredis.FakeAsyncR
 async def test_finish_with_a_result_closes_the_job(redis: fakeredis.FakeAsyncRedis) -> None:
     store = JobStore(redis, make_settings(RESULT_TTL=5000, STREAM_TTL=300))
     attempt = await submit_and_start(store)
-    await store.append(kid("j1"), attempt, "Bon")
+    await store.append(kid("j1"), attempt, "Bon", "*")
 
     assert await store.finish(kid("j1"), MODEL, attempt, RESULT, tail="jour.") is True
 
@@ -569,7 +570,7 @@ async def test_cancel_of_a_running_job_tells_its_worker(
     assert message["data"] == kid("j1")
     assert await running(redis) == []
     assert await queued(redis) == []
-    assert await store.append(kid("j1"), attempt, "late") is False
+    assert await store.append(kid("j1"), attempt, "late", "*") is None
 
 
 async def test_cancel_of_a_queued_job_publishes_nothing(
@@ -667,7 +668,7 @@ async def test_replace_a_running_job_stops_its_run_and_resets_its_stream(
     redis: fakeredis.FakeAsyncRedis, store: JobStore, pubsub: PubSub
 ) -> None:
     first = await submit_and_start(store, "j1")
-    await store.append(kid("j1"), first, "ancien")
+    await store.append(kid("j1"), first, "ancien", "*")
     await pubsub.subscribe(keys.cancel_channel(MODEL))
 
     await store.submit(OWNER, [job("j1", prompt="Nouveau texte")], replace=True)
@@ -676,7 +677,7 @@ async def test_replace_a_running_job_stops_its_run_and_resets_its_stream(
     assert message is not None
     assert message["data"] == kid("j1")
     assert await running(redis) == []
-    assert await store.append(kid("j1"), first, "trop tard") is False
+    assert await store.append(kid("j1"), first, "trop tard", "*") is None
     started = await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
     assert started is not None
     assert started.attempt == 1
