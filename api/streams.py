@@ -2,18 +2,23 @@
 
 The reader blocks in a single XREAD over all followed streams on its own connection; a new
 stream interrupts it with CLIENT UNBLOCK. Each subscriber replays the history itself (XRANGE),
-then takes live entries from its queue, skipping ids it has already sent: no gap, no repeat.
+then takes live batches from its inbox, skipping ids it has already sent: no gap, no repeat.
+A live batch is shared by all the subscribers of its stream, and so are its SSE frames: encoded once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from redis.asyncio import Redis
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from shared.connection import REDIS_ERRORS
 from shared.streams import EventType, StreamEvent, parse_entries, stream_id
@@ -26,12 +31,121 @@ _ONCE_SECONDS = 5.0
 T = TypeVar("T")
 
 
+def sse_frame(event: str, event_id: str, data: Any) -> bytes:
+    """One Server-Sent Event: its type, its id (a stream id: `Last-Event-ID` resumes after it) and JSON data."""
+    return b"event: %s\nid: %s\ndata: %s\n\n" % (event.encode(), event_id.encode(), orjson.dumps(data))
+
+
+class EventStream(StreamingResponse):
+    """A `text/event-stream` response that stops at the client's disconnect like Starlette's StreamingResponse,
+    but watches for it with one asyncio task and a callback instead of an anyio task group: ~5 µs per
+    response instead of ~100, paid by a thousand subscribers together when their jobs end."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        watching, left = True, False
+
+        def on_disconnect(listener: asyncio.Future[None]) -> None:
+            nonlocal left
+            if watching and not listener.cancelled() and listener.exception() is None:
+                left = True
+                streaming.cancel()
+
+        listener = asyncio.ensure_future(_disconnect(receive))
+        listener.add_done_callback(on_disconnect)
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            streaming.uncancel()  # the client went away: the response ends here, the request task goes on
+        finally:
+            watching = False
+            listener.cancel()
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Returns once the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Batch:
+    """Events of one stream taken together (by one XREAD, or a replay), up to and including `done`."""
+
+    __slots__ = ("_frames", "done", "events", "first", "last")
+
+    def __init__(self, events: list[StreamEvent]) -> None:
+        for index, event in enumerate(events):
+            if event.type is EventType.DONE:  # nothing follows it
+                events = events[: index + 1]
+                break
+        self.events = events
+        self.first = stream_id(events[0].id)
+        self.last = stream_id(events[-1].id)
+        self.done = events[-1] if events[-1].type is EventType.DONE else None
+        self._frames: bytes | None = None
+
+    @property
+    def frames(self) -> bytes:
+        """The SSE frames of the `token` and `reset` events, made by the first subscriber that needs them."""
+        if self._frames is None:
+            frames = []
+            for event in self.events:
+                if event.type is EventType.TOKEN:
+                    frames.append(sse_frame("token", event.id, {"text": event.data}))
+                elif event.type is EventType.RESET:
+                    frames.append(sse_frame("reset", event.id, {"attempt": int(event.data)}))
+            self._frames = b"".join(frames)
+        return self._frames
+
+
+class _Inbox:
+    """The batches the reader hands one subscriber.
+
+    A list and a future: an asyncio.Queue read under `wait_for` (for keep-alives) makes a task per wait.
+    """
+
+    __slots__ = ("_waiter", "batches")
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    async def take(self, keepalive: float) -> list[Batch]:
+        """The batches that came, waiting up to `keepalive` seconds for one; [] when none came."""
+        if not self.batches:
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            timer = loop.call_later(keepalive, _wake, self._waiter)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        batches, self.batches = self.batches, []
+        return batches
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class StreamHub:
     def __init__(self, reader: Redis, redis: Redis, *, block_ms: int = 10_000) -> None:
         self._reader = reader  # a single-connection client, used only by the reading task
         self._redis = redis
         self._block_ms = block_ms
-        self._subscribers: dict[str, set[asyncio.Queue[list[StreamEvent]]]] = {}
+        self._subscribers: dict[str, set[_Inbox]] = {}
         self._positions: dict[str, str] = {}
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
@@ -65,89 +179,105 @@ class StreamHub:
         self, key: str, after: str = "0-0", keepalive: float = 15.0
     ) -> AsyncGenerator[StreamEvent | None, None]:
         """Events of stream `key` after id `after`, up to and including `done`; None means "still alive"."""
-        async with contextlib.aclosing(self.follow_batches(key, after, keepalive)) as batches:
-            async for batch in batches:
-                if not batch:
+        async with contextlib.aclosing(self._follow(key, after, keepalive)) as stream:
+            async for batches in stream:
+                if not batches:
                     yield None
-                for event in batch:
-                    yield event
+                for batch in batches:
+                    for event in batch.events:
+                        yield event
 
-    async def follow_batches(
-        self, key: str, after: str = "0-0", keepalive: float = 15.0
-    ) -> AsyncGenerator[list[StreamEvent], None]:
-        """The events of `follow`, in the batches they come in (so that a subscriber writes each batch at
-        once); an empty batch means "still alive"."""
-        queue: asyncio.Queue[list[StreamEvent]] = asyncio.Queue()
-        last = after
+    async def follow_frames(
+        self,
+        key: str,
+        done_frame: Callable[[StreamEvent], Awaitable[bytes]],
+        after: str = "0-0",
+        keepalive: float = 15.0,
+    ) -> AsyncGenerator[bytes, None]:
+        """The events of `follow` as SSE frames, whatever came at once in one piece (one socket write);
+        b"" means "still alive". The frames of a live batch are made once for all the subscribers of the
+        stream, and `done_frame(event)` (the finished job's frame: a Redis read) runs once for all of them."""
+        async with contextlib.aclosing(self._follow(key, after, keepalive)) as stream:
+            async for batches in stream:
+                frames = b"".join([batch.frames for batch in batches])
+                done = batches[-1].done if batches else None
+                if done is not None:
+                    frames += await self.once(f"{key}:{done.id}", functools.partial(done_frame, done))
+                yield frames
 
-        def fresh(events: list[StreamEvent]) -> list[StreamEvent]:
-            """The events after `last`, up to and including `done`: no repeat across replay and live."""
-            nonlocal last
-            batch = []
-            for event in events:
-                if stream_id(event.id) <= stream_id(last):
-                    continue
-                batch.append(event)
-                last = event.id
-                if event.type is EventType.DONE:
+    async def _follow(self, key: str, after: str, keepalive: float) -> AsyncGenerator[list[Batch], None]:
+        """The batches of stream `key` after id `after`, up to the one with `done`; [] means "still alive"."""
+        inbox = _Inbox()
+        last, last_id = stream_id(after), after
+
+        def fresh(batches: list[Batch]) -> list[Batch]:
+            """The events after `last`, up to `done`: no repeat across replay and live."""
+            nonlocal last, last_id
+            kept = []
+            for batch in batches:
+                if batch.first <= last:
+                    events = [event for event in batch.events if stream_id(event.id) > last]
+                    if not events:
+                        continue
+                    batch = Batch(events)
+                kept.append(batch)
+                last, last_id = batch.last, batch.events[-1].id
+                if batch.done is not None:
                     break
-            return batch
+            return kept
 
-        def ended(batch: list[StreamEvent]) -> bool:
-            return bool(batch) and batch[-1].type is EventType.DONE
+        def ended(batches: list[Batch]) -> bool:
+            return bool(batches) and batches[-1].done is not None
 
         try:
-            batch = fresh(await self._history(key, last, "+"))
-            if batch:
-                yield batch
-            if ended(batch):
+            batches = fresh(await self._history(key, after, "+"))
+            if batches:
+                yield batches
+            if ended(batches):
                 return
-            position = self._subscribe(key, queue, last)
-            if stream_id(position) > stream_id(last):
+            position = self._subscribe(key, inbox, last_id)
+            if stream_id(position) > last:
                 # The reader is already past our replay: fill the gap from history.
-                batch = fresh(await self._history(key, last, position))
-                if batch:
-                    yield batch
-                if ended(batch):
+                batches = fresh(await self._history(key, last_id, position))
+                if batches:
+                    yield batches
+                if ended(batches):
                     return
             while True:
-                try:
-                    events = await asyncio.wait_for(queue.get(), keepalive)
-                except TimeoutError:
+                taken = await inbox.take(keepalive)
+                if not taken:
                     yield []
                     continue
-                while not queue.empty():  # whatever else already came goes out in the same write
-                    events = events + queue.get_nowait()
-                batch = fresh(events)
-                if batch:
-                    yield batch
-                if ended(batch):
+                batches = fresh(taken)
+                if batches:
+                    yield batches
+                if ended(batches):
                     return
         finally:
-            self._unsubscribe(key, queue)
+            self._unsubscribe(key, inbox)
 
-    async def _history(self, key: str, after: str, until: str) -> list[StreamEvent]:
+    async def _history(self, key: str, after: str, until: str) -> list[Batch]:
         events: list[StreamEvent] = []
         while True:
             entries = await self._redis.xrange(key, min=f"({after}", max=until, count=_PAGE)
             events += parse_entries(entries)
             if len(entries) < _PAGE:
-                return events
+                return [Batch(events)] if events else []
             after = entries[-1][0]
 
-    def _subscribe(self, key: str, queue: asyncio.Queue[list[StreamEvent]], after: str) -> str:
-        self._subscribers.setdefault(key, set()).add(queue)
+    def _subscribe(self, key: str, inbox: _Inbox, after: str) -> str:
+        self._subscribers.setdefault(key, set()).add(inbox)
         if key not in self._positions:
             self._positions[key] = after
             self._changed.set()
             self._interrupt()
         return self._positions[key]
 
-    def _unsubscribe(self, key: str, queue: asyncio.Queue[list[StreamEvent]]) -> None:
+    def _unsubscribe(self, key: str, inbox: _Inbox) -> None:
         subscribers = self._subscribers.get(key)
         if subscribers is None:
             return
-        subscribers.discard(queue)
+        subscribers.discard(inbox)
         if not subscribers:
             del self._subscribers[key]
             self._positions.pop(key, None)
@@ -192,6 +322,6 @@ class StreamHub:
                 if key not in self._positions or not entries:
                     continue
                 self._positions[key] = entries[-1][0]
-                events = parse_entries(entries)
-                for queue in self._subscribers.get(key, ()):
-                    queue.put_nowait(events)
+                batch = Batch(parse_entries(entries))
+                for inbox in self._subscribers.get(key, ()):
+                    inbox.put(batch)

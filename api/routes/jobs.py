@@ -6,19 +6,19 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from api.body import invalid, one_or_many_schema, parse_one_or_many
 from api.deps import HubDep, OwnerDep, SettingsDep, StoreDep
 from api.responses import JSONResponse
+from api.streams import EventStream, sse_frame
 from shared import keys
 from shared.errors import UnknownModel
 from shared.models import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Limits, public_job
 from shared.settings import Settings
-from shared.streams import EventType, StreamEvent, stream_id
+from shared.streams import StreamEvent, stream_id
 from shared.templates import template_names
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -92,13 +92,9 @@ async def cancel_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> Res
     return JSONResponse(public_job(await store.cancel(owner, job_id)))
 
 
-def _frame(event: str, event_id: str, data: Any) -> bytes:
-    return b"event: %s\nid: %s\ndata: %s\n\n" % (event.encode(), event_id.encode(), orjson.dumps(data))
-
-
 @router.get(
     "/{job_id}/events",
-    response_class=StreamingResponse,
+    response_class=EventStream,
     responses={
         200: {
             "content": {"text/event-stream": {}},
@@ -114,7 +110,7 @@ async def job_events(
     hub: HubDep,
     owner: OwnerDep,
     last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Follow the job as Server-Sent Events: the tokens so far, then live ones, then the finished job."""
     record = await store.get(owner, job_id)
     after = "0-0"
@@ -131,32 +127,22 @@ async def job_events(
         # The stream outlived STREAM_TTL: replay the whole text as one chunk.
         return _sse(_replay_finished(public_job(record)))
 
-    async def frame(event: StreamEvent) -> bytes:
-        if event.type is EventType.DONE:
-            record = await hub.once(f"{stream}:{event.id}", lambda: store.get(owner, job_id))
-            return _frame("done", event.id, public_job(record))
-        if event.type is EventType.RESET:
-            return _frame("reset", event.id, {"attempt": int(event.data)})
-        return _frame("token", event.id, {"text": event.data})
+    async def done_frame(event: StreamEvent) -> bytes:
+        return sse_frame("done", event.id, public_job(await store.get(owner, job_id)))
 
     async def events() -> AsyncIterator[bytes]:
-        # One write per batch of events, not one per event: what a thousand subscribers cost the API.
-        async with contextlib.aclosing(hub.follow_batches(stream, after)) as batches:
-            async for batch in batches:
-                yield b"".join([await frame(event) for event in batch]) if batch else b": keep-alive\n\n"
+        async with contextlib.aclosing(hub.follow_frames(stream, done_frame, after)) as frames:
+            async for chunk in frames:
+                yield chunk or b": keep-alive\n\n"
 
     return _sse(events())
 
 
 async def _replay_finished(job: dict[str, Any]) -> AsyncIterator[bytes]:
     if job["result"] is not None:
-        yield _frame("token", "0-1", {"text": job["result"]["text"]})
-    yield _frame("done", "0-2", job)
+        yield sse_frame("token", "0-1", {"text": job["result"]["text"]})
+    yield sse_frame("done", "0-2", job)
 
 
-def _sse(body: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(
-        body,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+def _sse(body: AsyncIterator[bytes]) -> EventStream:
+    return EventStream(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
