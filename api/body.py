@@ -53,7 +53,10 @@ def one_or_many_schema(model: type[BaseModel]) -> dict[str, Any]:
     _COMPONENTS[model.__name__] = schema
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     body = {"oneOf": [ref, {"type": "array", "items": ref}]}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"422": {"description": "The body is invalid; `loc` names the field (and the item's index)"}},
+    }
 
 
 def add_components(openapi: dict[str, Any]) -> dict[str, Any]:

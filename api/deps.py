@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypedDict
+from typing import Annotated, Any, TypedDict
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from api.auth import Caller, KeyRing
 from api.limits import RateLimiter
@@ -54,20 +54,24 @@ async def _batches(request: Request) -> BatchStore:
     return batches
 
 
-async def _caller(
-    request: Request,
-    authorization: Annotated[str | None, Header(description="`Bearer <API key>`")] = None,
-) -> Caller:
+async def _caller(request: Request) -> Caller:
+    """The caller, from the `Authorization` header, counted against its rate limit.
+
+    The header is read here rather than declared as a parameter: FastAPI resolves a declared header, and a
+    dependency depending on another, on every request of the hot routes. OpenAPI documents it as the
+    `APIKey` security scheme (api/main.py), on every route not marked `PUBLIC`. A route takes `CallerDep`
+    or `OwnerDep`, never both (the rate limit would count the request twice).
+    """
     keyring: KeyRing = request.state.keyring
     limiter: RateLimiter = request.state.limiter
-    caller = keyring.authenticate(authorization)
+    caller = keyring.authenticate(request.headers.get("authorization"))
     await limiter.check(caller.owner)
     return caller
 
 
-async def _owner(caller: Annotated[Caller, Depends(_caller)]) -> str:
+async def _owner(request: Request) -> str:
     """The namespace of the caller's jobs."""
-    return caller.owner
+    return (await _caller(request)).owner
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -75,6 +79,8 @@ StoreDep = Annotated[JobStore, Depends(_store)]
 HubDep = Annotated[StreamHub, Depends(_hub)]
 FilesDep = Annotated[FileStore, Depends(_files)]
 BatchesDep = Annotated[BatchStore, Depends(_batches)]
+PUBLIC: dict[str, Any] = {"security": []}
+"""`openapi_extra` of the routes that need no API key; OpenAPI documents every other one with `APIKey`."""
 AUTHENTICATED = Depends(_caller)
 """For routers whose routes need an API key but not the caller."""
 CallerDep = Annotated[Caller, Depends(_caller)]

@@ -91,17 +91,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_compatible.router)
     app.include_router(legacy.router)
     app.include_router(health.router)
-    _document_hand_parsed_bodies(app)
+    _complete_openapi(app)
     return app
 
 
-def _document_hand_parsed_bodies(app: FastAPI) -> None:
-    """Add the schemas of the bodies the routes parse themselves (one item or an array) to OpenAPI."""
+def _complete_openapi(app: FastAPI) -> None:
+    """Add to OpenAPI what FastAPI cannot see: the schemas of the bodies the routes parse themselves (one
+    item or an array), and the API key, which the routes read from the request (api/deps.py)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_components(generate())
+            schema = add_components(generate())
+            schema["components"]["securitySchemes"] = {
+                "APIKey": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <API key>`"}
+            }
+            schema["security"] = [{"APIKey": []}]  # but for the routes marked `PUBLIC`
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    if operation.get("security") != []:
+                        operation["responses"].setdefault("401", {"description": "Missing or invalid API key"})
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from api.auth import Caller, Unauthorized
-from api.deps import CallerDep, SettingsDep, StoreDep
+from api.deps import PUBLIC, CallerDep, SettingsDep, StoreDep
 from shared import keys
 from shared.models import now_ms
 
@@ -35,7 +35,7 @@ async def _operator(caller: CallerDep, settings: SettingsDep) -> Caller:
 Operator = Annotated[Caller, Depends(_operator)]
 
 
-@router.get("", response_class=HTMLResponse)
+@router.get("", response_class=HTMLResponse, openapi_extra=PUBLIC)
 async def dashboard_page() -> HTMLResponse:
     """The dashboard page (it asks for an API key, then polls /dashboard/data)."""
     page = resources.files("api").joinpath("static/dashboard.html").read_text(encoding="utf-8")

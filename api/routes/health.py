@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import SettingsDep, StoreDep
+from api.deps import PUBLIC, SettingsDep, StoreDep
 from api.responses import JSONResponse
 from shared.connection import REDIS_ERRORS
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get("/health", openapi_extra=PUBLIC)
 async def health(settings: SettingsDep) -> dict[str, str]:
     """The process is up."""
     return {"status": "ok", "version": settings.APP_VERSION}
 
 
-@router.get("/ready", responses={503: {"description": "Redis is unreachable"}})
+@router.get("/ready", openapi_extra=PUBLIC, responses={503: {"description": "Redis is unreachable"}})
 async def ready(store: StoreDep) -> JSONResponse:
     """The process can serve requests: Redis answers."""
     try:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.body import one_or_many_schema, parse_one_or_many
-from api.deps import OwnerDep, SettingsDep, StoreDep
+from api.deps import PUBLIC, OwnerDep, SettingsDep, StoreDep
 from api.responses import JSONResponse
 from shared.models import GenerationParams, JobCreate, JobId, JobStatus, Limits
 
@@ -105,7 +105,7 @@ async def get_answers(request: Request, settings: SettingsDep, store: StoreDep, 
     return JSONResponse({"body": {"generated_answer": answer["generated_answer"]}})
 
 
-@router.get("/healthcheck")
+@router.get("/healthcheck", openapi_extra=PUBLIC)
 async def healthcheck(settings: SettingsDep) -> dict[str, str]:
     """The old API's liveness probe."""
     return {"msg": "OK", "version": settings.APP_VERSION}

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.deps import SettingsDep, StoreDep
+from api.deps import PUBLIC, SettingsDep, StoreDep
 from shared.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get("/metrics", response_class=Response, openapi_extra=PUBLIC, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request, settings: SettingsDep, store: StoreDep) -> Response:
     """Prometheus text: HTTP requests, jobs submitted, and each model's queue depth, running jobs and workers."""
     registry: ApiMetrics = request.state.metrics

@@ -64,6 +64,35 @@ def test_health_and_readiness_need_no_key(anonymous: httpx.Client, path: str) ->
     assert anonymous.get(path).status_code == 200
 
 
+def test_openapi_says_which_operations_need_a_key(anonymous: httpx.Client) -> None:
+    """Every operation documented with the APIKey scheme answers 401 without a key; the others don't."""
+    document = anonymous.get("/openapi.json").json()
+    assert document["security"] == [{"APIKey": []}]
+    assert document["components"]["securitySchemes"]["APIKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer <API key>`",
+    }
+    public: list[tuple[str, str, int]] = []
+    protected: list[tuple[str, str, int]] = []
+    for template, operations in document["paths"].items():
+        path = template.replace("{", "").replace("}", "")  # /v1/jobs/{job_id} → /v1/jobs/job_id
+        for method, operation in operations.items():
+            status = anonymous.request(method, path, json={"prompt": "x"}).status_code
+            needs_key = operation.get("security", document["security"]) != []
+            (protected if needs_key else public).append((method, template, status))
+    assert sorted((method, path) for method, path, _ in public) == [
+        ("get", "/dashboard"),
+        ("get", "/health"),
+        ("get", "/healthcheck"),
+        ("get", "/metrics"),
+        ("get", "/ready"),
+    ]
+    assert [item for item in public if item[2] == 401] == []
+    assert len(protected) > 15
+    assert [item for item in protected if item[2] != 401] == []
+
+
 def test_the_same_id_from_two_clients_names_two_jobs(stack: Stack) -> None:
     alice = stack.http.post("/v1/jobs", json={"id": "shared-id", "prompt": "Alice demande"})
     bob = stack.http.post("/v1/jobs", json={"id": "shared-id", "prompt": "Bob demande autre chose"}, headers=BOB)
