@@ -6,6 +6,7 @@ the owner is a digest naming the client (api/auth.py), never its key.
 
 from __future__ import annotations
 
+import random
 import uuid
 
 PREFIX = "spp"
@@ -33,7 +34,17 @@ def arq_id(kid: str) -> str:
     Not the key id itself: a job replaced by a resubmission must not share arq's keys (definition,
     in-progress, retry) with the generation it replaces, which arq is still finishing.
     """
-    return f"{kid}#{uuid.uuid4().hex[:12]}"
+    return f"{kid}#{random.getrandbits(48):012x}"
+
+
+def new_job_id() -> str:
+    """The id of a job submitted without one: a random UUID (version 4).
+
+    Drawn from Python's generator (seeded from os.urandom, and again in a forked child) rather than by
+    `uuid.uuid4()`, which reads os.urandom on every call: a system call, 18 % of the API's time for an array
+    of 1,000 jobs (with `arq_id`). Ids must be unique, not secret: a job is reached only with its owner's key.
+    """
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def job(kid: str) -> str:

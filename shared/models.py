@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import time
 from datetime import UTC, datetime
@@ -159,9 +160,15 @@ def now_ms() -> int:
 
 
 def _iso(ms: str | None) -> str | None:
-    """ISO 8601 in UTC, to the ms, of a record's timestamp (ms since the epoch): half the time of datetime's."""
     if not ms:
         return None
+    return _iso_of(ms)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_of(ms: str) -> str:
+    """ISO 8601 in UTC, to the ms, of a record's timestamp (ms since the epoch), with strftime: half the time of
+    datetime's. Remembered: the jobs of an array share their `created_at`, and polled jobs their dates."""
     since_epoch = int(ms)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since_epoch // 1000)) + f".{since_epoch % 1000:03d}Z"
 

@@ -250,7 +250,8 @@ class Settings(BaseSettings):
 
     @property
     def default_model(self) -> str:
-        return self.models[0]
+        """The first model of LLM_TABLE (`models[0]`, without building the list: once per submitted job)."""
+        return self.LLM_TABLE[0].model
 
     def backends_for(self, model: str) -> list[Backend]:
         return [backend for backend in self.LLM_TABLE if backend.model == model]

@@ -6,7 +6,6 @@ and each costs one round trip. The job record (`keys.job`) is the truth; arq onl
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,7 +138,7 @@ class JobStore:
         fresh: list[dict[str, str]] = []
         for job in jobs:
             request = self.generation_request(job)
-            job_id = job.id or str(uuid.uuid4())
+            job_id = job.id or keys.new_job_id()
             kid = keys.key_id(owner, job_id)
             arq_id = keys.arq_id(kid)
             record = {
