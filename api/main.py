@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         finally:
             await batch_store.stop()
+            await store.aclose()
             await hub.stop()
             await file_bytes.aclose()
             await redis.aclose()

@@ -87,7 +87,10 @@ class Settings(BaseSettings):
     )
     RATE_LIMIT_BURST: int = Field(40, ge=1, description="Requests a key may send at once above its rate.")
     API_REDIS_CONNECTIONS: int = Field(
-        4, ge=2, description="Redis connections of one API process (requests wait for a free one, never fail)."
+        3,
+        ge=2,
+        description="Pooled Redis connections of one API process (requests wait for a free one, never fail); reading "
+        "and submitting jobs share one more, SSE subscribers one reader: 5 in all.",
     )
     MAX_BODY_BYTES: int = Field(32 * 2**20, ge=1024, description="Largest request body (file uploads aside).")
     DASHBOARD_CLIENTS: str = Field(

@@ -26,6 +26,7 @@ from shared.models import (
     fingerprint,
     now_ms,
 )
+from shared.multiplex import SharedConnection
 from shared.scripts import load_script
 from shared.settings import Settings
 from shared.templates import render_prompt
@@ -80,6 +81,8 @@ class JobStore:
         self.settings = settings
         self._on_created = on_created
         """Called with (model, number of jobs) for the jobs a submission created: the API's metrics."""
+        self._shared = SharedConnection(redis)
+        """The hot commands of the API (get, submit) share one pipelined connection, opened at their first use."""
         self._submit = load_script(redis, "submit")
         self._cancel = load_script(redis, "cancel")
         self._start = load_script(redis, "start")
@@ -87,6 +90,10 @@ class JobStore:
         self._finish = load_script(redis, "finish")
         self._requeue = load_script(redis, "requeue")
         self._heartbeat = load_script(redis, "heartbeat")
+
+    async def aclose(self) -> None:
+        """Close the store's shared connection (not the client it was given)."""
+        await self._shared.aclose()
 
     # ---- API side -------------------------------------------------------------------------------
 
@@ -161,7 +168,7 @@ class JobStore:
             for field, value in record.items():
                 args += [field, value]
             fresh.append(record | {"created_at": str(now), "run": "0"})
-        reply = await self._submit(keys=script_keys, args=args)
+        reply = await self._shared.evalsha(self._submit, script_keys, args)
         if reply[0] == "conflict":
             raise JobConflict(keys.split_key_id(reply[1])[1])
         if reply[0] == "full":
@@ -176,10 +183,10 @@ class JobStore:
         return submitted
 
     async def get(self, owner: str, job_id: str) -> dict[str, str]:
-        record: dict[str, str] = await self.redis.hgetall(keys.job(keys.key_id(owner, job_id)))  # type: ignore[misc]
-        if not record:
+        flat = await self._shared.execute("HGETALL", keys.job(keys.key_id(owner, job_id)))
+        if not flat:
             raise JobNotFound(job_id)
-        return record
+        return _pairs(flat)
 
     async def get_many(self, owner: str, job_ids: list[str]) -> list[dict[str, str] | None]:
         """The records of `job_ids` (None where unknown), in one round trip."""

@@ -23,7 +23,9 @@ OWNER = "owner1"
 async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
     redis = Redis.from_url(redis_server.url, decode_responses=True)
     await redis.flushdb()
-    yield JobStore(redis, make_settings())
+    store = JobStore(redis, make_settings())
+    yield store
+    await store.aclose()
     await redis.aclose()
 
 

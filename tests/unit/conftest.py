@@ -49,9 +49,26 @@ async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
     await client.aclose()
 
 
+StoreFactory = Callable[[Settings], JobStore]
+
+
 @pytest.fixture
-async def store(redis: fakeredis.FakeAsyncRedis, settings: Settings) -> JobStore:
-    return JobStore(redis, settings)
+async def make_store(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[StoreFactory]:
+    """Job stores on the test's Redis, closed after the test (each may hold a shared connection)."""
+    stores: list[JobStore] = []
+
+    def make(settings: Settings) -> JobStore:
+        stores.append(JobStore(redis, settings))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        await store.aclose()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory, settings: Settings) -> JobStore:
+    return make_store(settings)
 
 
 # ---- mock model servers -----------------------------------------------------------------------------------

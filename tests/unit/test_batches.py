@@ -185,7 +185,9 @@ async def stores(settings: Settings) -> AsyncIterator[tuple[FileStore, BatchStor
     redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
     raw_redis = fakeredis.FakeAsyncRedis(server=server)
     files = FileStore(redis, raw_redis, settings)
-    yield files, BatchStore(JobStore(redis, settings), files)
+    store = JobStore(redis, settings)
+    yield files, BatchStore(store, files)
+    await store.aclose()
     await redis.aclose()
     await raw_redis.aclose()
 

@@ -93,11 +93,13 @@ async def job_ctx(spp: WorkerContext) -> dict[str, Any]:
 async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
     """Builds a worker context on the in-memory Redis and a mock server, with `job j1` submitted."""
     clients: list[ModelClient] = []
+    stores: list[JobStore] = []
 
     async def build(server: MockServer, **overrides: Any) -> WorkerContext:
         table = f'[["{MODEL}", "{server.url}"]]'
         settings = make_settings(**{"LLM_TABLE": table, "STREAM_FLUSH_MS": 0, "RETRY_BACKOFF": 2.0} | overrides)
         store = WatchedStore(redis, settings)
+        stores.append(store)
         client = ModelClient(settings, MODEL)
         clients.append(client)
         await store.submit(OWNER, [JobCreate(id="j1", prompt="Quel temps ?")])
@@ -106,6 +108,8 @@ async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeCon
     yield build
     for client in clients:
         await client.aclose()
+    for store in stores:
+        await store.aclose()
 
 
 async def record(spp: WorkerContext) -> dict[str, str]:

@@ -81,11 +81,12 @@ MakeContext = Callable[..., Awaitable[WorkerContext]]
 async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
     """A worker context on the in-memory Redis and a mock server, with job j1 submitted."""
     clients: list[ModelClient] = []
+    stores: list[FlakyStore] = []
 
     async def build(server: MockServer, **overrides: Any) -> WorkerContext:
         table = f'[["{MODEL}", "{server.url}"]]'
         settings = make_settings(**{"LLM_TABLE": table, "STREAM_FLUSH_MS": 0, "RETRY_BACKOFF": 0.01} | overrides)
-        store = FlakyStore(redis, settings)
+        stores.append(store := FlakyStore(redis, settings))
         clients.append(client := ModelClient(settings, MODEL))
         await store.submit(OWNER, [JobCreate(id="j1", prompt="Quel temps ?")])
         return WorkerContext(settings=settings, model=MODEL, worker_id="host:1", store=store, client=client)
@@ -93,6 +94,8 @@ async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeCon
     yield build
     for client in clients:
         await client.aclose()
+    for store in stores:
+        await store.aclose()
 
 
 async def run(spp: WorkerContext) -> None:

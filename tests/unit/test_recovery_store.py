@@ -16,7 +16,7 @@ from shared.models import JobCreate, JobResult, Usage, now_ms
 from shared.settings import Settings
 from shared.store import JobStore
 from shared.streams import next_id, stream_id
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL, StoreFactory, make_settings
 
 OWNER = "owner1"
 WORKER = "host:1"
@@ -125,8 +125,10 @@ async def test_sweep_leaves_jobs_whose_heartbeat_is_alive(redis: fakeredis.FakeA
     assert await redis.zrange(keys.running(MODEL), 0, -1) == [kid("live")]
 
 
-async def test_two_sweepers_hand_a_job_back_once(redis: fakeredis.FakeAsyncRedis, settings: Settings) -> None:
-    first, second = JobStore(redis, settings), JobStore(redis, settings)
+async def test_two_sweepers_hand_a_job_back_once(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory, settings: Settings
+) -> None:
+    first, second = make_store(settings), make_store(settings)
     await start(first, "j1")
     await expire(redis, "j1")
 
@@ -224,8 +226,10 @@ async def test_requeue_by_a_stale_run_changes_nothing(redis: fakeredis.FakeAsync
 # ---- heartbeat --------------------------------------------------------------------------------------------
 
 
-async def test_heartbeat_keeps_arq_in_progress_key_alive(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(WORKER_HEARTBEAT=2.0))
+async def test_heartbeat_keeps_arq_in_progress_key_alive(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory
+) -> None:
+    store = make_store(make_settings(WORKER_HEARTBEAT=2.0))
     run = await start(store, "j1")
     in_progress = keys.arq_in_progress((await record(redis, "j1"))["arq"])
     await redis.set(in_progress, "1", px=100)

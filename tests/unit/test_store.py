@@ -14,9 +14,10 @@ from redis.commands.core import AsyncScript
 from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
 from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
+from shared.multiplex import SharedConnection
 from shared.settings import Settings
 from shared.store import INTERACTIVE_HEAD_START_MS, JobStore
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL, StoreFactory, make_settings
 
 OWNER = "owner1"
 WORKER = "host:1"
@@ -88,7 +89,8 @@ async def pubsub(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[PubSub]:
 
 @pytest.fixture
 async def commands(redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the Redis commands sent from now on (the scripts are loaded beforehand)."""
+    """The names of the Redis commands sent from now on, by the client or the store's shared connection (the
+    scripts are loaded beforehand)."""
     for script in vars(store).values():
         if isinstance(script, AsyncScript):
             await redis.script_load(script.script)
@@ -100,6 +102,13 @@ async def commands(redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch
         return await execute(*args, **options)  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(redis, "execute_command", spy)
+    shared_execute = SharedConnection.execute
+
+    async def shared_spy(self: SharedConnection, *args: Any) -> Any:
+        sent.append(str(args[0]).upper())
+        return await shared_execute(self, *args)
+
+    monkeypatch.setattr(SharedConnection, "execute", shared_spy)
     return sent
 
 
@@ -136,8 +145,10 @@ async def test_submit_stores_the_record_the_arq_definition_and_the_queue_entry(
     assert score == int(stored["created_at"]) - INTERACTIVE_HEAD_START_MS
 
 
-async def test_submit_uses_the_default_max_tokens_and_a_generated_id(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(DEFAULT_MAX_TOKENS=33))
+async def test_submit_uses_the_default_max_tokens_and_a_generated_id(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory
+) -> None:
+    store = make_store(make_settings(DEFAULT_MAX_TOKENS=33))
 
     (submitted,) = await store.submit(OWNER, [job(None)])
 
@@ -229,8 +240,8 @@ async def test_different_body_under_the_same_id_conflicts_and_stores_nothing_of_
     assert sorted(await redis.keys("*")) == sorted([keys.job(kid("j1")), arq_job, keys.queue(MODEL)])
 
 
-async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=3))
+async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory) -> None:
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=3))
     await store.submit(OWNER, [job("j1"), job("j2")])
 
     with pytest.raises(QueueFull) as info:
@@ -244,8 +255,9 @@ async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedi
 
 async def test_full_queue_still_accepts_up_to_the_limit_and_identical_resubmissions(
     redis: fakeredis.FakeAsyncRedis,
+    make_store: StoreFactory,
 ) -> None:
-    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=2))
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=2))
     await store.submit(OWNER, [job("j1"), job("j2")])
 
     submitted = await store.submit(OWNER, [job("j1"), job("j2")])
@@ -253,8 +265,8 @@ async def test_full_queue_still_accepts_up_to_the_limit_and_identical_resubmissi
     assert [item.created for item in submitted] == [False, False]
 
 
-async def test_queue_depth_is_counted_per_model(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=1, LLM_TABLE='[["a", "http://a"], ["b", "http://b"]]'))
+async def test_queue_depth_is_counted_per_model(redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory) -> None:
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=1, LLM_TABLE='[["a", "http://a"], ["b", "http://b"]]'))
 
     submitted = await store.submit(OWNER, [job("j1", model="a"), job("j2", model="b")])
 
@@ -264,8 +276,10 @@ async def test_queue_depth_is_counted_per_model(redis: fakeredis.FakeAsyncRedis)
     assert info.value.model == "b"
 
 
-async def test_unlimited_queue_when_max_queue_depth_is_zero(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=0))
+async def test_unlimited_queue_when_max_queue_depth_is_zero(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory
+) -> None:
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=0))
 
     submitted = await store.submit(OWNER, [job(f"j{n}") for n in range(50)])
 
@@ -403,8 +417,8 @@ async def test_append_to_a_queued_job_writes_nothing(redis: fakeredis.FakeAsyncR
 # ---- finish, requeue --------------------------------------------------------------------------------------
 
 
-async def test_finish_with_a_result_closes_the_job(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(RESULT_TTL=5000, STREAM_TTL=300))
+async def test_finish_with_a_result_closes_the_job(redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory) -> None:
+    store = make_store(make_settings(RESULT_TTL=5000, STREAM_TTL=300))
     attempt = await submit_and_start(store)
     await store.append(kid("j1"), attempt, "Bon", "*")
 
@@ -503,8 +517,10 @@ async def test_requeue_by_a_stale_attempt_changes_nothing(redis: fakeredis.FakeA
 # ---- cancel -----------------------------------------------------------------------------------------------
 
 
-async def test_cancel_of_a_queued_job_removes_it_from_the_queue(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(RESULT_TTL=5000, STREAM_TTL=300))
+async def test_cancel_of_a_queued_job_removes_it_from_the_queue(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory
+) -> None:
+    store = make_store(make_settings(RESULT_TTL=5000, STREAM_TTL=300))
     await store.submit(OWNER, [job("j1"), job("j2")])
 
     cancelled = await store.cancel(OWNER, "j1")
@@ -711,8 +727,10 @@ async def test_interactive_jobs_run_before_background_jobs_queued_earlier(
     assert await queued(redis) == [kid("live"), kid("batch-1"), kid("batch-2")]
 
 
-async def test_background_jobs_ignore_the_queue_depth_limit(redis: fakeredis.FakeAsyncRedis) -> None:
-    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=1))
+async def test_background_jobs_ignore_the_queue_depth_limit(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory
+) -> None:
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=1))
     await store.submit(OWNER, [job("b1"), job("b2"), job("b3")], background=True)
 
     assert len(await queued(redis)) == 3
