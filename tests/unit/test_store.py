@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -150,10 +151,12 @@ async def test_submit_uses_the_default_max_tokens_and_a_generated_id(
 ) -> None:
     store = make_store(make_settings(DEFAULT_MAX_TOKENS=33))
 
-    (submitted,) = await store.submit(OWNER, [job(None)])
+    submitted, other = await store.submit(OWNER, [job(None), job(None)])
 
     job_id = submitted.record["id"]
-    assert job_id
+    assert str(uuid.UUID(job_id)) == job_id
+    assert (uuid.UUID(job_id).version, uuid.UUID(job_id).variant) == (4, uuid.RFC_4122)
+    assert other.record["id"] != job_id
     assert orjson.loads((await record(redis, kid(job_id)))["request"])["max_tokens"] == 33
 
 
