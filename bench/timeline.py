@@ -19,6 +19,7 @@ import uvloop
 from bench import latency
 from bench.commands import Monitor
 from bench.common import Processes, percentile
+from shared.scripts import script_source
 
 STAGES = [
     ("POST sent -> submit script", "client", "submit", "API: HTTP, auth, validation, dependencies"),
@@ -36,7 +37,8 @@ def script_names() -> dict[str, str]:
     names: dict[str, str] = {}
     for path in resources.files("shared").joinpath("lua").iterdir():
         if path.name.endswith(".lua"):
-            names[hashlib.sha1(path.read_text().encode()).hexdigest()] = path.name.removesuffix(".lua")
+            name = path.name.removesuffix(".lua")
+            names[hashlib.sha1(script_source(name).encode()).hexdigest()] = name
     return names
 
 

@@ -15,11 +15,12 @@ from redis.commands.core import AsyncScript
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
 
 
-def _source(name: str) -> str:
+def script_source(name: str) -> str:
+    """The text of shared/lua/`name`.lua as Redis runs it (its EVALSHA names the SHA1 of this), includes expanded."""
     text = resources.files("shared").joinpath(f"lua/{name}.lua").read_text()
-    return _INCLUDE.sub(lambda match: _source(match[1]), text)
+    return _INCLUDE.sub(lambda match: script_source(match[1]), text)
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """shared/lua/`name`.lua, its includes expanded, registered on `redis`."""
-    return redis.register_script(_source(name))
+    return redis.register_script(script_source(name))
