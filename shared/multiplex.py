@@ -67,7 +67,10 @@ class SharedConnection:
             self._connection = None
 
     async def _execute(self, args: tuple[Any, ...]) -> Any:
-        command = hiredis.pack_command(args)
+        try:
+            command = hiredis.pack_command(args)
+        except TypeError as error:  # as redis-py says it: bool, None...
+            raise exceptions.DataError(f"{error}: {args[0]} {[type(arg).__name__ for arg in args[1:]]}") from None
         connection = self._connection or await self._connect()
         if not connection.is_connected:  # it failed, and its reader has not dropped it yet
             raise exceptions.ConnectionError("shared connection lost")

@@ -55,6 +55,7 @@ async def test_an_error_reply_fails_its_command_only(client: Redis, shared: Shar
     results = await asyncio.gather(
         shared.execute("HGETALL", "hash"),
         shared.execute("HGETALL", "text"),
+        shared.execute("SET", "flag", True),
         shared.execute("GET", "text"),
         return_exceptions=True,
     )
@@ -62,7 +63,10 @@ async def test_an_error_reply_fails_its_command_only(client: Redis, shared: Shar
     assert results[0] == ["f", "v"]
     assert isinstance(results[1], redis_errors.ResponseError)
     assert "WRONGTYPE" in str(results[1])
-    assert results[2] == "x"
+    assert isinstance(results[2], redis_errors.DataError)  # refused before anything is sent
+    assert "bool" in str(results[2])
+    assert results[3] == "x"
+    assert await client.exists("flag") == 0
 
 
 async def test_a_cancelled_command_does_not_shift_the_replies_of_the_others(
