@@ -5,6 +5,7 @@ and mock model servers (real HTTP servers on 127.0.0.1 answering with scripted r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,8 +16,11 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from shared.models import JobCreate
 from shared.settings import Settings
 from shared.store import JobStore
+from worker.backends import ModelClient
+from worker.context import WorkerContext
 
 MODEL = "test-model"
 BACKEND_URL = "http://backend.test"
@@ -204,3 +208,35 @@ async def serve() -> AsyncIterator[Serve]:
     yield start
     for server in servers:
         await server.close()
+
+
+# ---- worker contexts ---------------------------------------------------------------------------------------
+
+MakeContext = Callable[..., Awaitable[WorkerContext]]
+"""(mock server, **settings) -> a worker context whose model is served by the mock server."""
+
+
+@contextlib.asynccontextmanager
+async def worker_contexts(
+    redis: fakeredis.FakeAsyncRedis, store_class: type[JobStore], owner: str, **defaults: Any
+) -> AsyncIterator[MakeContext]:
+    """Builds worker contexts on the in-memory Redis, each with job `j1` of `owner` submitted (settings:
+    `defaults`, then the build's own); closes their model clients and stores at the end."""
+    clients: list[ModelClient] = []
+    stores: list[JobStore] = []
+
+    async def build(server: MockServer, **overrides: Any) -> WorkerContext:
+        table = f'[["{MODEL}", "{server.url}"]]'
+        settings = make_settings(**{"LLM_TABLE": table, "STREAM_FLUSH_MS": 0} | defaults | overrides)
+        stores.append(store := store_class(redis, settings))
+        clients.append(client := ModelClient(settings, MODEL))
+        await store.submit(owner, [JobCreate(id="j1", prompt="Quel temps ?")])
+        return WorkerContext(settings=settings, model=MODEL, worker_id="host:1", store=store, client=client)
+
+    try:
+        yield build
+    finally:
+        for client in clients:
+            await client.aclose()
+        for store in stores:
+            await store.aclose()

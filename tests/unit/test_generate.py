@@ -11,11 +11,19 @@ import orjson
 import pytest
 
 from shared import keys
-from shared.models import JobCreate, now_ms
+from shared.models import now_ms
 from shared.settings import Settings
 from shared.store import JobStore
-from tests.unit.conftest import MODEL, Answer, MockServer, Serve, forever, make_settings, reply, stream
-from worker.backends import ModelClient
+from tests.unit.conftest import (
+    MODEL,
+    Answer,
+    MakeContext,
+    Serve,
+    forever,
+    reply,
+    stream,
+    worker_contexts,
+)
 from worker.context import WorkerContext
 from worker.generate import AttemptLost, TokenWriter, generate
 
@@ -75,9 +83,6 @@ def first_append(spp: WorkerContext) -> Callable[[], Awaitable[object]]:
     return store.appended.wait
 
 
-MakeContext = Callable[..., Awaitable[WorkerContext]]
-
-
 async def arq_of(store: JobStore, kid: str) -> str:
     """The arq job id the submission of `kid` queued."""
     arq_id: str = await store.redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
@@ -92,24 +97,8 @@ async def job_ctx(spp: WorkerContext) -> dict[str, Any]:
 @pytest.fixture
 async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
     """Builds a worker context on the in-memory Redis and a mock server, with `job j1` submitted."""
-    clients: list[ModelClient] = []
-    stores: list[JobStore] = []
-
-    async def build(server: MockServer, **overrides: Any) -> WorkerContext:
-        table = f'[["{MODEL}", "{server.url}"]]'
-        settings = make_settings(**{"LLM_TABLE": table, "STREAM_FLUSH_MS": 0, "RETRY_BACKOFF": 2.0} | overrides)
-        store = WatchedStore(redis, settings)
-        stores.append(store)
-        client = ModelClient(settings, MODEL)
-        clients.append(client)
-        await store.submit(OWNER, [JobCreate(id="j1", prompt="Quel temps ?")])
-        return WorkerContext(settings=settings, model=MODEL, worker_id="host:1", store=store, client=client)
-
-    yield build
-    for client in clients:
-        await client.aclose()
-    for store in stores:
-        await store.aclose()
+    async with worker_contexts(redis, WatchedStore, OWNER, RETRY_BACKOFF=2.0) as build:
+        yield build
 
 
 async def record(spp: WorkerContext) -> dict[str, str]:

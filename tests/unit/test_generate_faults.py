@@ -12,12 +12,19 @@ from arq import Retry
 from redis import exceptions as redis_errors
 
 from shared import keys
-from shared.models import JobCreate, JobError, JobResult, now_ms
+from shared.models import JobError, JobResult, now_ms
 from shared.settings import Settings
 from shared.store import JobStore, Started
-from tests.unit.conftest import MODEL, Answer, MockServer, Serve, make_settings, reply, stream
+from tests.unit.conftest import (
+    MODEL,
+    Answer,
+    MakeContext,
+    Serve,
+    reply,
+    stream,
+    worker_contexts,
+)
 from worker import generate as generate_module
-from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import generate
 
@@ -74,28 +81,11 @@ class FlakyStore(JobStore):
         return bool(await self._maybe_fail("finish", call))
 
 
-MakeContext = Callable[..., Awaitable[WorkerContext]]
-
-
 @pytest.fixture
 async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
     """A worker context on the in-memory Redis and a mock server, with job j1 submitted."""
-    clients: list[ModelClient] = []
-    stores: list[FlakyStore] = []
-
-    async def build(server: MockServer, **overrides: Any) -> WorkerContext:
-        table = f'[["{MODEL}", "{server.url}"]]'
-        settings = make_settings(**{"LLM_TABLE": table, "STREAM_FLUSH_MS": 0, "RETRY_BACKOFF": 0.01} | overrides)
-        stores.append(store := FlakyStore(redis, settings))
-        clients.append(client := ModelClient(settings, MODEL))
-        await store.submit(OWNER, [JobCreate(id="j1", prompt="Quel temps ?")])
-        return WorkerContext(settings=settings, model=MODEL, worker_id="host:1", store=store, client=client)
-
-    yield build
-    for client in clients:
-        await client.aclose()
-    for store in stores:
-        await store.aclose()
+    async with worker_contexts(redis, FlakyStore, OWNER, RETRY_BACKOFF=0.01) as build:
+        yield build
 
 
 async def run(spp: WorkerContext) -> None:
