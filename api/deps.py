@@ -36,28 +36,23 @@ def resources(request: Request) -> State:
 
 
 async def _settings(request: Request) -> Settings:
-    settings: Settings = request.state.settings
-    return settings
+    return resources(request)["settings"]
 
 
 async def _store(request: Request) -> JobStore:
-    store: JobStore = request.state.store
-    return store
+    return resources(request)["store"]
 
 
 async def _hub(request: Request) -> StreamHub:
-    hub: StreamHub = request.state.hub
-    return hub
+    return resources(request)["hub"]
 
 
 async def _files(request: Request) -> FileStore:
-    files: FileStore = request.state.files
-    return files
+    return resources(request)["files"]
 
 
 async def _batches(request: Request) -> BatchStore:
-    batches: BatchStore = request.state.batches
-    return batches
+    return resources(request)["batches"]
 
 
 async def _caller(request: Request) -> Caller:
@@ -68,10 +63,9 @@ async def _caller(request: Request) -> Caller:
     `APIKey` security scheme (api/main.py), on every route not marked `PUBLIC`. A route takes `CallerDep`
     or `OwnerDep`, never both (the rate limit would count the request twice).
     """
-    keyring: KeyRing = request.state.keyring
-    limiter: RateLimiter = request.state.limiter
-    caller = keyring.authenticate(request.headers.get("authorization"))
-    await limiter.check(caller.owner)
+    state = resources(request)
+    caller = state["keyring"].authenticate(request.headers.get("authorization"))
+    await state["limiter"].check(caller.owner)
     return caller
 
 
