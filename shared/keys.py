@@ -7,7 +7,6 @@ the owner is a digest naming the client (api/auth.py), never its key.
 from __future__ import annotations
 
 import random
-import uuid
 
 PREFIX = "spp"
 
@@ -37,14 +36,27 @@ def arq_id(kid: str) -> str:
     return f"{kid}#{random.getrandbits(48):012x}"
 
 
+def kid_of_arq_id(arq_id: str) -> str:
+    """Inverse of `arq_id`: the key id before its last "#"."""
+    return arq_id.rpartition("#")[0]
+
+
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+"""The version (4) and variant (RFC 4122) bits of a UUID: cleared, then set."""
+
+
 def new_job_id() -> str:
     """The id of a job submitted without one: a random UUID (version 4).
 
     Drawn from Python's generator (seeded from os.urandom, and again in a forked child) rather than by
     `uuid.uuid4()`, which reads os.urandom on every call: a system call, 18 % of the API's time for an array
-    of 1,000 jobs (with `arq_id`). Ids must be unique, not secret: a job is reached only with its owner's key.
+    of 1,000 jobs (with `arq_id`); and formatted by hand, in half the time of `str(uuid.UUID(...))`. Ids must
+    be unique, not secret: a job is reached only with its owner's key.
     """
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+    bits = random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
+    digits = f"{bits:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def job(kid: str) -> str:

@@ -87,10 +87,13 @@ class JobCreate(BaseModel):
         return self
 
 
-def fingerprint(job: JobCreate, model: str) -> str:
-    """A digest of everything the client said about the job (its id aside), to recognise a resubmission."""
-    body = job.model_dump(mode="json", exclude={"id"}) | {"model": model}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+def fingerprint(request: str, metadata: dict[str, MetadataValue] | None) -> str:
+    """A digest of a job as it will run (its GenerationRequest as JSON: model resolved, template rendered,
+    defaults applied) and of its metadata (key order aside), to recognise a resubmission of the same job."""
+    body = request.encode()
+    if metadata is not None:
+        body += b"\0" + orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()[:32]
 
 
 class Limits(BaseModel):
@@ -111,7 +114,9 @@ class Limits(BaseModel):
 
 
 class GenerationRequest(BaseModel):
-    """What a worker needs to run a job, stored in the job record as JSON."""
+    """What a worker needs to run a job, stored in the job record as JSON (written by `store.request_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     prompt: str | None = None

@@ -23,7 +23,7 @@ from redis import exceptions as redis_errors
 from shared import keys
 from shared.connection import REDIS_ERRORS, redis_client
 from shared.settings import Settings
-from shared.store import JOB_FUNCTION, JobStore
+from shared.store import JOB_FUNCTION, JobStore, arq_definition
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import REDIS_PATIENCE, generate
@@ -154,7 +154,8 @@ class ModelWorker(Worker):
                 self._release_sem_dec_counter_on_complete()
 
     async def _take(self, job_id: str) -> bool:
-        """Mark arq job `job_id` in progress and run it, unless another worker has it or it is not due."""
+        """Mark arq job `job_id` in progress, write its definition and run it, unless another worker has it or
+        it is not due."""
         in_progress = keys.arq_in_progress(job_id)
         async with self.pool.pipeline(transaction=True) as pipe:
             try:
@@ -167,6 +168,9 @@ class ModelWorker(Worker):
                 return False
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
+            # The definition arq reads when it starts the job (submissions do not write it): kept as long as
+            # arq may run the job, and deleted by arq when the job ends.
+            pipe.psetex(keys.arq_job(job_id), int(self.job_timeout_s * 1000), arq_definition(job_id, score))
             try:
                 await pipe.execute()
             except (redis_errors.ResponseError, redis_errors.WatchError):

@@ -1,22 +1,21 @@
 -- Give running jobs back to their model's queue, each under a fresh arq job id, and wake the model's workers.
 -- Two uses: a worker hands back its own run (a retry after a transient failure, or a shutdown), fenced by
 -- the run; the sweeper hands back runs whose heartbeat deadline passed (their worker died), fenced by it.
--- The fresh id (a new arq job definition and queue entry; the old entry, definition, in-progress and retry
--- keys deleted) means that whatever arq still does with the old id, such as the late bookkeeping of a
--- worker presumed dead that was only slow, can never touch the job's new entry; and no in-progress key
--- delays the next run.
+-- The fresh id (a new queue entry; the old entry, definition, in-progress and retry keys deleted) means
+-- that whatever arq still does with the old id, such as the late bookkeeping of a worker presumed dead
+-- that was only slow, can never touch the job's new entry; and no in-progress key delays the next run.
 -- KEYS: model's running set, model's queue, then the record of each job.
 -- ARGV: mode ('run' or 'expired'), now_ms, refund (1: the attempt does not count), queue score ('keep': the
---       job keeps the place start.lua noted, e.g. ahead of background jobs), arq ttl ms, arq key prefixes
---       (job definition, in-progress, retry), wake channel, then per job: key id, run (mode 'run'), new arq
---       id, its definition.
+--       job keeps the place start.lua noted, e.g. ahead of background jobs), arq key prefixes (job
+--       definition, in-progress, retry), wake channel, then per job: key id, run (mode 'run'), new arq id.
+--       The new arq job's definition is written by the worker that takes it (worker/runner.py).
 -- Returns the key ids handed back: the others are no longer running under that run or deadline.
-local mode, now, refund, score, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local job_prefix, progress_prefix, retry_prefix, channel = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local mode, now, refund, score = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local job_prefix, progress_prefix, retry_prefix, channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local done = {}
 for i = 3, #KEYS do
-  local p = 10 + 4 * (i - 3)
-  local kid, run, arq_id, definition = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
+  local p = 9 + 3 * (i - 3)
+  local kid, run, arq_id = ARGV[p], ARGV[p + 1], ARGV[p + 2]
   local state = redis.call('HMGET', KEYS[i], 'status', 'run', 'arq', 'place')
   local owned
   if mode == 'run' then
@@ -34,7 +33,6 @@ for i = 3, #KEYS do
     redis.call('ZREM', KEYS[1], kid)
     redis.call('ZREM', KEYS[2], old)
     redis.call('DEL', job_prefix .. old, progress_prefix .. old, retry_prefix .. old)
-    redis.call('SET', job_prefix .. arq_id, definition, 'PX', ttl)
     redis.call('ZADD', KEYS[2], place, arq_id)
     redis.call('HSET', KEYS[i], 'status', 'queued', 'arq', arq_id)
     done[#done + 1] = kid

@@ -9,9 +9,14 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from shared.models import JobCreate, Limits, Message, MetadataValue, fingerprint, public_job
+from shared.models import GenerationRequest, JobCreate, Limits, Message, MetadataValue, fingerprint, public_job
+from shared.settings import Settings
+from shared.store import request_json
+from shared.templates import render_prompt
+from tests.unit.conftest import MODEL, make_settings
 
 LIMITS = Limits(max_prompt_chars=10, max_messages=2, max_tokens=100)
+SETTINGS = make_settings()
 
 
 def validate(data: dict[str, Any], limits: Limits | None = None) -> JobCreate:
@@ -169,19 +174,33 @@ def submission(metadata: dict[str, MetadataValue] | None = None, **changes: Any)
     return JobCreate.model_validate(BASE_JOB | {"metadata": metadata} | changes)
 
 
+def digest(job: JobCreate, settings: Settings | None = None) -> str:
+    """The fingerprint the store gives a submission."""
+    return fingerprint(request_json(job, settings or SETTINGS)[1], job.metadata)
+
+
 def test_fingerprint_equal_for_equal_bodies() -> None:
     metadata: dict[str, MetadataValue] = {"a": 1, "b": "x"}
 
-    assert fingerprint(submission(metadata), "m") == fingerprint(submission(dict(metadata)), "m")
+    assert digest(submission(metadata)) == digest(submission(dict(metadata)))
 
 
 def test_fingerprint_ignores_the_id_and_metadata_key_order() -> None:
     first = submission({"a": 1, "b": 2}, id="x")
-    assert fingerprint(first, "m") == fingerprint(submission({"b": 2, "a": 1}, id="y"), "m")
+    assert digest(first) == digest(submission({"b": 2, "a": 1}, id="y"))
+
+
+def test_fingerprint_is_of_the_job_as_it_runs_defaults_applied() -> None:
+    explicit = submission(params={"max_tokens": SETTINGS.DEFAULT_MAX_TOKENS, "temperature": 0.7, "top_p": 1.0})
+
+    assert digest(submission(params={})) == digest(explicit)
+    assert digest(submission(model=None)) == digest(submission(model=SETTINGS.default_model))
 
 
 def test_fingerprint_differs_with_the_model() -> None:
-    assert fingerprint(submission(), "m") != fingerprint(submission(), "other")
+    two_models = make_settings(LLM_TABLE='[["m", "http://a.test"], ["other", "http://b.test"]]')
+
+    assert digest(submission(model="m"), two_models) != digest(submission(model="other"), two_models)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +219,7 @@ def test_fingerprint_differs_with_the_model() -> None:
     ids=lambda changes: ",".join(changes),
 )
 def test_fingerprint_differs_when_a_field_differs(changes: dict[str, Any]) -> None:
-    assert fingerprint(submission(**changes), "m") != fingerprint(submission(), "m")
+    assert digest(submission(**changes)) != digest(submission())
 
 
 @pytest.mark.parametrize(
@@ -209,13 +228,63 @@ def test_fingerprint_differs_when_a_field_differs(changes: dict[str, Any]) -> No
         ({"a": 1}, {"a": 2}),
         ({"a": 1}, {"b": 1}),
         ({"a": 1}, None),
+        ({}, None),
         ({"a": "1"}, {"a": 1}),
     ],
 )
 def test_fingerprint_differs_when_metadata_differs(
     first: dict[str, MetadataValue] | None, second: dict[str, MetadataValue] | None
 ) -> None:
-    assert fingerprint(submission(first), "m") != fingerprint(submission(second), "m")
+    assert digest(submission(first)) != digest(submission(second))
+
+
+# ---- request_json ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"prompt": "Bonjour"},
+            {"prompt": "Bonjour", "max_tokens": 512, "temperature": 0.7, "top_p": 1.0},
+        ),
+        (
+            {"messages": [{"role": "system", "content": "Sois bref."}, {"role": "user", "content": "Bonjour"}]},
+            {
+                "messages": [
+                    Message(role="system", content="Sois bref."),
+                    Message(role="user", content="Bonjour"),
+                ],
+                "max_tokens": 512,
+                "temperature": 0.7,
+                "top_p": 1.0,
+            },
+        ),
+        (
+            {"prompt": "Bonjour", "params": {"max_tokens": 9, "temperature": 0, "top_p": 0.5, "stop": "x", "seed": 3}},
+            {"prompt": "Bonjour", "max_tokens": 9, "temperature": 0.0, "top_p": 0.5, "stop": ["x"], "seed": 3},
+        ),
+    ],
+    ids=["prompt", "messages", "params"],
+)
+def test_request_json_is_the_generation_request_with_defaults_applied(
+    body: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    model, request = request_json(JobCreate.model_validate(body), make_settings(DEFAULT_MAX_TOKENS=512))
+
+    assert model == MODEL
+    assert GenerationRequest.model_validate_json(request) == GenerationRequest(model=MODEL, **expected)
+    assert "null" not in request
+
+
+def test_request_json_renders_the_template_as_the_user_message() -> None:
+    job = JobCreate.model_validate({"prompt": "Ma carte grise n'arrive pas.", "template": "spp"})
+
+    _, request = request_json(job, SETTINGS)
+
+    parsed = GenerationRequest.model_validate_json(request)
+    assert parsed.prompt is None
+    assert parsed.messages == [Message(role="user", content=render_prompt("spp", "Ma carte grise n'arrive pas."))]
 
 
 # ---- public_job -------------------------------------------------------------------------------------------

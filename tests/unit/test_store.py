@@ -17,7 +17,7 @@ from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
 from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
 from shared.multiplex import SharedConnection
 from shared.settings import Settings
-from shared.store import INTERACTIVE_HEAD_START_MS, JobStore
+from shared.store import INTERACTIVE_HEAD_START_MS, JobStore, arq_definition
 from tests.unit.conftest import MODEL, StoreFactory, make_settings
 
 OWNER = "owner1"
@@ -116,7 +116,7 @@ async def commands(redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch
 # ---- submit -----------------------------------------------------------------------------------------------
 
 
-async def test_submit_stores_the_record_the_arq_definition_and_the_queue_entry(
+async def test_submit_stores_the_record_and_the_queue_entry_not_arq_s_definition(
     redis: fakeredis.FakeAsyncRedis, store: JobStore, settings: Settings
 ) -> None:
     (submitted,) = await store.submit(OWNER, [job("j1", metadata={"team": "a"}, params={"max_tokens": 7})])
@@ -137,13 +137,29 @@ async def test_submit_stores_the_record_the_arq_definition_and_the_queue_entry(
         "temperature": 0.7,
         "top_p": 1.0,
     }
-    definition = orjson.loads(await redis.get(keys.arq_job(await arq_of(store, kid("j1")))))
-    assert definition["f"] == "generate"
-    assert definition["a"] == [kid("j1")]
-    assert definition["k"] == {}
-    assert 0 < await redis.pttl(keys.arq_job(await arq_of(store, kid("j1")))) <= settings.RESULT_TTL * 1000
+    assert not await redis.exists(keys.arq_job(await arq_of(store, kid("j1")))), "the worker writes it"
     score = await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1")))
     assert score == int(stored["created_at"]) - INTERACTIVE_HEAD_START_MS
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["interactive", "background"])
+async def test_arq_definition_names_the_job_and_its_enqueue_time(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, background: bool
+) -> None:
+    (submitted,) = await store.submit(OWNER, [job("j1")], background=background)
+    arq_id = submitted.record["arq"]
+    score = await redis.zscore(keys.queue(MODEL), arq_id)
+    assert score is not None
+
+    definition = orjson.loads(arq_definition(arq_id, score))
+
+    assert definition == {
+        "t": None,
+        "f": "generate",
+        "a": [kid("j1")],
+        "k": {},
+        "et": int(submitted.record["created_at"]),
+    }
 
 
 async def test_submit_uses_the_default_max_tokens_and_a_generated_id(
@@ -172,8 +188,7 @@ async def test_submit_many_jobs_in_one_script_call(
     assert [item.record["id"] for item in submitted] == ids
     assert sorted(await queued(redis)) == sorted(kid(job_id) for job_id in ids)
     for job_id in ids:
-        assert (await record(redis, kid(job_id)))["request"] == submitted[ids.index(job_id)].record["request"]
-        assert orjson.loads(await redis.get(keys.arq_job(await arq_of(store, kid(job_id)))))["a"] == [kid(job_id)]
+        assert await record(redis, kid(job_id)) == submitted[ids.index(job_id)].record
 
 
 async def test_submit_wakes_the_workers_of_the_model(store: JobStore, pubsub: PubSub) -> None:
@@ -192,7 +207,6 @@ async def test_identical_resubmission_returns_the_existing_record_and_queues_not
     await store.submit(OWNER, [job("j1", metadata={"a": 1})])
     await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER)
     before = await record(redis, kid("j1"))
-    definition = await redis.get(keys.arq_job(await arq_of(store, kid("j1"))))
     score = await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1")))
     later = now_ms() + 60_000
     monkeypatch.setattr("shared.store.now_ms", lambda: later)
@@ -203,7 +217,6 @@ async def test_identical_resubmission_returns_the_existing_record_and_queues_not
     assert again.record == before
     assert again.record["status"] == "running"
     assert await record(redis, kid("j1")) == before
-    assert await redis.get(keys.arq_job(await arq_of(store, kid("j1")))) == definition
     assert await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1"))) == score
     assert await queued(redis) == [kid("j1")]
 
@@ -239,8 +252,7 @@ async def test_different_body_under_the_same_id_conflicts_and_stores_nothing_of_
 
     assert info.value.job_id == "j1"
     assert await record(redis, kid("j1")) == before
-    arq_job = keys.arq_job(await arq_of(store, kid("j1")))
-    assert sorted(await redis.keys("*")) == sorted([keys.job(kid("j1")), arq_job, keys.queue(MODEL)])
+    assert sorted(await redis.keys("*")) == sorted([keys.job(kid("j1")), keys.queue(MODEL)])
 
 
 async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory) -> None:
@@ -525,6 +537,8 @@ async def test_cancel_of_a_queued_job_removes_it_from_the_queue(
 ) -> None:
     store = make_store(make_settings(RESULT_TTL=5000, STREAM_TTL=300))
     await store.submit(OWNER, [job("j1"), job("j2")])
+    definition = keys.arq_job(await arq_of(store, kid("j1")))
+    await redis.set(definition, "{}")  # as a worker writes it when it takes the job
 
     cancelled = await store.cancel(OWNER, "j1")
 
@@ -533,8 +547,7 @@ async def test_cancel_of_a_queued_job_removes_it_from_the_queue(
     assert "request" not in cancelled
     assert cancelled == await record(redis, kid("j1"))
     assert await queued(redis) == [kid("j2")]
-    assert not await redis.exists(keys.arq_job(await arq_of(store, kid("j1"))))
-    assert await redis.exists(keys.arq_job(await arq_of(store, kid("j2"))))
+    assert not await redis.exists(definition)
     assert await events(redis, kid("j1")) == [("done", "cancelled")]
     assert 4990 <= await redis.ttl(keys.job(kid("j1"))) <= 5000
     assert 290 <= await redis.ttl(keys.stream(kid("j1"))) <= 300
@@ -679,7 +692,6 @@ async def test_replace_a_queued_job_swaps_its_queue_entry(redis: fakeredis.FakeA
     new_arq = await arq_of(store, kid("j1"))
     assert new_arq != old_arq
     assert await redis.zrange(keys.queue(MODEL), 0, -1) == [new_arq]
-    assert not await redis.exists(keys.arq_job(old_arq))
     assert orjson.loads((await record(redis, kid("j1")))["request"])["prompt"] == "Nouveau texte"
 
 
