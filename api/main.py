@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file_store = FileStore(redis, file_bytes, settings)
         batch_store = BatchStore(store, file_store)
         batch_store.start()
+        # What exists now (modules, schemas, routes, clients) lives as long as the process: a full garbage
+        # collection no longer scans it, 40 ms a time with the array of 1,000 jobs that set one off.
+        gc.freeze()
         try:
             yield State(
                 settings=settings,

@@ -175,15 +175,12 @@ class JobStore:
             args += [kid, arq_id, model, digest, request, metadata]
             record = {
                 "id": job_id,
-                "owner": owner,
                 "model": model,
                 "status": JobStatus.QUEUED.value,
-                "attempts": "0",
                 "arq": arq_id,
                 "request": request,
                 "hash": digest,
                 "created_at": created_at,
-                "run": "0",
             }
             if metadata:
                 record["metadata"] = metadata

@@ -15,15 +15,26 @@ local arq_prefix, cancel_prefix, wake_prefix = ARGV[9], ARGV[10], ARGV[11]
 local n_extra = tonumber(ARGV[12])
 local extra = {unpack(ARGV, 13, 12 + 2 * n_extra)}
 local first, PER_JOB = 13 + 2 * n_extra, 6
+local SLICE = 4000 -- values a call: Lua's unpack takes at most 8,000
+
+local function any_exists(names)
+  for from = 1, #names, SLICE do
+    if redis.call('EXISTS', unpack(names, from, math.min(from + SLICE - 1, #names))) > 0 then return true end
+  end
+  return false
+end
 
 -- existing[i]: nil for a new job, true for an identical resubmission, false for a job to replace.
+-- One EXISTS tells the usual case, where no record exists, without a look at each.
 local existing = {}
-for i = 1, #KEYS do
-  local p = first + PER_JOB * (i - 1)
-  local hash = redis.call('HGET', KEYS[i], 'hash')
-  if hash then
-    if hash ~= ARGV[p + 3] and mode ~= 'replace' then return {'conflict', ARGV[p]} end
-    existing[i] = hash == ARGV[p + 3]
+if any_exists(KEYS) then
+  for i = 1, #KEYS do
+    local p = first + PER_JOB * (i - 1)
+    local hash = redis.call('HGET', KEYS[i], 'hash')
+    if hash then
+      if hash ~= ARGV[p + 3] and mode ~= 'replace' then return {'conflict', ARGV[p]} end
+      existing[i] = hash == ARGV[p + 3]
+    end
   end
 end
 
@@ -40,7 +51,8 @@ if max_depth > 0 then
   end
 end
 
-local out, woken, id_from = {'ok'}, {}, #owner + 2
+-- A new record holds no `attempts` nor `run` (0 until start.lua counts them), nor anything its key tells.
+local out, queued, id_from = {'ok'}, {}, #owner + 2
 for i = 1, #KEYS do
   local p = first + PER_JOB * (i - 1)
   local kid, arq_id, model, metadata = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 5]
@@ -64,18 +76,26 @@ for i = 1, #KEYS do
       redis.call('PERSIST', stream_prefix .. kid)
     end
     if metadata == '' then
-      redis.call('HSET', KEYS[i], 'id', string.sub(kid, id_from), 'owner', owner, 'model', model, 'status', 'queued',
-        'attempts', 0, 'arq', arq_id, 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, 'run', run,
-        unpack(extra))
+      redis.call('HSET', KEYS[i], 'id', string.sub(kid, id_from), 'model', model, 'status', 'queued', 'arq', arq_id,
+        'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, unpack(extra))
     else
-      redis.call('HSET', KEYS[i], 'id', string.sub(kid, id_from), 'owner', owner, 'model', model, 'status', 'queued',
-        'attempts', 0, 'arq', arq_id, 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, 'run', run,
-        'metadata', metadata, unpack(extra))
+      redis.call('HSET', KEYS[i], 'id', string.sub(kid, id_from), 'model', model, 'status', 'queued', 'arq', arq_id,
+        'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, 'metadata', metadata, unpack(extra))
     end
-    redis.call('ZADD', queue_prefix .. model, score, arq_id)
-    woken[model] = true
+    -- The fence only grows: the replaced generation's worker must not write into the new one.
+    if run > 0 then redis.call('HSET', KEYS[i], 'run', run) end
+    local members = queued[model] or {}
+    queued[model] = members
+    members[#members + 1] = score
+    members[#members + 1] = arq_id
     out[i + 1] = 0
   end
 end
-for model in pairs(woken) do redis.call('PUBLISH', wake_prefix .. model, '1') end
+-- One ZADD a model (a slice at a time), then its workers are woken.
+for model, members in pairs(queued) do
+  for from = 1, #members, SLICE do
+    redis.call('ZADD', queue_prefix .. model, unpack(members, from, math.min(from + SLICE - 1, #members)))
+  end
+  redis.call('PUBLISH', wake_prefix .. model, '1')
+end
 return out
