@@ -10,7 +10,7 @@ import random
 
 PREFIX = "spp"
 
-# arq's own keys for a job (arq/constants.py); the store writes the job definition itself.
+# arq's own keys for a job (arq/constants.py); the worker that takes a job writes its definition itself.
 ARQ_JOB = "arq:job:"
 ARQ_IN_PROGRESS = "arq:in-progress:"
 ARQ_RETRY = "arq:retry:"
