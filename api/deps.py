@@ -69,8 +69,9 @@ async def _caller(request: Request) -> Caller:
     return caller
 
 
-async def _owner(request: Request) -> str:
-    """The namespace of the caller's jobs."""
+async def owner_of(request: Request) -> str:
+    """The namespace of the caller's jobs. Called by the hot routes (submission, polling) rather than taken
+    as `OwnerDep`, whose resolution by FastAPI costs them ~20 µs a request."""
     return (await _caller(request)).owner
 
 
@@ -84,4 +85,4 @@ PUBLIC: dict[str, Any] = {"security": []}
 AUTHENTICATED = Depends(_caller)
 """For routers whose routes need an API key but not the caller."""
 CallerDep = Annotated[Caller, Depends(_caller)]
-OwnerDep = Annotated[str, Depends(_owner)]
+OwnerDep = Annotated[str, Depends(owner_of)]

@@ -65,7 +65,9 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: JobId | None = Field(None, description="Your own id; resubmitting it with the same body is a no-op.")
+    id: JobId | None = Field(
+        None, description="Your own id; resubmitting it with the same job (defaults applied) and metadata is a no-op."
+    )
     model: str | None = Field(None, description="Default: the first model of LLM_TABLE.")
     prompt: str | None = Field(None, min_length=1)
     template: str | None = Field(

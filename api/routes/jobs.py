@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from api.body import invalid, one_or_many_schema, parse_one_or_many
-from api.deps import HubDep, OwnerDep, StoreDep, resources
+from api.deps import HubDep, OwnerDep, StoreDep, owner_of, resources
 from api.responses import JSONResponse
 from api.streams import EventStream, sse_frame
 from shared import keys
@@ -66,9 +66,9 @@ def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], 
         409: {"description": "The id exists with a different body"},
     },
 )
-async def submit_jobs(request: Request, owner: OwnerDep) -> Response:
+async def submit_jobs(request: Request) -> Response:
     """Queue a job, or an array of jobs stored in one round trip."""
-    state = resources(request)
+    state, owner = resources(request), await owner_of(request)
     jobs, many = _parse_submission(await request.body(), state["settings"])
     submitted = await state["store"].submit(owner, jobs)
     if many:
@@ -78,9 +78,9 @@ async def submit_jobs(request: Request, owner: OwnerDep) -> Response:
 
 
 @router.get("/{job_id}", response_model=Job, responses={404: {"description": "Unknown job"}})
-async def get_job(job_id: JobIdPath, request: Request, owner: OwnerDep) -> Response:
+async def get_job(job_id: JobIdPath, request: Request) -> Response:
     """The job's status, and its result or error once finished."""
-    return JSONResponse(public_job(await resources(request)["store"].get(owner, job_id)))
+    return JSONResponse(public_job(await resources(request)["store"].get(await owner_of(request), job_id)))
 
 
 @router.delete(
