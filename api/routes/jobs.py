@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from api.body import invalid, one_or_many_schema, parse_one_or_many
-from api.deps import HubDep, OwnerDep, StoreDep, owner_of, resources
+from api.deps import JOB_ID_PARAMETER, HubDep, OwnerDep, StoreDep, job_id_of, owner_of, resources
 from api.responses import JSONResponse
 from api.streams import EventStream, sse_frame
 from shared import keys
@@ -77,9 +77,12 @@ async def submit_jobs(request: Request) -> Response:
     return JSONResponse(public_job(item.record), status_code=202 if item.created else 200)
 
 
-@router.get("/{job_id}", response_model=Job, responses={404: {"description": "Unknown job"}})
-async def get_job(job_id: JobIdPath, request: Request) -> Response:
+@router.get(
+    "/{job_id}", response_model=Job, responses={404: {"description": "Unknown job"}}, openapi_extra=JOB_ID_PARAMETER
+)
+async def get_job(request: Request) -> Response:
     """The job's status, and its result or error once finished."""
+    job_id = job_id_of(request)
     return JSONResponse(public_job(await resources(request)["store"].get(await owner_of(request), job_id)))
 
 

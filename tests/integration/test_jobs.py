@@ -269,6 +269,19 @@ def test_unknown_job_is_404(stack: Stack) -> None:
     assert stack.http.delete("/v1/jobs/nope-nope").status_code == 404
 
 
+@pytest.mark.parametrize("job_id", ["-starts-with-a-dash", "has%20a%20space", "x" * 201, "line%0A"])
+def test_a_job_id_off_the_pattern_is_422_on_every_route(stack: Stack, job_id: str) -> None:
+    for response in (
+        stack.http.get(f"/v1/jobs/{job_id}"),
+        stack.http.get(f"/v1/jobs/{job_id}/events"),
+        stack.http.delete(f"/v1/jobs/{job_id}"),
+    ):
+        assert response.status_code == 422, response.request.method
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["path", "job_id"]
+        assert error["type"] == "string_pattern_mismatch"
+
+
 def test_models_show_queue_running_and_workers(stack: Stack) -> None:
     job_ids = [unique() for _ in range(3)]
     stack.http.post("/v1/jobs", json=[{"id": job_id, "model": IDLE, "prompt": "attente"} for job_id in job_ids])
