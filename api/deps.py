@@ -63,8 +63,8 @@ async def _caller(request: Request) -> Caller:
 
     The header is read here rather than declared as a parameter: FastAPI resolves a declared header, and a
     dependency depending on another, on every request of the hot routes. OpenAPI documents it as the
-    `APIKey` security scheme (api/main.py), on every route not marked `PUBLIC`. A route takes `CallerDep`
-    or `OwnerDep`, never both (the rate limit would count the request twice).
+    `APIKey` security scheme (api/main.py), on every route not marked `PUBLIC`. A route takes `CallerDep`,
+    takes `OwnerDep` or calls `owner_of`: one of them only (the rate limit would count the request twice).
     """
     state = resources(request)
     caller = state["keyring"].authenticate(request.headers.get("authorization"))
@@ -103,7 +103,7 @@ JOB_ID_PARAMETER: dict[str, Any] = {
 def job_id_of(request: Request) -> str:
     """The `{job_id}` of the path, checked as FastAPI checks a declared parameter, with the same 422.
 
-    Called by the polling route rather than declared: FastAPI's parameter machinery took a tenth of its time.
+    Called by the polling route rather than declared: FastAPI's parameter machinery was a fifth of its profile.
     """
     job_id: str = request.path_params["job_id"]
     if _JOB_ID.fullmatch(job_id) is None:
