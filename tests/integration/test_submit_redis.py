@@ -1,0 +1,67 @@
+"""submit.lua on a real redis-server: the commands an array costs, and arrays longer than what Lua's `unpack`
+takes at once (8,000 values), which the in-memory Redis of the unit tests does not limit alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.errors import JobConflict
+from shared.models import JobCreate
+from shared.store import JobStore
+from tests.integration.conftest import RedisServer
+from tests.unit.conftest import MODEL, make_settings
+
+OWNER = "owner1"
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    await redis.flushdb()
+    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=100_000))
+    yield store
+    await store.aclose()
+    await redis.aclose()
+
+
+def jobs(count: int, prompt: str = "Bonjour") -> list[JobCreate]:
+    return [JobCreate(id=f"j{index}", prompt=f"{prompt} {index}") for index in range(count)]
+
+
+async def commands(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(fields["calls"]) for name, fields in stats.items()}
+    calls.pop("config|resetstat", None)
+    return calls
+
+
+async def test_a_new_array_costs_one_exists_one_hset_a_job_and_one_zadd(store: JobStore) -> None:
+    await store.submit(OWNER, jobs(1, "warm-up"))  # loads the script
+    await store.redis.config_resetstat()
+
+    submitted = await store.submit(OWNER, jobs(100)[1:])
+
+    assert all(item.created for item in submitted)
+    # ZCARD: the queue's depth against MAX_QUEUE_DEPTH.
+    expected = {"evalsha": 1, "exists": 1, "zcard": 1, "hset": 99, "zadd": 1, "publish": 1}
+    assert await commands(store.redis) == expected
+
+
+async def test_an_array_longer_than_lua_s_unpack_limit_is_stored_and_queued_whole(store: JobStore) -> None:
+    many = jobs(9_000)
+
+    first = await store.submit(OWNER, many)
+    again = await store.submit(OWNER, many)
+
+    assert [item.created for item in first] == [True] * 9_000
+    assert [item.created for item in again] == [False] * 9_000
+    assert [item.record for item in again] == [item.record for item in first]
+    assert await store.redis.zcard(keys.queue(MODEL)) == 9_000
+    changed = [*many[:-1], JobCreate(id="j8999", prompt="Autre texte")]
+    with pytest.raises(JobConflict):
+        await store.submit(OWNER, [JobCreate(id="new", prompt="x"), *changed])
+    assert not await store.redis.exists(keys.job(keys.key_id(OWNER, "new")))
