@@ -51,8 +51,15 @@ if max_depth > 0 then
   end
 end
 
--- A new record holds no `attempts` nor `run` (0 until start.lua counts them), nor anything its key tells.
-local out, queued, id_from = {'ok'}, {}, #owner + 2
+-- A new record holds no `attempts` nor `run` (0 until start.lua counts them), nor anything its key tells;
+-- `...`: the fields it has but not every record (metadata, the extra fields).
+local id_from = #owner + 2
+local function store_record(i, p, ...)
+  redis.call('HSET', KEYS[i], 'id', string.sub(ARGV[p], id_from), 'model', ARGV[p + 2], 'status', 'queued',
+    'arq', ARGV[p + 1], 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, ...)
+end
+
+local out, queued = {'ok'}, {}
 for i = 1, #KEYS do
   local p = first + PER_JOB * (i - 1)
   local kid, arq_id, model, metadata = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 5]
@@ -76,11 +83,9 @@ for i = 1, #KEYS do
       redis.call('PERSIST', stream_prefix .. kid)
     end
     if metadata == '' then
-      redis.call('HSET', KEYS[i], 'id', string.sub(kid, id_from), 'model', model, 'status', 'queued', 'arq', arq_id,
-        'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, unpack(extra))
+      store_record(i, p, unpack(extra))
     else
-      redis.call('HSET', KEYS[i], 'id', string.sub(kid, id_from), 'model', model, 'status', 'queued', 'arq', arq_id,
-        'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, 'metadata', metadata, unpack(extra))
+      store_record(i, p, 'metadata', metadata, unpack(extra))
     end
     -- The fence only grows: the replaced generation's worker must not write into the new one.
     if run > 0 then redis.call('HSET', KEYS[i], 'run', run) end
