@@ -49,8 +49,13 @@ RATIO_TARGET = 0.7
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(NAME)
-    group.add_argument("--poll-seconds", type=float, default=5.0, help="seconds measured per load (5)")
-    group.add_argument("--poll-rounds", type=int, default=3, help="health/GET rounds, the median ratio reported (3)")
+    group.add_argument("--poll-seconds", type=float, default=3.0, help="seconds measured per load (3)")
+    group.add_argument(
+        "--poll-rounds",
+        type=int,
+        default=7,
+        help="health/GET rounds, the median ratio reported (7: this machine's speed drifts within seconds)",
+    )
     group.add_argument("--poll-connections", type=int, default=32, help="connections of the generator (32)")
     group.add_argument("--poll-jobs", type=int, default=500, help="finished jobs read in turn (500)")
     group.add_argument("--poll-monitored", type=int, default=500, help="sequential reads counted by MONITOR (500)")
