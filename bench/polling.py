@@ -40,7 +40,7 @@ from bench.common import (
 )
 from bench.http import Connection
 from bench.loadgen import Load
-from bench.submission import compare, job_body
+from bench.submission import add_compare_arguments, compare, job_body
 
 NAME = "polling"
 SIM = {"prefill_ms": 0, "ms_per_token": 0}
@@ -49,14 +49,7 @@ RATIO_TARGET = 0.7
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(NAME)
-    group.add_argument("--poll-seconds", type=float, default=3.0, help="seconds measured per load (3)")
-    group.add_argument(
-        "--poll-rounds",
-        type=int,
-        default=7,
-        help="health/GET rounds, the median ratio reported (7: this machine's speed drifts within seconds)",
-    )
-    group.add_argument("--poll-connections", type=int, default=32, help="connections of the generator (32)")
+    add_compare_arguments(group, "poll", "GET")
     group.add_argument("--poll-jobs", type=int, default=500, help="finished jobs read in turn (500)")
     group.add_argument("--poll-monitored", type=int, default=500, help="sequential reads counted by MONITOR (500)")
     group.add_argument("--poll-no-rate-limit", action="store_true", help="skip the run with RATE_LIMIT on")

@@ -55,14 +55,7 @@ RATIO_TARGET, ARRAY_TARGET_MS = 0.5, 50.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(NAME)
-    group.add_argument("--submit-seconds", type=float, default=3.0, help="seconds measured per load (3)")
-    group.add_argument(
-        "--submit-rounds",
-        type=int,
-        default=7,
-        help="health/POST rounds, the median ratio reported (7: this machine's speed drifts within seconds)",
-    )
-    group.add_argument("--submit-connections", type=int, default=32, help="connections of the generator (32)")
+    add_compare_arguments(group, "submit", "POST")
     group.add_argument("--array-jobs", type=int, default=1000, help="jobs per array (1000: MAX_JOBS_PER_REQUEST)")
     group.add_argument("--arrays", type=int, default=20, help="arrays measured, after 3 of warm-up (20)")
     group.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check even if wrk is installed")
@@ -75,6 +68,18 @@ def job_body(index: int, max_tokens: int = 20) -> dict[str, Any]:
 def api_env(redis_url: str, **settings: str | int) -> dict[str, str]:
     """The API's environment when no worker runs: nothing is refused for a full queue."""
     return stack_env(redis_url, NO_MODEL_SERVER, MAX_QUEUE_DEPTH=10**9, **settings)
+
+
+def add_compare_arguments(group: argparse._ArgumentGroup, prefix: str, measured: str) -> None:
+    """--<prefix>-seconds, -rounds and -connections: the options of `compare`, the same for every benchmark."""
+    group.add_argument(f"--{prefix}-seconds", type=float, default=3.0, help="seconds measured per load (3)")
+    group.add_argument(
+        f"--{prefix}-rounds",
+        type=int,
+        default=7,
+        help=f"health/{measured} rounds, the median ratio reported (7: this machine's speed drifts within seconds)",
+    )
+    group.add_argument(f"--{prefix}-connections", type=int, default=32, help="connections of the generator (32)")
 
 
 def compare(

@@ -16,7 +16,6 @@ from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
 from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
 from shared.multiplex import SharedConnection
-from shared.settings import Settings
 from shared.store import INTERACTIVE_HEAD_START_MS, JobStore, arq_definition
 from tests.unit.conftest import MODEL, StoreFactory, make_settings
 
@@ -117,7 +116,7 @@ async def commands(redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch
 
 
 async def test_submit_stores_the_record_and_the_queue_entry_not_arq_s_definition(
-    redis: fakeredis.FakeAsyncRedis, store: JobStore, settings: Settings
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
 ) -> None:
     (submitted,) = await store.submit(OWNER, [job("j1", metadata={"team": "a"}, params={"max_tokens": 7})])
 
