@@ -32,8 +32,10 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def template_names() -> list[str]:
-    return sorted(_environment().list_templates())
+@functools.cache
+def template_names() -> tuple[str, ...]:
+    """The templates' names, sorted; they are files of the package, read once."""
+    return tuple(sorted(_environment().list_templates()))
 
 
 def render_prompt(template: str, text: str) -> str:

@@ -1,4 +1,4 @@
-"""API keys: the header, the keys file and its reload, constant-time lookup, owners never holding keys."""
+"""API keys: the header, the keys file and its reload, lookup by digest, owners never holding keys."""
 
 from __future__ import annotations
 
@@ -49,6 +49,18 @@ def test_prod_refuses_missing_malformed_or_unknown_credentials(keys_file: Path, 
     ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(keys_file)))
     with pytest.raises(Unauthorized):
         ring.authenticate(header)
+
+
+def test_each_of_many_keys_names_its_own_client(tmp_path: Path) -> None:
+    path = tmp_path / "api_keys.json"
+    write_keys(path, {f"client-{index}": f"key-{index:05d}" for index in range(5000)})
+    ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(path)))
+    assert len(ring) == 5000
+    for index in (0, 1, 2500, 4999):
+        assert ring.authenticate(f"Bearer key-{index:05d}").name == f"client-{index}"
+    for near in ("key-0000", "key-000000", "KEY-00001", "key-05000"):
+        with pytest.raises(Unauthorized):
+            ring.authenticate(f"Bearer {near}")
 
 
 def test_keys_from_the_environment(keys_file: Path) -> None:
