@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
 from shared.connection import redis_client
 from shared.multiplex import SharedConnection
@@ -46,6 +48,28 @@ async def test_concurrent_commands_each_get_their_own_reply_on_one_connection(
 
     assert replies == [f"value {n}" for n in range(500)]
     assert await connections_named(client, NAME) == before + 1
+
+
+async def test_the_commands_of_one_event_loop_turn_leave_in_one_write(
+    client: Redis, shared: SharedConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await client.mset({f"k{n}": f"value {n}" for n in range(500)})
+    await shared.execute("PING")  # connected: what follows needs no connection first
+    writes: list[int] = []
+    send = AbstractConnection.send_packed_command
+
+    async def counted(connection: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        writes.append(len(command))
+        await send(connection, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+
+    replies = await asyncio.gather(*[shared.execute("GET", f"k{n}") for n in range(500)])
+    assert replies == [f"value {n}" for n in range(500)]
+    assert len(writes) == 1
+    replies = [await shared.execute("GET", f"k{n}") for n in range(3)]
+    assert replies == [f"value {n}" for n in range(3)]
+    assert len(writes) == 4  # one at a time: each as soon as it comes
 
 
 async def test_an_error_reply_fails_its_command_only(client: Redis, shared: SharedConnection) -> None:
