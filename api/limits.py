@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import JSONResponse
 from shared import keys
 from shared.errors import SppError
 from shared.models import now_ms
+from shared.multiplex import SharedConnection
 from shared.scripts import load_script
 from shared.settings import Settings
 
@@ -71,14 +71,16 @@ class BodySizeLimit:
 class RateLimiter:
     """RATE_LIMIT requests per second per key, with bursts of RATE_LIMIT_BURST."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, shared: SharedConnection, settings: Settings) -> None:
+        """`shared`: the connection of the API's hot commands, as the check comes before each of them."""
+        self._shared = shared
         self._rate = settings.rate_limit
         self._burst = settings.RATE_LIMIT_BURST
-        self._script = load_script(redis, "rate")
+        self._script = load_script(shared.client, "rate")
 
     async def check(self, owner: str) -> None:
         if self._rate <= 0:
             return
-        wait = int(await self._script(keys=[keys.rate(owner)], args=[now_ms(), self._rate, self._burst]))
+        wait = int(await self._shared.evalsha(self._script, [keys.rate(owner)], [now_ms(), self._rate, self._burst]))
         if wait:
             raise RateLimited(self._rate, wait)

@@ -33,7 +33,8 @@ without closing it, behind a firewall or a NAT) and its commands are sent again 
 
 class SharedConnection:
     def __init__(self, client: Redis, *, reply_timeout: float = REPLY_TIMEOUT) -> None:
-        self._client = client
+        self.client = client
+        """The client whose pool makes the connection and whose policy retries its commands."""
         self._retry = client.get_retry()
         self._reply_timeout = reply_timeout
         self._connection: AbstractConnection | None = None
@@ -105,7 +106,7 @@ class SharedConnection:
     async def _connect(self) -> AbstractConnection:
         async with self._connecting:
             if self._connection is None:
-                connection: AbstractConnection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+                connection: AbstractConnection = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
                 if connection.socket_timeout is not None:
                     raise ValueError("a shared connection needs socket_timeout=None (see _execute)")
                 await connection.connect()  # type: ignore[no-untyped-call]

@@ -112,8 +112,9 @@ class JobStore:
         self.settings = settings
         self._on_created = on_created
         """Called with (model, number of jobs) for the jobs a submission created: the API's metrics."""
-        self._shared = SharedConnection(redis)
-        """The hot commands of the API (get, submit) share one pipelined connection, opened at their first use."""
+        self.shared = SharedConnection(redis)
+        """The hot commands of the API (get, submit, the rate limit) share one pipelined connection, opened at
+        their first use."""
         self._submit = load_script(redis, "submit")
         self._cancel = load_script(redis, "cancel")
         self._start = load_script(redis, "start")
@@ -124,7 +125,7 @@ class JobStore:
 
     async def aclose(self) -> None:
         """Close the store's shared connection (not the client it was given)."""
-        await self._shared.aclose()
+        await self.shared.aclose()
 
     # ---- API side -------------------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class JobStore:
             if metadata:
                 record["metadata"] = metadata
             fresh.append(record | extra if extra else record)
-        reply = await self._shared.evalsha(self._submit, records, args)
+        reply = await self.shared.evalsha(self._submit, records, args)
         if reply[0] == "conflict":
             raise JobConflict(keys.split_key_id(reply[1])[1])
         if reply[0] == "full":
@@ -200,7 +201,7 @@ class JobStore:
         return submitted
 
     async def get(self, owner: str, job_id: str) -> dict[str, str]:
-        flat = await self._shared.execute("HGETALL", keys.job(keys.key_id(owner, job_id)))
+        flat = await self.shared.execute("HGETALL", keys.job(keys.key_id(owner, job_id)))
         if not flat:
             raise JobNotFound(job_id)
         return _pairs(flat)
