@@ -9,7 +9,11 @@ the first token, then 0.38 s of tokens.
   stacks (one Redis each, the same simulator), counted alternately for --streaming-rounds rounds;
   medians. arq's own commands (its pool's connections are unnamed) vary from run to run with the
   timing of its polls, which re-examine the running jobs still in its queue: the figures without them
-  show what streaming itself adds. Also the stream entries per job (XLEN).
+  show what streaming itself adds. Also the stream entries per job (XLEN). Both stacks run with
+  WORKER_HEARTBEAT=60 s: the heartbeat costs 3 commands per running job and tick, the same with and without
+  streaming, but the 200 jobs run together for 0.58 s, so a 1 s tick fell in one round and not in the next,
+  moving that round by 3 commands a job: more than the difference measured. Per-second traffic is
+  `latency`'s idle figure.
 - Time to first token: --ttft-samples times, one after the other, a direct streaming request to the
   simulator (the worker's body; time to its first chunk: the baseline), then a job (POST /v1/jobs, then
   GET /v1/jobs/{id}/events on the same connection: POST sent -> first `token` event); max_tokens
@@ -35,6 +39,7 @@ from bench.throughput import prompts
 NAME = "streaming"
 SIM = {"prefill_ms": 200, "ms_per_token": 20}
 NO_STREAMING_MS = 100_000
+HEARTBEAT_S = 60
 RATIO_TARGET, TTFT_TARGET_MS = 1.2, 60.0
 KINDS = ("sent_per_job", "executed_per_job", "own_sent_per_job", "own_executed_per_job")
 
@@ -106,7 +111,10 @@ def run(args: argparse.Namespace) -> Result:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
     with Processes(NAME) as processes:
         sim_url = processes.sim(**SIM)
-        stacks = {name: processes.stack(sim_url, STREAM_FLUSH_MS=flush) for name, flush in settings.items()}
+        stacks = {
+            name: processes.stack(sim_url, STREAM_FLUSH_MS=flush, WORKER_HEARTBEAT=HEARTBEAT_S)
+            for name, flush in settings.items()
+        }
         for stack in stacks.values():  # warm-up: Lua scripts loaded, connections open
             uvloop.run(commands._run_albert(stack.api_url, CommandMeter(stack.redis_url), texts[:50], max_tokens))
         for number in range(args.streaming_rounds):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -83,6 +83,15 @@ def request_json(job: JobCreate, settings: Settings) -> tuple[str, str]:
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class Chunk(NamedTuple):
+    """Tokens of a run, to append to its job's stream as entry `entry_id` (see `JobStore.append`)."""
+
+    kid: str
+    run: int
+    text: str
+    entry_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +297,14 @@ class JobStore:
         sent again; or `*` (Redis's clock, not safe to resend) when no id of the worker's follows in the run:
         that id could fall below it, and its chunk be taken for a resend.
         """
-        added: str | None = await self._append(keys=[keys.job(kid), keys.stream(kid)], args=[run, text, entry_id])
-        return added
+        return (await self.append_many([Chunk(kid, run, text, entry_id)]))[0]
+
+    async def append_many(self, chunks: list[Chunk]) -> list[str | None]:
+        """`append` of several chunks (of different jobs) in one call; their results in the same order."""
+        job_keys = [key for chunk in chunks for key in (keys.job(chunk.kid), keys.stream(chunk.kid))]
+        args = [value for chunk in chunks for value in (chunk.run, chunk.text, chunk.entry_id)]
+        written: list[str | None] = await self._append(keys=job_keys, args=args)
+        return written
 
     async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
         """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens)."""

@@ -9,6 +9,7 @@ from shared.metrics import WorkerMetrics
 from shared.settings import Settings
 from shared.store import JobStore
 from worker.backends import ModelClient
+from worker.chunks import ChunkWriter
 
 
 class Running(NamedTuple):
@@ -28,3 +29,8 @@ class WorkerContext:
     """Every job this worker runs now, by key id: its run for the heartbeat, its arq job id to stop it."""
     aborting: set[str] = field(default_factory=set)
     """arq job ids cancelled on purpose, as opposed to by a shutdown: arq's own `aborting_tasks` set."""
+    chunks: ChunkWriter = field(init=False)
+    """Writes the token chunks of every running job, those of one event-loop turn together."""
+
+    def __post_init__(self) -> None:
+        self.chunks = ChunkWriter(self.store)

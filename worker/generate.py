@@ -19,7 +19,7 @@ from arq import Retry
 from redis import exceptions as redis_errors
 
 from shared.models import GenerationRequest, JobError, JobResult, now_ms
-from shared.store import Started
+from shared.store import Chunk, Started
 from shared.streams import next_id
 from worker.backends import BackendError, BackendRejected, Delta
 from worker.context import Running, WorkerContext
@@ -59,13 +59,19 @@ class AttemptLost(Exception):
 
 
 class TokenWriter:
-    """Coalesces tokens into one stream entry per STREAM_FLUSH_MS; the first token goes out at once."""
+    """Coalesces tokens into one stream entry per STREAM_FLUSH_MS; the first token goes out at once.
+
+    The windows are slots of one clock (multiples of STREAM_FLUSH_MS), the same for every job: a decode step
+    of the model server that gives a token to every running job makes them all flush in the same event-loop
+    turn, and `ChunkWriter` writes their chunks in one call.
+    """
 
     def __init__(self, spp: WorkerContext, kid: str, run: int) -> None:
         self._spp, self._kid, self._run = spp, kid, run
         self._window = spp.settings.STREAM_FLUSH_MS / 1000
         self._buffer: list[str] = []
-        self._last_flush = 0.0
+        self._slot = -1.0
+        """The window of the last flush: time.monotonic() // STREAM_FLUSH_MS."""
         self._last_id: str | None = None
         """The stream id of the run's last chunk written: the next one's id must be above it."""
         self._pending: tuple[str, str] | None = None
@@ -80,8 +86,9 @@ class TokenWriter:
         self.parts.append(text)
         self._buffer.append(text)
         now = time.monotonic()
-        if now - self._last_flush >= self._window:
-            self._last_flush = now
+        slot = now // self._window if self._window else now  # STREAM_FLUSH_MS=0: every token
+        if slot != self._slot:
+            self._slot = slot
             try:
                 await self.flush()
             except REDIS_WRITE_ERRORS as exc:
@@ -96,7 +103,7 @@ class TokenWriter:
             self._pending = (next_id(self._last_id, now_ms()), "".join(self._buffer))
             self._buffer.clear()
         entry_id, text = self._pending
-        written = await self._spp.store.append(self._kid, self._run, text, entry_id)
+        written = await self._spp.chunks.append(Chunk(self._kid, self._run, text, entry_id))
         self._pending = None
         if written is None:
             raise AttemptLost

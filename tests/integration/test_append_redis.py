@@ -1,8 +1,10 @@
-"""append.lua on a real redis-server: the commands a token chunk costs, and the refusal of a chunk sent twice
-(Redis's own error, which the in-memory Redis of the unit tests only imitates)."""
+"""append.lua on a real redis-server: the commands a token chunk costs, the refusal of a chunk sent twice
+(Redis's own error, which the in-memory Redis of the unit tests only imitates), and the chunks of several jobs
+written in one call by the worker's ChunkWriter."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,10 +13,11 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.models import JobCreate, now_ms
-from shared.store import JobStore
+from shared.store import Chunk, JobStore
 from shared.streams import next_id, stream_id
 from tests.integration.conftest import RedisServer
 from tests.unit.conftest import MODEL, make_settings
+from worker.chunks import ChunkWriter
 
 OWNER = "owner1"
 
@@ -93,3 +96,41 @@ async def test_an_error_other_than_the_refusal_reaches_the_caller(store: JobStor
 
     with pytest.raises(redis_errors.ResponseError, match="WRONGTYPE"):
         await store.append(kid, run, "x", next_id(None, now_ms()))
+
+
+async def test_the_chunks_of_one_turn_go_in_one_call_each_with_its_own_result(store: JobStore) -> None:
+    started = [await start(store, f"k{index}") for index in range(3)]
+    (kid0, run0), (kid1, run1), (kid2, run2) = started
+    await store.cancel(OWNER, "k1")  # its run no longer owns it
+    first = next_id(None, now_ms())
+    assert await store.append(kid2, run2, "déjà", first) == first  # loads the script; sent again below
+    await store.redis.config_resetstat()
+    writer = ChunkWriter(store)
+
+    written = await asyncio.gather(
+        writer.append(Chunk(kid0, run0, "Bonjour", next_id(None, now_ms()))),
+        writer.append(Chunk(kid1, run1, "perdu", next_id(None, now_ms()))),
+        writer.append(Chunk(kid2, run2, "déjà", first)),
+    )
+
+    assert written[0] is not None
+    assert written[1] is None
+    assert written[2] == first
+    stats = await store.redis.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert await tokens(store, kid0) == [("token", "Bonjour")]
+    assert await tokens(store, kid2) == [("token", "déjà")]
+
+
+async def test_a_failed_call_fails_every_chunk_of_its_turn(store: JobStore) -> None:
+    (kid0, run0), (kid1, run1) = [await start(store, f"m{index}") for index in range(2)]
+    await store.redis.set(keys.stream(kid1), "not a stream")
+    writer = ChunkWriter(store)
+
+    results = await asyncio.gather(
+        writer.append(Chunk(kid0, run0, "a", next_id(None, now_ms()))),
+        writer.append(Chunk(kid1, run1, "b", next_id(None, now_ms()))),
+        return_exceptions=True,
+    )
+
+    assert all(isinstance(result, redis_errors.ResponseError) for result in results)

@@ -13,7 +13,7 @@ import pytest
 from shared import keys
 from shared.models import now_ms
 from shared.settings import Settings
-from shared.store import JobStore
+from shared.store import Chunk, JobStore
 from tests.unit.conftest import (
     MODEL,
     Answer,
@@ -70,8 +70,8 @@ class WatchedStore(JobStore):
         super().__init__(redis, settings)
         self.appended = asyncio.Event()
 
-    async def append(self, kid: str, run: int, text: str, entry_id: str) -> str | None:
-        written = await super().append(kid, run, text, entry_id)
+    async def append_many(self, chunks: list[Chunk]) -> list[str | None]:
+        written = await super().append_many(chunks)
         self.appended.set()
         return written
 

@@ -14,7 +14,7 @@ from redis import exceptions as redis_errors
 from shared import keys
 from shared.models import JobError, JobResult, now_ms
 from shared.settings import Settings
-from shared.store import JobStore, Started
+from shared.store import Chunk, JobStore, Started
 from tests.unit.conftest import (
     MODEL,
     Answer,
@@ -70,10 +70,8 @@ class FlakyStore(JobStore):
         )
         return result
 
-    async def append(self, kid: str, run: int, text: str, entry_id: str) -> str | None:
-        added: str | None = await self._maybe_fail(
-            "append", lambda: super(FlakyStore, self).append(kid, run, text, entry_id)
-        )
+    async def append_many(self, chunks: list[Chunk]) -> list[str | None]:
+        added: list[str | None] = await self._maybe_fail("append", lambda: super(FlakyStore, self).append_many(chunks))
         return added
 
     async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
