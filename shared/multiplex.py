@@ -108,7 +108,7 @@ class SharedConnection:
             if self._connection is None:
                 connection: AbstractConnection = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
                 if connection.socket_timeout is not None:
-                    raise ValueError("a shared connection needs socket_timeout=None (see _execute)")
+                    raise ValueError("a shared connection needs socket_timeout=None: REPLY_TIMEOUT is its own")
                 await connection.connect()  # type: ignore[no-untyped-call]
                 self._connection = connection
                 self._reading = asyncio.create_task(self._read(connection))
