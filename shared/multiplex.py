@@ -116,8 +116,8 @@ class SharedConnection:
             return self._connection
 
     async def _write(self, connection: AbstractConnection) -> None:
-        """Write the commands queued since its last write, all in one. A failed write closes the connection,
-        whose reader then fails every command waiting."""
+        """Write the commands queued since its last write, all in one. A failed write ends it: redis-py has closed
+        the connection, whose reader then fails every command waiting."""
         while True:
             await self._outbox_filled.wait()
             self._outbox_filled.clear()
@@ -125,7 +125,6 @@ class SharedConnection:
             try:
                 await connection.send_packed_command(b"".join(commands), check_health=False)
             except Exception:
-                await connection.disconnect(nowait=True)
                 return
 
     async def _read(self, connection: AbstractConnection) -> None:

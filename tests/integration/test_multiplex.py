@@ -147,6 +147,28 @@ async def test_commands_in_flight_when_the_connection_drops_are_sent_again(
     assert [item for item in await client.client_list() if int(item["id"]) == blocked[0]] == []
 
 
+async def test_commands_whose_write_fails_are_sent_again_on_a_new_connection(
+    client: Redis, shared: SharedConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await client.set("k", "v")
+    await shared.execute("PING")
+    before = await connections_named(client, NAME)
+    send = AbstractConnection.send_packed_command
+    writes = 0
+
+    async def failing_once(connection: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 1:  # the socket is gone when the first write finds it
+            connection._writer.transport.abort()  # type: ignore[union-attr]
+        await send(connection, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", failing_once)
+
+    assert await asyncio.wait_for(asyncio.gather(*[shared.execute("GET", "k") for _ in range(20)]), 10) == ["v"] * 20
+    assert await connections_named(client, NAME) == before  # the failed one closed, a new one made
+
+
 async def test_a_connection_silent_past_the_reply_timeout_is_replaced(client: Redis) -> None:
     """Redis paused stands for a peer gone without closing the connection: no reply ever comes on it."""
     shared = SharedConnection(client, reply_timeout=0.3)
