@@ -6,13 +6,16 @@ import importlib.util
 
 import uvicorn
 
-from api.main import create_app
+from api.main import create_app, open_access_refusal
 from shared.logs import configure_logging
 from shared.settings import settings_or_exit
 
 
 def main() -> None:
     settings = settings_or_exit()
+    refusal = open_access_refusal(settings)
+    if refusal is not None:
+        raise SystemExit(f"albert-spp: {refusal}")
     configure_logging(settings)
     uvicorn.run(
         create_app(settings),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.auth import KeyRing
-from api.body import add_components
+from api.body import AbortedBodies, add_components
 from api.deps import State
 from api.limits import BodySizeLimit, RateLimiter
 from api.observability import RequestMetrics
@@ -27,6 +29,30 @@ from shared.metrics import ApiMetrics
 from shared.settings import Settings, get_settings
 from shared.store import JobStore
 
+logger = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (API_HOST) is a loopback address: 127.0.0.0/8, ::1 or `localhost`."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def open_access_refusal(settings: Settings) -> str | None:
+    """Why the API must not start with these settings: open access (ENV=dev or unittest accept any API key)
+    on an address other machines reach. None when it may. The workers listen on no API_HOST: only the API
+    checks it, not Settings."""
+    if settings.open_access and not is_loopback(settings.API_HOST):
+        return (
+            f"ENV={settings.ENV} accepts any API key; it may only listen on a loopback address, not "
+            f"API_HOST={settings.API_HOST}: set ENV=staging or prod with API_KEYS_FILE/API_KEYS"
+        )
+    return None
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -34,6 +60,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        if settings.open_access:
+            ignored = (
+                " (API_KEYS_FILE/API_KEYS are not checked)"
+                if settings.API_KEYS_FILE or settings.API_KEYS.strip()
+                else ""
+            )
+            logger.warning(
+                "ENV=%s accepts any API key%s: open access, for development on a loopback address only; "
+                "set ENV=staging or prod to require keys",
+                settings.ENV,
+                ignored,
+            )
         keyring = KeyRing(settings)
         redis = redis_client(settings, "spp-api", max_connections=settings.API_REDIS_CONNECTIONS)
         hub = StreamHub(redis_client(settings, "spp-api-streams", single_connection=True), redis)
@@ -76,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSONResponse,
     )
     errors.install(app)
+    app.add_middleware(AbortedBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
     app.add_middleware(RequestMetrics, metrics=api_metrics)
     if settings.cors_origins:

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -502,6 +503,50 @@ def test_the_containers_settings_are_valid(tmp_path: Path) -> None:
         assert result.returncode == 0, f"{name}: {result.stderr}"
         assert env_example()["VLLM_HF_REPO_ID"] in result.stdout
         assert "@redis:6379/" in result.stdout
+
+
+def test_the_api_container_starts_in_the_env_files_env_and_would_refuse_open_access(tmp_path: Path) -> None:
+    """The API listens on 0.0.0.0 in its container: the env file's ENV (staging) lets it start; ENV=dev or
+    unittest, which accept any key, stop it; and so does its image run alone, ENV unset (dev)."""
+    code = (
+        "from api.main import open_access_refusal; from shared.settings import Settings;"
+        " print(open_access_refusal(Settings()))"
+    )
+    result = run_in_container_env(services()["api"], ["-c", code], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None"
+    for env in ("dev", "unittest"):
+        api = compose({**env_example(), "ENV": env})["services"]["api"]
+        result = run_in_container_env(api, ["-c", code], tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"ENV={env} accepts any API key" in result.stdout
+        assert "not API_HOST=0.0.0.0" in result.stdout
+
+    image_env: dict[str, str] = {}
+    for instruction in instructions(final_stage(ROOT / "Dockerfile.api"), "ENV"):
+        image_env |= dict(item.split("=", 1) for item in shlex.split(instruction.arguments))
+    assert "ENV" not in image_env, "the image leaves ENV to its deployment"
+    image_env.pop("PATH")
+    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "api"],
+        env={**base, **image_env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ENV=dev accepts any API key" in result.stderr
+    assert "not API_HOST=0.0.0.0" in result.stderr
+
+
+def test_compose_requires_env() -> None:
+    env = {key: value for key, value in env_example().items() if key != "ENV"}
+    with pytest.raises(MissingVariable, match="staging or prod"):
+        compose(env)
+    assert env_example()["ENV"] in ("staging", "prod"), ".env.example runs under compose"
 
 
 def test_every_service_has_a_healthcheck() -> None:
