@@ -24,6 +24,10 @@ Options:
   --generate-delimiter D       record separator of the /generate stream: newline (default) or nul
   --fault-seed N               seed of the fault RNG, for reproducible runs (default: unseeded)
   --log-level LEVEL            uvicorn log level (info); the access log is on only at debug
+  --api-key KEY                as vLLM's: the /v1 routes answer 401 without `Authorization: Bearer KEY`
+  --replay FILE                serve a recorded real server's answer instead (sim/replay.py); with it,
+                               only --host, --port, --log-level and --pace-ms apply
+  --pace-ms MS                 with --replay: delay between the recorded SSE events (0: all at once)
 
 Faults are drawn per valid request, from the --fault-seed RNG, in the order hang, error, cut,
 mid-stream error; the first that fires wins. A hung request holds no batch slot. An early stop
@@ -42,11 +46,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from sim.app import create_app
 from sim.config import DEFAULT_MODEL, SimConfig
+from sim.replay import TranscriptError, create_replay_app
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--generate-delimiter", choices=["newline", "nul"], default="newline")
     parser.add_argument("--fault-seed", type=int, default=None)
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--api-key", default=None, help="as vLLM's: /v1 routes want 'Authorization: Bearer KEY'")
+    parser.add_argument("--replay", type=Path, default=None, metavar="FILE")
+    parser.add_argument("--pace-ms", type=float, default=0.0)
     return parser
 
 
@@ -93,6 +103,7 @@ def parse_config(argv: Sequence[str] | None = None) -> SimConfig:
             generate_delimiter=args.generate_delimiter,
             fault_seed=args.fault_seed,
             log_level=args.log_level,
+            api_key=args.api_key,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -100,8 +111,17 @@ def parse_config(argv: Sequence[str] | None = None) -> SimConfig:
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.replay is None:
+        app: ASGIApp = create_app(config)
+    else:
+        try:
+            app = create_replay_app(args.replay, args.pace_ms)
+        except (OSError, TranscriptError) as exc:
+            parser.error(f"--replay: {exc}")
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",

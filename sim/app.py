@@ -90,7 +90,15 @@ class Simulator:
     async def generate(self, request: Request) -> Response:
         return await self._serve(request, Kind.GENERATE)
 
+    def _unauthorized(self, request: Request) -> Response | None:
+        """vLLM's answer to a /v1 request without the --api-key bearer key (its body is not an OpenAI error)."""
+        if self.config.api_key is None or request.headers.get("authorization") == f"Bearer {self.config.api_key}":
+            return None
+        return _json({"error": "Unauthorized"}, 401)
+
     async def _serve(self, request: Request, kind: Kind) -> Response:
+        if kind is not Kind.GENERATE and (refused := self._unauthorized(request)) is not None:
+            return refused
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             raw = await request.body()
@@ -146,6 +154,8 @@ class Simulator:
         return Response(generate_record(params.prompt + plan.text), headers=headers, media_type="application/json")
 
     async def models(self, request: Request) -> Response:
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
         return _json(model_list(self.config.models, self.started, self.config.max_model_len))
 
     async def health(self, request: Request) -> Response:

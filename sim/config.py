@@ -33,6 +33,8 @@ class SimConfig:
     generate_delimiter: Delimiter = "newline"
     fault_seed: int | None = None
     log_level: str = "info"
+    api_key: str | None = None
+    """As vLLM's --api-key: every /v1 route then wants `Authorization: Bearer <key>` (401 otherwise)."""
 
     def __post_init__(self) -> None:
         if not self.models:

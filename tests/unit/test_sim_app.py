@@ -386,3 +386,16 @@ async def test_cut_fault_leaves_the_stream_unfinished() -> None:
     events = sse_events(call.body_bytes)
     assert len(events) == 1 + 5
     assert "[DONE]" not in events
+
+
+async def test_api_key_guards_the_v1_routes_as_vllm_does() -> None:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+    async with sim_client(api_key="sk-1") as client:
+        refused = await client.post("/v1/chat/completions", json=body)
+        listed = await client.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        allowed = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-1"})
+        health = await client.get("/health")
+
+    assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
+    assert listed.status_code == 401
+    assert (allowed.status_code, health.status_code) == (200, 200)
