@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -23,15 +24,37 @@ Protocol = Literal["openai", "generate"]
 
 
 class Backend(BaseModel, frozen=True):
-    """One server of a model: its root URL (no trailing `/v1`) and the protocol it speaks."""
+    """One server of a model: its root URL (no trailing `/v1`), the protocol it speaks and, when it has a key
+    of its own, the bearer key it wants (else LLM_API_KEY)."""
 
     model: str
     url: str
     protocol: Protocol = "openai"
+    api_key: str | None = Field(None, repr=False)
+
+    @property
+    def public_url(self) -> str:
+        """The URL without credentials (`http://user:secret@host` -> `http://host`): the one fit for logs."""
+        parts = urlsplit(self.url)
+        if parts.username is None and parts.password is None:
+            return self.url
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+
+_ENTRY_OPTIONS = {"protocol", "api_key"}
 
 
 def parse_llm_table(raw: str) -> list[Backend]:
-    """Parse `LLM_TABLE`: a Python-literal or JSON list of `(model, url[, "generate"])` entries.
+    """Parse `LLM_TABLE`: a Python-literal or JSON list of entries, each one of
+
+    - `(model, url)`: the seed's form, an OpenAI-compatible server;
+    - `(model, url, "generate")`: a server of vLLM's legacy `/generate`;
+    - `(model, url, {"api_key": "...", "protocol": "generate"})`: options, each optional: the server's own
+      bearer key (instead of LLM_API_KEY) and its protocol.
 
     Entries sharing a model name are replicas of that model.
     """
@@ -45,22 +68,49 @@ def parse_llm_table(raw: str) -> list[Backend]:
             raise ValueError(f"LLM_TABLE is neither a Python literal nor JSON: {exc}") from None
     if not isinstance(entries, list | tuple) or not entries:
         raise ValueError("LLM_TABLE must be a non-empty list of (model_name, model_url) tuples")
-    backends: list[Backend] = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, list | tuple) or len(entry) not in (2, 3):
-            raise ValueError(f"LLM_TABLE entry {index} must be (model_name, model_url[, 'generate']): {entry!r}")
-        model, url, *rest = entry
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError(f"LLM_TABLE entry {index}: model name must be a non-empty string")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"LLM_TABLE entry {index}: model url must start with http:// or https://: {url!r}")
-        protocol = rest[0] if rest else "openai"
-        if protocol not in ("openai", "generate"):
-            raise ValueError(f"LLM_TABLE entry {index}: third element must be 'generate', not {protocol!r}")
-        root = url.rstrip("/")
-        root = root.removesuffix("/v1")
-        backends.append(Backend(model=model.strip(), url=root, protocol=protocol))
-    return backends
+    return [_llm_table_entry(index, entry) for index, entry in enumerate(entries)]
+
+
+def _shown(value: Any) -> str:
+    """An LLM_TABLE entry or URL as an error message may show it: api keys and URL credentials masked."""
+    if isinstance(value, dict):
+        return repr({key: "***" if key == "api_key" else item for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return "(" + ", ".join(_shown(item) for item in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, str) and "@" in value:
+        return repr(re.sub(r"//[^/@]*@", "//***@", value))
+    return repr(value)
+
+
+def _llm_table_entry(index: int, entry: Any) -> Backend:
+    """One entry of LLM_TABLE (see parse_llm_table); errors show the entry with its secrets masked."""
+    if not isinstance(entry, list | tuple) or len(entry) not in (2, 3):
+        raise ValueError(
+            f"LLM_TABLE entry {index} must be (model_name, model_url[, 'generate' or {{options}}]): {_shown(entry)}"
+        )
+    model, url, *rest = entry
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"LLM_TABLE entry {index}: model name must be a non-empty string")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"LLM_TABLE entry {index}: model url must start with http:// or https://: {_shown(url)}")
+    options: dict[str, Any] = {}
+    if rest and isinstance(rest[0], dict):
+        options = rest[0]
+        unknown = set(options) - _ENTRY_OPTIONS
+        if unknown:
+            raise ValueError(
+                f"LLM_TABLE entry {index}: unknown options {sorted(unknown)}; known: {sorted(_ENTRY_OPTIONS)}"
+            )
+    elif rest:
+        options = {"protocol": rest[0]}
+    protocol = options.get("protocol", "openai")
+    if protocol not in ("openai", "generate"):
+        raise ValueError(f"LLM_TABLE entry {index}: the protocol must be 'openai' or 'generate', not {protocol!r}")
+    api_key = options.get("api_key")
+    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+        raise ValueError(f"LLM_TABLE entry {index}: api_key must be a non-empty string")
+    root = url.rstrip("/").removesuffix("/v1")
+    return Backend(model=model.strip(), url=root, protocol=protocol, api_key=api_key)
 
 
 class Settings(BaseSettings):
@@ -113,6 +163,20 @@ class Settings(BaseSettings):
 
     # Models
     LLM_TABLE: Annotated[list[Backend], NoDecode] = Field(default_factory=lambda: parse_llm_table(DEFAULT_LLM_TABLE))
+    SIM_PORT: int = Field(
+        8081,
+        ge=1,
+        le=65535,
+        description="Port of the vLLM simulator `make run` starts when LLM_TABLE is unset (or the default).",
+    )
+    LLM_API_KEY: str | None = Field(
+        None,
+        repr=False,
+        description="Bearer key sent to every model server (vLLM's --api-key); an LLM_TABLE entry may have its own.",
+    )
+    LLM_CA_BUNDLE: Path | None = Field(
+        None, description="PEM file of the CA(s) that sign https:// model servers' certificates (a private CA)."
+    )
     BACKEND_TIMEOUT: float = Field(600.0, gt=0, description="Seconds a whole generation may take.")
     BACKEND_CONNECT_TIMEOUT: float = Field(5.0, gt=0)
     BACKEND_READ_TIMEOUT: float = Field(
@@ -132,7 +196,15 @@ class Settings(BaseSettings):
     RESULT_TTL: int = Field(172_800, ge=1, description="Seconds a finished job is kept.")
     STREAM_TTL: int = Field(3_600, ge=1, description="Seconds a finished job's token stream is kept.")
     MAX_JOBS_PER_REQUEST: int = Field(1_000, ge=1)
-    MAX_QUEUE_DEPTH: int = Field(10_000, ge=0, description="Queued jobs per model; 0: unlimited.")
+    MAX_QUEUE_DEPTH: int = Field(
+        10_000, ge=0, description="Queued interactive jobs per model (batch jobs aside); 0: unlimited."
+    )
+    MAX_BATCH_QUEUE_DEPTH: int = Field(
+        100_000,
+        ge=0,
+        description="Queued batch jobs per model (twice BATCH_MAX_LINES); a batch that would exceed it fails whole. "
+        "0: unlimited.",
+    )
     MAX_PROMPT_CHARS: int = Field(200_000, ge=1)
     MAX_MESSAGES: int = Field(256, ge=1)
     MAX_TOKENS_LIMIT: int = Field(32_768, ge=1)
@@ -165,7 +237,16 @@ class Settings(BaseSettings):
     SPP_TEMPERATURE: float = Field(0.2, ge=0, le=2)
     SPP_TOP_P: float = Field(1.0, gt=0, le=1)
 
-    @field_validator("API_KEYS_FILE", "REDIS_URL", "REDIS_PASSWORD", "RATE_LIMIT", "FILE_TTL", mode="before")
+    @field_validator(
+        "API_KEYS_FILE",
+        "REDIS_URL",
+        "REDIS_PASSWORD",
+        "RATE_LIMIT",
+        "FILE_TTL",
+        "LLM_API_KEY",
+        "LLM_CA_BUNDLE",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -186,6 +267,8 @@ class Settings(BaseSettings):
             raise ValueError(f"SPP_TEMPLATE={self.SPP_TEMPLATE!r} is not a template of shared/templates/")
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE={self.API_KEYS_FILE} is not a readable file")
+        if self.LLM_CA_BUNDLE is not None and not self.LLM_CA_BUNDLE.is_file():
+            raise ValueError(f"LLM_CA_BUNDLE={self.LLM_CA_BUNDLE} is not a readable file")
         return self
 
     @property
@@ -223,7 +306,9 @@ class Settings(BaseSettings):
 
     @property
     def open_access(self) -> bool:
-        """In dev and unittest any bearer token is accepted, as in the seed (the header is still required)."""
+        """In dev and unittest any bearer token is accepted, as in the seed (the header is still required). The
+        API then refuses a non-loopback API_HOST (`api.main.open_access_refusal`): not checked here, since the
+        workers, which share these settings, listen on no API_HOST."""
         return self.ENV in ("dev", "unittest")
 
     @property

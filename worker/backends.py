@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import ssl
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +30,18 @@ _DRAIN_SECONDS = 1.0
 
 
 class BackendError(Exception):
-    """A generation that the model server could not complete."""
+    """A generation that the model server could not complete.
+
+    `str(error)` is the public message, the one stored in the job and shown to its client: what happened and
+    the server's own words, sanitised; never the server's URL or credentials. `internal` adds where it
+    happened and the details, for the worker's log.
+    """
 
     kind = "backend_error"
+
+    def __init__(self, public: str, where: str = "", detail: str = "") -> None:
+        super().__init__(public)
+        self.internal = ": ".join(part for part in (where, public, detail) if part)
 
 
 class BackendUnavailable(BackendError):
@@ -53,6 +65,34 @@ class Final:
 
 Event = Delta | Final
 
+_REQUEST_IDS = uuid.UUID("6f1d7c52-3b0e-4d47-9a4e-2f9b8c1d0a5e")
+"""The namespace of the request ids sent to model servers (uuid5 of a job's key id and run)."""
+
+_RETRIED_4XX = (408, 424, 429)
+"""Client errors that are the server's state, not the request's fault: a timeout, a failed generation (TGI's
+424: a shard ran out of memory), overload."""
+
+PUBLIC_MESSAGE_CHARS = 300
+"""The longest server message kept in a job's error: a model server may echo a whole prompt."""
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def request_id(kid: str, run: int) -> str:
+    """The request id of a job's run, sent to the model server as `X-Request-Id`: a UUID, the one form every
+    server accepts (some refuse anything else), the same for the same run, logged next to the job id."""
+    return str(uuid.uuid5(_REQUEST_IDS, f"{kid}:{run}"))
+
+
+def public_text(message: str) -> str:
+    """A model server's own message, fit for a client: URLs (which may hold hosts or credentials) and control
+    characters removed, at most PUBLIC_MESSAGE_CHARS characters."""
+    cleaned = _CONTROL.sub(" ", _URL.sub("<url>", message)).strip()
+    if len(cleaned) > PUBLIC_MESSAGE_CHARS:
+        cleaned = cleaned[: PUBLIC_MESSAGE_CHARS - 1] + "…"
+    return cleaned
+
 
 def _error_message(body: Any) -> str:
     """The message of either vLLM error shape: `{"error": {...}}` or the older flat `{"message": ...}`."""
@@ -69,7 +109,7 @@ def _error_message(body: Any) -> str:
     return str(body)[:500]
 
 
-async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
+async def _raise_for_status(response: aiohttp.ClientResponse, where: str) -> None:
     if response.status == 200:
         return
     raw = await response.read()
@@ -77,10 +117,14 @@ async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
         message = _error_message(orjson.loads(raw))
     except orjson.JSONDecodeError:
         message = raw.decode(errors="replace")[:500]
-    text = f"{url} answered HTTP {response.status}: {message}"
-    if 400 <= response.status < 500 and response.status not in (408, 429):
-        raise BackendRejected(text)
-    raise BackendUnavailable(text)
+    said = public_text(message)
+    text = f"the model server answered HTTP {response.status}" + (f": {said}" if said else "")
+    if response.status in (401, 403):
+        # The worker's key, not the job, is wrong: worth retrying once an operator has fixed it.
+        raise BackendUnavailable(f"{text} (check LLM_API_KEY or the LLM_TABLE entry's api_key)", where)
+    if 400 <= response.status < 500 and response.status not in _RETRIED_4XX:
+        raise BackendRejected(text, where)
+    raise BackendUnavailable(text, where)
 
 
 async def _records(response: aiohttp.ClientResponse, separators: bytes = b"\n") -> AsyncIterator[bytes]:
@@ -130,8 +174,13 @@ class ModelClient:
             raise ValueError(f"model {model!r} is not in LLM_TABLE")
         self.replicas = Replicas(settings, self.backends)
         self._first_token_timeout = settings.FIRST_TOKEN_TIMEOUT
+        self._read_timeout = settings.BACKEND_READ_TIMEOUT
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.BACKEND_CONNECT_TIMEOUT, sock_read=settings.BACKEND_READ_TIMEOUT
+        )
+        self._default_key = settings.LLM_API_KEY
+        self._tls: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(settings.LLM_CA_BUNDLE)) if settings.LLM_CA_BUNDLE else True
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -139,13 +188,21 @@ class ModelClient:
     def session(self) -> aiohttp.ClientSession:
         """Made on first use, inside the running event loop."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=self._tls)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, raise_for_status=False)
         return self._session
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def _headers(self, backend: Backend, request_id: str, **more: str) -> dict[str, str]:
+        """The headers of a request: JSON, the request id and, when the server needs one, its bearer key."""
+        headers = {"X-Request-Id": request_id, "Content-Type": "application/json", **more}
+        key = backend.api_key or self._default_key
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
 
     async def stream(self, request: GenerationRequest, request_id: str) -> AsyncGenerator[Event, None]:
         """The generation's events from the next replica; raises BackendUnavailable or BackendRejected.
@@ -170,11 +227,15 @@ class ModelClient:
             if first_token.expired():
                 reason = f"no first token within FIRST_TOKEN_TIMEOUT={self._first_token_timeout:g}s"
             else:
-                reason = f"no answer in time ({type(exc).__name__})"
-            raise BackendUnavailable(f"{backend.url}: {reason}") from exc
+                reason = (
+                    f"no answer in time: the model server was silent for BACKEND_READ_TIMEOUT={self._read_timeout:g}s"
+                )
+            raise BackendUnavailable(reason, backend.public_url) from exc
         except aiohttp.ClientError as exc:
             self.replicas.failed(replica)
-            raise BackendUnavailable(f"{backend.url}: {type(exc).__name__}: {exc}") from exc
+            # aiohttp's messages name the host (and, for TLS, the certificate's details): internal only.
+            public = f"the connection to the model server failed ({type(exc).__name__})"
+            raise BackendUnavailable(public, backend.public_url, str(exc)) from exc
         except BackendUnavailable:
             self.replicas.failed(replica)
             raise
@@ -195,13 +256,14 @@ class ModelClient:
             path, chat = "/v1/completions", False
             body["prompt"] = request.prompt
         url = backend.url + path
+        where = backend.public_url + path
         finish_reason: str | None = None
         usage: Usage | None = None
         pieces = 0
         done = False
-        headers = {"X-Request-Id": request_id, "Accept": "text/event-stream", "Content-Type": "application/json"}
+        headers = self._headers(backend, request_id, Accept="text/event-stream")
         async with self.session.post(url, data=orjson.dumps(body), headers=headers) as response:
-            await _raise_for_status(response, url)
+            await _raise_for_status(response, where)
             async for raw in _records(response):
                 line = raw.rstrip(b"\r")
                 if not line.startswith(b"data:"):
@@ -213,11 +275,12 @@ class ModelClient:
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    raise BackendUnavailable(f"{url}: unreadable chunk in the stream: {data[:200]!r}") from None
+                    unreadable = "the model server sent an unreadable chunk"
+                    raise BackendUnavailable(unreadable, where, repr(data[:200])) from None
                 if "error" in chunk:
-                    message = f"{url}: error during the stream: {_error_message(chunk)}"
+                    message = f"the model server failed during the stream: {public_text(_error_message(chunk))}"
                     code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
-                    raise (BackendRejected if code == 400 else BackendUnavailable)(message)
+                    raise (BackendRejected if code == 400 else BackendUnavailable)(message, where)
                 if chunk.get("usage"):
                     usage = Usage.model_validate(chunk["usage"])
                 for choice in chunk.get("choices") or ():
@@ -233,7 +296,7 @@ class ModelClient:
                 with contextlib.suppress(TimeoutError, aiohttp.ClientError):
                     await asyncio.wait_for(response.content.read(), _DRAIN_SECONDS)
         if not done and finish_reason is None:
-            raise BackendUnavailable(f"{url}: the stream was cut before its end")
+            raise BackendUnavailable("the model server's stream was cut before its end", where)
         yield Final(finish_reason, usage or Usage(completion_tokens=pieces))
 
     async def _stream_generate(
@@ -242,25 +305,28 @@ class ModelClient:
         prompt = _chat_as_text(request)
         body = {"prompt": prompt, **_sampling(request)}
         url = backend.url + "/generate"
+        where = backend.public_url + "/generate"
         sent = 0
         records = 0
-        headers = {"X-Request-Id": request_id, "Content-Type": "application/json"}
-        async with self.session.post(url, data=orjson.dumps(body), headers=headers) as response:
-            await _raise_for_status(response, url)
+        async with self.session.post(
+            url, data=orjson.dumps(body), headers=self._headers(backend, request_id)
+        ) as response:
+            await _raise_for_status(response, where)
             async for record in _records(response, b"\n\0"):
                 if not record.strip():
                     continue
                 try:
                     text = orjson.loads(record)["text"][0]
                 except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-                    raise BackendUnavailable(f"{url}: unreadable record in the stream: {record[:200]!r}") from None
+                    unreadable = "the model server sent an unreadable record"
+                    raise BackendUnavailable(unreadable, where, repr(record[:200])) from None
                 completion = text[len(prompt) :] if text.startswith(prompt) else text
                 records += 1
                 if len(completion) > sent:
                     yield Delta(completion[sent:])
                     sent = len(completion)
         if records == 0:
-            raise BackendUnavailable(f"{url}: the stream ended without any record")
+            raise BackendUnavailable("the model server's stream ended without any record", where)
         # /generate reports neither usage nor finish reason: one record is one generated token.
         finish_reason = "length" if records >= request.max_tokens else "stop"
         yield Final(finish_reason, Usage(completion_tokens=records))

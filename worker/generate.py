@@ -21,7 +21,7 @@ from redis import exceptions as redis_errors
 from shared.models import GenerationRequest, JobError, JobResult, now_ms
 from shared.store import Chunk, Started
 from shared.streams import next_id
-from worker.backends import BackendError, BackendRejected, Delta
+from worker.backends import BackendError, BackendRejected, Delta, request_id
 from worker.context import Running, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
     queue_ms = max(0, now_ms() - started.created_at)
     spp.metrics.started.labels(model).inc()
     spp.metrics.queue_seconds.labels(model).observe(queue_ms / 1000)
-    _log(logging.INFO, spp, kid, attempt, "job_started", "started", queue_ms=queue_ms)
+    _log(logging.INFO, spp, kid, attempt, "job_started", "started", queue_ms=queue_ms, request_id=request_id(kid, run))
     began = time.monotonic()
     spp.metrics.running.labels(model).inc()
     writer = TokenWriter(spp, kid, run)
@@ -226,7 +226,8 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
         raise  # not a failure of the job: generate() leaves it to the sweeper
     except Exception as exc:
         logger.exception("job %s model=%s attempt=%d crashed", *log_args)
-        error = JobError(type="internal", message=f"internal error: {type(exc).__name__}: {exc}")
+        # The traceback is in the worker's log; the client learns only that the fault is ours.
+        error = JobError(type="internal", message=f"internal error of the worker ({type(exc).__name__})")
         await persist(lambda: store.finish(kid, model, run, error))
         _failed(spp, kid, attempt, "internal", time.monotonic() - began)
     finally:
@@ -238,7 +239,7 @@ async def _stream(spp: WorkerContext, kid: str, run: int, request: GenerationReq
     result: JobResult | None = None
     async with (
         asyncio.timeout(spp.settings.BACKEND_TIMEOUT),
-        contextlib.aclosing(spp.client.stream(request, f"{kid}:{run}")) as events,
+        contextlib.aclosing(spp.client.stream(request, request_id(kid, run))) as events,
     ):
         asked = time.monotonic()
         async for event in events:
@@ -253,8 +254,10 @@ async def _stream(spp: WorkerContext, kid: str, run: int, request: GenerationReq
     return result
 
 
-def _failed(spp: WorkerContext, kid: str, attempt: int, kind: str, seconds: float) -> None:
+def _failed(spp: WorkerContext, kid: str, attempt: int, kind: str, seconds: float, reason: str = "") -> None:
+    """Count and log a failed job; `reason` is the internal message (where it failed), for the log only."""
     spp.metrics.failed.labels(spp.model, kind).inc()
+    facts: dict[str, Any] = {"reason": reason[:500]} if reason else {}
     _log(
         logging.WARNING,
         spp,
@@ -265,6 +268,7 @@ def _failed(spp: WorkerContext, kid: str, attempt: int, kind: str, seconds: floa
         status="failed",
         error_type=kind,
         duration_ms=round(seconds * 1000),
+        **facts,
     )
 
 
@@ -278,6 +282,7 @@ async def _retry_or_fail(
     kind = exc.kind if isinstance(exc, BackendError) else "timeout"
     spp.metrics.backend_errors.labels(model, kind).inc()
     message = str(exc) or f"no result within BACKEND_TIMEOUT={settings.BACKEND_TIMEOUT:g}s"
+    internal = exc.internal if isinstance(exc, BackendError) else message
     if not isinstance(exc, BackendRejected) and attempt < settings.JOB_MAX_ATTEMPTS:
         delay = backoff_delay(settings.RETRY_BACKOFF, attempt)
         if now_ms() + delay * 1000 <= started.created_at + settings.JOB_DEADLINE * 1000:
@@ -289,7 +294,7 @@ async def _retry_or_fail(
                     kid,
                     attempt,
                     "job_retry",
-                    f"will be retried: {message[:300]}",
+                    f"will be retried: {internal[:300]}",
                     error_type=kind,
                     retry_in_s=round(delay, 2),
                 )
@@ -299,4 +304,4 @@ async def _retry_or_fail(
             f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed, after attempt {attempt}: {message}",
         )
     await persist(lambda: store.finish(kid, model, run, JobError(type=kind, message=message)))
-    _failed(spp, kid, attempt, kind, seconds)
+    _failed(spp, kid, attempt, kind, seconds, internal)

@@ -61,7 +61,7 @@ class Replicas:
     def succeeded(self, replica: Replica) -> None:
         """The server answered (a 4xx counts: the server is up, the request was wrong)."""
         if replica.trips:
-            logger.info("model server %s answers again", replica.backend.url)
+            logger.info("model server %s answers again", replica.backend.public_url)
         replica.failures = replica.trips = 0
         replica.skipped_until = 0.0
 
@@ -78,4 +78,4 @@ class Replicas:
         # One more failure after the cool-down starts the next, longer one.
         replica.failures = self._max_failures - 1
         replica.skipped_until = now + cooldown
-        logger.warning("model server %s keeps failing: skipped for %.0fs", replica.backend.url, cooldown)
+        logger.warning("model server %s keeps failing: skipped for %.0fs", replica.backend.public_url, cooldown)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from shared.keys import split_key_id
 from stack.processes import Service, free_port, start_python, start_redis
 
 pytestmark = pytest.mark.integration
@@ -79,6 +80,34 @@ class Stack:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
             time.sleep(0.02)
+
+    def request_ids(self) -> dict[str, str]:
+        """{X-Request-Id the workers sent to a model server: its job id}, from the workers' `job_started` log
+        lines, which put the request id (a UUID) next to the job."""
+        found: dict[str, str] = {}
+        for services in self.workers.values():
+            for service in services:
+                assert service.log is not None
+                for line in service.log.read_text(errors="replace").splitlines():
+                    if '"job_started"' in line and line.startswith("{"):
+                        fields = json.loads(line)
+                        found[fields["request_id"]] = split_key_id(fields["job"])[1]
+        return found
+
+
+SECRET = "s3cret-in-the-url"
+"""A password put in LLM_TABLE URLs: what clients see must never contain it, nor the server's address."""
+
+
+def with_credentials(url: str) -> str:
+    """`url` with operator credentials in it, as an LLM_TABLE entry may have them."""
+    return url.replace("http://", f"http://operator:{SECRET}@", 1)
+
+
+def assert_no_internal_details(text: str) -> None:
+    """A client-visible error names neither the model server's address nor its credentials."""
+    for internal in (SECRET, "operator", "127.0.0.1", "http://"):
+        assert internal not in text, f"{internal!r} shown to a client: {text}"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

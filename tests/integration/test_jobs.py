@@ -85,7 +85,8 @@ def test_sampling_parameters_reach_the_model_server_explicitly(stack: Stack, sim
     done = stack.wait_job(job_id)
     assert done["status"] == "succeeded"
     assert done["result"]["usage"]["completion_tokens"] == 7
-    sent = [r for r in sim.stats()["recent"] if f":{job_id}:" in r.get("request_id", "")]
+    sent_by = stack.request_ids()
+    sent = [r for r in sim.stats()["recent"] if sent_by.get(r["request_id"]) == job_id]
     assert len(sent) == 1
     request = sent[0]
     assert request["endpoint"] == "/v1/chat/completions"

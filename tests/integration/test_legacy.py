@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Sim, Stack, wait_for
+from tests.integration.conftest import Sim, Stack, assert_no_internal_details, wait_for, with_credentials
 
 SPP_MODEL = "spp/ok"
 SMALL_MODEL = "spp/small"
@@ -28,7 +28,7 @@ def stack(start_stack: Callable[..., Stack], sim: Sim) -> Stack:
 def failing_stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim]) -> Stack:
     """Its model's context is too small for the SPP prompt: every generation fails (HTTP 400)."""
     small = start_sim(SMALL_MODEL, max_model_len=128)
-    return start_stack([(SMALL_MODEL, small.url)], SPP_MAX_TOKENS=150)
+    return start_stack([(SMALL_MODEL, with_credentials(small.url))], SPP_MAX_TOKENS=150)
 
 
 def answers(stack: Stack, body: Any) -> Any:
@@ -88,7 +88,8 @@ def test_an_array_of_ids_answers_null_where_there_is_no_answer(stack: Stack) -> 
 def test_the_spp_prompt_reaches_the_model_rendered_with_acronyms_expanded(stack: Stack, sim: Sim) -> None:
     stack.http.post("/anonymize", json={"id": "exp-prompt", "text": TEXT})
     wait_answered(stack, "exp-prompt")
-    (request,) = [r for r in sim.stats()["recent"] if ":exp-prompt:" in r["request_id"]]
+    sent_by = stack.request_ids()
+    (request,) = [r for r in sim.stats()["recent"] if sent_by.get(r["request_id"]) == "exp-prompt"]
     assert request["endpoint"] == "/v1/chat/completions"
     (message,) = request["messages"]
     assert message["role"] == "user"
@@ -149,6 +150,8 @@ def test_a_failed_generation_is_never_an_answer(failing_stack: Stack) -> None:
     assert array[0]["generated_answer"] is None
     assert array[0]["status"] == "failed"
     assert "maximum context length" in array[0]["error"]["message"]
+    assert_no_internal_details(single.text)
+    assert_no_internal_details(str(array))
 
 
 def test_healthcheck(stack: Stack) -> None:

@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from stack.processes import free_port
-from tests.integration.conftest import Sim, Stack, wait_for
+from tests.integration.conftest import Sim, Stack, assert_no_internal_details, wait_for, with_credentials
 
 MODEL = "obs/model"
 SMALL = "obs/small"
@@ -31,7 +31,7 @@ def stack(start_stack: Callable[..., Stack], start_sim: Callable[..., Sim], metr
     small = start_sim(SMALL, max_model_len=32)
     # Both workers are given the port: the second finds it taken, says so, and works on without metrics.
     stack = start_stack(
-        [(MODEL, sim.url), (SMALL, small.url), (IDLE, sim.url)],
+        [(MODEL, sim.url), (SMALL, with_credentials(small.url)), (IDLE, sim.url)],
         workers={MODEL: 1, SMALL: 1},
         LOG_FORMAT="json",
         WORKER_METRICS_PORT=metrics_port,
@@ -88,6 +88,7 @@ def test_dashboard_data_shows_throughput_latency_workers_and_failures(stack: Sta
     (failure,) = models[SMALL]["failures"]
     assert failure["error"].startswith("backend_rejected: ")
     assert "maximum context length" in failure["error"]
+    assert_no_internal_details(failure["error"])
 
 
 def test_the_dashboard_renders_in_a_real_browser(stack: Stack, logs_dir: Path) -> None:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.integration.conftest import AUTH, Sim, Stack, wait_for
+from tests.integration.conftest import AUTH, Sim, Stack, assert_no_internal_details, wait_for, with_credentials
 
 MODEL = "AgentPublic/fabrique-reference-2"
 SMALL = "small/context-64"  # a server whose context holds 64 tokens
@@ -31,7 +31,7 @@ def sim(start_sim: Callable[..., Sim]) -> Sim:
 def stack(start_stack: Callable[..., Stack], sim: Sim, start_sim: Callable[..., Sim]) -> Stack:
     small = start_sim(SMALL, max_model_len=64)
     cut = start_sim(CUT, cut_rate=1, ms_per_token=1)
-    table = [(MODEL, sim.url), (SMALL, small.url), (CUT, cut.url)]
+    table = [(MODEL, sim.url), (SMALL, with_credentials(small.url)), (CUT, with_credentials(cut.url))]
     return start_stack(table, STREAM_FLUSH_MS=20, RETRY_BACKOFF=0.05)
 
 
@@ -81,7 +81,7 @@ def test_chat_completion_goes_through_the_queue(client: openai.OpenAI, stack: St
     assert completion.created == int(datetime.fromisoformat(job["created_at"]).timestamp())
     request = sent_to_server(sim, question)
     assert request is not None
-    assert f":{job['id']}:" in request["request_id"]  # the worker's request, not the API's
+    assert stack.request_ids()[request["request_id"]] == job["id"]  # the worker's request, not the API's
     assert (request["max_tokens"], request["seed"]) == (12, 3)
 
 
@@ -200,6 +200,7 @@ def test_context_length_exceeded_is_a_bad_request_with_the_servers_message(clien
         client.completions.create(model=SMALL, prompt="Bonjour, ma carte grise", max_tokens=100)
 
     assert "maximum context length is 64 tokens" in caught.value.message
+    assert_no_internal_details(str(caught.value.body))
 
 
 def test_a_failure_while_streaming_is_an_error_chunk(client: openai.OpenAI) -> None:
@@ -216,6 +217,7 @@ def test_a_failed_job_is_a_server_error(client: openai.OpenAI) -> None:
 
     assert caught.value.status_code == 503
     assert "backend_unavailable" in caught.value.message
+    assert_no_internal_details(str(caught.value.body))
 
 
 def test_a_restart_after_tokens_were_sent_ends_the_stream_and_the_job(client: openai.OpenAI, stack: Stack) -> None:
@@ -265,7 +267,8 @@ def test_a_waiting_client_that_disconnects_cancels_its_job(stack: Stack, sim: Si
         wait_for(lambda: sent_to_server(sim, question) is not None, 10, "the model server got the request")
     request = sent_to_server(sim, question)
     assert request is not None
-    job_id = request["request_id"].split(":")[1]  # the worker's request id: <owner>:<job id>:<run>
+    wait_for(lambda: request["request_id"] in stack.request_ids(), 10, "the worker logged its request id")
+    job_id = stack.request_ids()[request["request_id"]]
 
     assert stack.wait_job(job_id)["status"] == "cancelled"
     wait_for(lambda: sim.stats()["aborted"] > aborted, 10, "the model server saw the request aborted")

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 
 from shared.models import GenerationRequest, Message, Usage
 from tests.unit.conftest import MODEL, Answer, MockServer, Serve, Step, forever, make_settings, reply, stream
-from worker.backends import BackendRejected, BackendUnavailable, Delta, Event, Final, ModelClient
+from worker.backends import (
+    PUBLIC_MESSAGE_CHARS,
+    BackendRejected,
+    BackendUnavailable,
+    Delta,
+    Event,
+    Final,
+    ModelClient,
+    public_text,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -383,7 +395,7 @@ async def test_http_404_unknown_model_is_rejected(serve: Serve) -> None:
         await run(client_for(await serve(reply(body, status=404))), chat_request())
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 429, 408])
+@pytest.mark.parametrize("status", [500, 502, 503, 429, 424, 408])
 async def test_server_errors_and_overload_are_unavailable(serve: Serve, status: int) -> None:
     body = orjson.dumps({"error": {"message": "engine is busy", "code": status}})
 
@@ -407,7 +419,7 @@ async def test_mid_stream_error_chunk_raises(serve: Serve, code: int, error_type
     body = sse(chat_chunk("a"), error)
     seen: list[Event] = []
 
-    with pytest.raises(error_type, match="error during the stream: engine died"):
+    with pytest.raises(error_type, match="failed during the stream: engine died"):
         await collect_into(seen, client_for(await serve(stream(body))), chat_request())
 
     assert seen == [Delta("a")]
@@ -592,3 +604,103 @@ async def test_replicas_may_mix_protocols(serve: Serve) -> None:
         await client.aclose()
 
     assert [request.path for request in server.requests] == ["/v1/completions", "/generate"]
+
+
+# ---- what a strict or protected server needs: keys, TLS, no internal details in public messages -------------
+
+
+async def test_no_authorization_header_without_a_key(serve: Serve) -> None:
+    server = await serve(stream(CHAT_STREAM))
+
+    await run(client_for(server), chat_request())
+
+    assert "Authorization" not in server.requests[0].headers
+
+
+async def test_llm_api_key_is_sent_and_an_entry_key_wins(serve: Serve) -> None:
+    shared, own = await serve(stream(CHAT_STREAM)), await serve(stream(CHAT_STREAM))
+    table = f'[["{MODEL}", "{shared.url}"], ["{MODEL}", "{own.url}", {{"api_key": "key-of-own"}}]]'
+    client = client_for(shared, table, LLM_API_KEY="key-for-all")
+
+    try:
+        for _ in range(2):  # one request to each replica
+            assert isinstance([event async for event in client.stream(chat_request(), "r")][-1], Final)
+    finally:
+        await client.aclose()
+
+    assert shared.requests[0].headers["Authorization"] == "Bearer key-for-all"
+    assert own.requests[0].headers["Authorization"] == "Bearer key-of-own"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_is_unavailable_and_names_the_settings(serve: Serve, status: int) -> None:
+    server = await serve(reply(b'{"error": "Unauthorized"}', status=status, content_type="application/json"))
+
+    with pytest.raises(BackendUnavailable, match=f"HTTP {status}: Unauthorized .*LLM_API_KEY"):
+        await run(client_for(server, LLM_API_KEY="wrong"), chat_request())
+
+
+async def test_public_message_has_neither_the_server_url_nor_its_credentials(serve: Serve) -> None:
+    said = {"error": {"message": "prompt too long\x00, see http://10.0.0.7:8000/docs?token=t0p", "code": 400}}
+    server = await serve(reply(orjson.dumps(said), status=400, content_type="application/json"))
+    port = server.url.rsplit(":", 1)[1]
+    table = f'[["{MODEL}", "http://user:s3cret@127.0.0.1:{port}/v1"]]'
+
+    with pytest.raises(BackendRejected) as caught:
+        await run(client_for(server, table), chat_request())
+
+    public = str(caught.value)
+    assert public == "the model server answered HTTP 400: prompt too long , see <url>"
+    assert caught.value.internal == f"http://127.0.0.1:{port}/v1/chat/completions: {public}"
+    assert "s3cret" not in caught.value.internal
+    assert server.requests[0].headers["Authorization"].startswith("Basic ")  # the URL's credentials still work
+
+
+async def test_an_unreachable_server_is_named_in_the_log_only(closed_port: int) -> None:
+    client = ModelClient(make_settings(LLM_TABLE=f'[["{MODEL}", "http://u:pw@127.0.0.1:{closed_port}"]]'), MODEL)
+
+    with pytest.raises(BackendUnavailable) as caught:
+        await run(client, chat_request())
+
+    assert str(caught.value) == "the connection to the model server failed (ClientConnectorError)"
+    assert f"http://127.0.0.1:{closed_port}" in caught.value.internal
+    assert "u:pw" not in caught.value.internal
+
+
+def test_public_text_is_short_and_cut_on_a_character() -> None:
+    text = public_text("é" * 1000)
+
+    assert len(text) == PUBLIC_MESSAGE_CHARS
+    assert text.endswith("é…")
+
+
+@pytest.fixture(scope="module")
+def private_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def test_https_server_of_a_private_ca(private_ca: trustme.CA, tmp_path: Path) -> None:
+    """An https:// model server whose certificate only LLM_CA_BUNDLE trusts: refused without it."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    private_ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    private_ca.cert_pem.write_to_path(str(bundle))
+
+    async def chat(_: web.Request) -> web.Response:
+        return web.Response(body=CHAT_STREAM)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context).start()
+    table = f'[["{MODEL}", "https://127.0.0.1:{runner.addresses[0][1]}"]]'
+    try:
+        events = await run(
+            ModelClient(make_settings(LLM_TABLE=table, LLM_CA_BUNDLE=str(bundle)), MODEL), chat_request()
+        )
+        assert texts(events) == [" Bonjour", "."]
+        with pytest.raises(BackendUnavailable, match="ClientConnectorCertificateError"):
+            await run(ModelClient(make_settings(LLM_TABLE=table), MODEL), chat_request())
+    finally:
+        await runner.cleanup()

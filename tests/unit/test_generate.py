@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.unit.conftest import (
     stream,
     worker_contexts,
 )
+from worker.backends import request_id
 from worker.context import WorkerContext
 from worker.generate import AttemptLost, TokenWriter, generate
 
@@ -161,14 +163,16 @@ async def test_coalescing_sends_the_first_token_at_once_and_the_rest_with_the_re
     assert orjson.loads((await record(spp))["result"])["text"] == "Il fait beau."
 
 
-async def test_the_request_id_is_the_key_id_and_attempt(make_context: MakeContext, serve: Serve) -> None:
+async def test_the_request_id_is_a_uuid_of_the_key_id_and_run(make_context: MakeContext, serve: Serve) -> None:
     server = await serve(ok())
     spp = await make_context(server)
 
     await generate(await job_ctx(spp), KID)
 
     assert server.requests[0].path == "/v1/completions"
-    assert server.requests[0].headers["X-Request-Id"] == f"{KID}:1"
+    sent = server.requests[0].headers["X-Request-Id"]
+    assert sent == request_id(KID, 1) == str(uuid.UUID(sent))
+    assert request_id(KID, 2) != sent
     assert server.requests[0].json()["prompt"] == "Quel temps ?"
 
 

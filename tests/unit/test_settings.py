@@ -77,6 +77,58 @@ def test_llm_table_third_element_generate_selects_the_legacy_protocol() -> None:
     assert backend.url == "http://old:8080"
 
 
+def test_llm_table_options_give_an_entry_its_own_key_and_protocol() -> None:
+    table = parse_llm_table(
+        '[("a", "http://a"), ("b", "https://b/v1", {"api_key": "sk-b"}), ("c", "http://c", {"protocol": "generate"})]'
+    )
+
+    assert [(b.model, b.url, b.protocol, b.api_key) for b in table] == [
+        ("a", "http://a", "openai", None),
+        ("b", "https://b", "openai", "sk-b"),
+        ("c", "http://c", "generate", None),
+    ]
+    assert "sk-b" not in repr(table)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('[("m", "http://a", {"key": "k"})]', "unknown options ['key']"),
+        ('[("m", "http://a", {"api_key": ""})]', "api_key must be a non-empty string"),
+        ('[("m", "http://a", {"protocol": "grpc"})]', "'openai' or 'generate', not 'grpc'"),
+        ('[("m", "http://a", {"api_key": "sk-secret"}, 1)]', "{'api_key': '***'}"),
+        ('[("m", "ftp://user:sk-secret@a")]', "'ftp://***@a'"),
+    ],
+)
+def test_llm_table_option_errors_name_the_option_and_hide_the_key(raw: str, expected: str) -> None:
+    with pytest.raises(ValueError, match="LLM_TABLE entry 0") as caught:
+        parse_llm_table(raw)
+
+    assert expected in str(caught.value)
+    assert "sk-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "public"),
+    [
+        ("http://user:secret@host:8000", "http://host:8000"),
+        ("https://token@host/v1", "https://host"),
+        ("http://u:p@[::1]:81", "http://[::1]:81"),
+        ("http://host:8000", "http://host:8000"),
+    ],
+)
+def test_backend_public_url_has_no_credentials(url: str, public: str) -> None:
+    (backend,) = parse_llm_table(f'[("m", "{url}")]')
+
+    assert backend.public_url == public
+
+
+def test_llm_api_key_is_not_shown_and_the_ca_bundle_must_exist(tmp_path: Path) -> None:
+    assert "sk-all" not in repr(make_settings(LLM_API_KEY="sk-all"))
+    with pytest.raises(ValidationError, match=r"LLM_CA_BUNDLE=.*is not a readable file"):
+        make_settings(LLM_CA_BUNDLE=str(tmp_path / "missing.pem"))
+
+
 @pytest.mark.parametrize("raw", ["", "   "])
 def test_llm_table_empty_string_means_the_default_table(raw: str) -> None:
     settings = make_settings(LLM_TABLE=raw)
