@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -32,7 +33,7 @@ from shared.batch_format import (
     parse_generated_file_id,
     parse_line,
 )
-from shared.errors import BatchFinished, BatchNotFound, FileNotFound
+from shared.errors import BatchFinished, BatchNotFound, FileNotFound, QueueFull
 from shared.files import FileStore
 from shared.models import ACTIVE_STATES, JobCreate, JobStatus, Limits, now_ms
 from shared.openai_shapes import Endpoint
@@ -103,19 +104,33 @@ class BatchStore:
         """Validate the batch's whole input, then queue every request as a job (after `create` answered)."""
         try:
             await self._process(owner, batch_id)
+        except QueueFull as exc:
+            # Another batch took the room between the check of `_process` and this batch's last chunk.
+            logger.warning("batch %s failed: %s", batch_id, exc)
+            await self._fail_queued(owner, batch_id, LineError("queue_full", str(exc), "model"))
         except Exception as exc:
             logger.exception("batch %s could not be queued", batch_id)
-            problem = LineError("internal_error", f"the batch could not be queued: {exc}")
-            if await self._move(owner, batch_id, "fail", _errors_json([problem.entry(None)])) == BatchStatus.FAILED:
-                await self.cancel_jobs(owner, batch_id)  # those queued before the failure
+            await self._fail_queued(
+                owner, batch_id, LineError("internal_error", f"the batch could not be queued: {exc}")
+            )
+
+    async def _fail_queued(self, owner: str, batch_id: str, problem: LineError) -> None:
+        """Fail a batch whose queueing stopped midway, and cancel the jobs queued before."""
+        # Its jobs are among the first `total` (set before the first was queued), which `fail` sets to 0.
+        total = int(await self.redis.hget(keys.batch(owner, batch_id), "total") or 0)  # type: ignore[misc]
+        if await self._move(owner, batch_id, "fail", _errors_json([problem.entry(None)])) == BatchStatus.FAILED:
+            await self.cancel_jobs(owner, batch_id, total)
 
     async def _process(self, owner: str, batch_id: str) -> None:
         record = await self.get(owner, batch_id)
         endpoint, file_id = Endpoint(record["endpoint"]), record["input_file_id"]
-        total, errors = await self._validate(owner, file_id, endpoint)
+        per_model, errors = await self._validate(owner, file_id, endpoint)
+        if not errors and (full := await self._over_batch_limit(per_model)) is not None:
+            errors = [full.entry(None)]
         if errors:
             await self._move(owner, batch_id, "fail", _errors_json(errors))
             return
+        total = per_model.total()
         if await self._move(owner, batch_id, "total", total) != BatchStatus.VALIDATING:
             return  # cancelled or expired while validating: nothing was queued
         queued = await self._queue(owner, batch_id, file_id, endpoint)
@@ -138,16 +153,19 @@ class BatchStore:
             if line.strip():
                 yield number, line
 
-    async def _validate(self, owner: str, file_id: str, endpoint: Endpoint) -> tuple[int, list[dict[str, Any]]]:
-        """The number of requests of the input file, and its problems (at most MAX_ERRORS)."""
+    async def _validate(
+        self, owner: str, file_id: str, endpoint: Endpoint
+    ) -> tuple[Counter[str], list[dict[str, Any]]]:
+        """The number of requests of the input file per model, and its problems (at most MAX_ERRORS)."""
         settings, limits, models = self.settings, self._limits(), self.settings.models
+        per_model: Counter[str] = Counter()
         try:
             size = int((await self.files.get(owner, file_id))["bytes"])
         except FileNotFound as exc:
-            return 0, [LineError("file_not_found", str(exc), "input_file_id").entry(None)]
+            return per_model, [LineError("file_not_found", str(exc), "input_file_id").entry(None)]
         if size > settings.BATCH_MAX_BYTES:
             message = f"the file has {size} bytes, over the limit of BATCH_MAX_BYTES={settings.BATCH_MAX_BYTES}"
-            return 0, [LineError("file_too_large", message).entry(None)]
+            return per_model, [LineError("file_too_large", message).entry(None)]
         errors: list[dict[str, Any]] = []
         seen: dict[str, int] = {}
         count = 0
@@ -158,18 +176,37 @@ class BatchStore:
                 errors.append(LineError("too_many_lines", message).entry(number))
                 break
             try:
-                custom_id, _ = parse_line(raw, endpoint, models, limits)
+                custom_id, job = parse_line(raw, endpoint, models, limits)
                 if custom_id in seen:
                     message = f"custom_id {custom_id!r} already appears on line {seen[custom_id]}"
                     raise LineError("duplicate_custom_id", message, "custom_id")
                 seen[custom_id] = number
+                per_model[job.model or settings.default_model] += 1
             except LineError as error:
                 errors.append(error.entry(number))
                 if len(errors) >= MAX_ERRORS:
                     break
         if count == 0:
             errors.append(LineError("empty_file", "the file has no request").entry(None))
-        return count, errors
+        return per_model, errors
+
+    async def _over_batch_limit(self, per_model: Counter[str]) -> LineError | None:
+        """Why the batch's jobs do not fit in their models' queues (MAX_BATCH_QUEUE_DEPTH), or None.
+
+        Checked before anything is queued, so that a batch is refused whole; submit.lua checks it again for each
+        chunk, atomically, for batches queued at the same time (see `process`).
+        """
+        limit = self.settings.MAX_BATCH_QUEUE_DEPTH
+        if limit <= 0:
+            return None
+        for model, depth in (await self.store.batch_depths(list(per_model))).items():
+            if depth + per_model[model] > limit:
+                message = (
+                    f"the batch's {per_model[model]} requests for model {model!r} do not fit in its queue, which holds "
+                    f"{depth} batch jobs, within MAX_BATCH_QUEUE_DEPTH={limit}; retry once some batches have ended"
+                )
+                return LineError("queue_full", message, "model")
+        return None
 
     async def _queue(self, owner: str, batch_id: str, file_id: str, endpoint: Endpoint) -> int:
         """Store and queue a job per request, SUBMIT_CHUNK per round trip; the number queued."""

@@ -34,9 +34,15 @@ class JobFinished(SppError):
 
 
 class QueueFull(SppError):
-    def __init__(self, model: str) -> None:
-        super().__init__(f"the queue of model {model!r} is full; retry later")
+    """The model's queue holds `limit` jobs of the submission's kind: `setting` (MAX_QUEUE_DEPTH for interactive
+    jobs, MAX_BATCH_QUEUE_DEPTH for batch jobs) names the limit."""
+
+    def __init__(self, model: str, setting: str, limit: int) -> None:
+        kind = "batch" if setting == "MAX_BATCH_QUEUE_DEPTH" else "interactive"
+        super().__init__(f"the queue of model {model!r} is full: {setting}={limit} {kind} jobs; retry later")
         self.model = model
+        self.setting = setting
+        self.limit = limit
 
 
 class StoreUnavailable(SppError):

@@ -41,7 +41,23 @@ ACTIVITY_LENGTH = 20_000
 
 INTERACTIVE_HEAD_START_MS = 10**12
 """How far back in time interactive jobs are scored in a model's queue, so that they run before any
-batch job queued earlier (arq takes the lowest scores first). About 31 years: never reached."""
+batch job queued earlier (arq takes the lowest scores first). About 31 years: never reached.
+
+It also tells the two kinds apart in the queue, where each has its own limit: at time `now`, interactive
+jobs are scored at most `now - INTERACTIVE_HEAD_START_MS`, batch jobs above (see `depth_range`)."""
+
+
+def depth_range(now: int, *, background: bool) -> tuple[str, str]:
+    """The scores (ZCOUNT's min and max) of the model's queue entries that count against the limit of a
+    submission at `now`: interactive jobs (MAX_QUEUE_DEPTH) or batch jobs (MAX_BATCH_QUEUE_DEPTH).
+
+    Counted from the queue itself, so no counter has to be kept in step by every script that moves a job.
+    An entry stays in the queue while its job runs (arq removes it when the job ends): running jobs count.
+    A job handed back to wait out a retry's backoff is scored at the time it may run again, in the future:
+    meanwhile it counts as a batch job, whatever its kind (at most the model's running jobs).
+    """
+    boundary = now - INTERACTIVE_HEAD_START_MS
+    return (f"({boundary}", "+inf") if background else ("-inf", str(boundary))
 
 
 def arq_definition(arq_id: str, score: float) -> bytes:
@@ -151,14 +167,18 @@ class JobStore:
 
         An id resubmitted with the same body returns the existing job. With another body it is a
         conflict, unless `replace` (the old API's behaviour): then the old job is stopped and replaced.
-        `background` jobs (batches) run after every interactive job of the model and are not
-        counted against MAX_QUEUE_DEPTH. `extra` fields are stored in every record (e.g. `batch`).
+        `background` jobs (batches) run after every interactive job of the model. Each kind has its own
+        limit per model, against which the other kind does not count: MAX_QUEUE_DEPTH for interactive
+        jobs, MAX_BATCH_QUEUE_DEPTH for batch jobs. `extra` fields are stored in every record (e.g. `batch`).
         """
         now = now_ms()
         extra_pairs = [value for pair in (extra or {}).items() for value in pair]
+        setting = "MAX_BATCH_QUEUE_DEPTH" if background else "MAX_QUEUE_DEPTH"
+        max_depth: int = getattr(self.settings, setting)
         args: list[str | int] = [
             now,
-            0 if background else self.settings.MAX_QUEUE_DEPTH,
+            max_depth,
+            *depth_range(now, background=background),
             owner,
             "replace" if replace else "keep",
             now if background else now - INTERACTIVE_HEAD_START_MS,
@@ -199,7 +219,7 @@ class JobStore:
         if reply[0] == "conflict":
             raise JobConflict(keys.split_key_id(reply[1])[1])
         if reply[0] == "full":
-            raise QueueFull(reply[1].removeprefix(keys.queue("")))
+            raise QueueFull(reply[1].removeprefix(keys.queue("")), setting, max_depth)
         submitted = [
             Submitted(record=_pairs(existing), created=False) if existing else Submitted(record, created=True)
             for record, existing in zip(fresh, reply[1:], strict=True)
@@ -258,6 +278,15 @@ class JobStore:
             ],
             client=client,
         )
+
+    async def batch_depths(self, models: list[str]) -> dict[str, int]:
+        """The batch jobs (queued or running) of each model, against MAX_BATCH_QUEUE_DEPTH, in one round trip."""
+        low, high = depth_range(now_ms(), background=True)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.zcount(keys.queue(model), low, high)
+            counts: list[int] = await pipe.execute()
+        return dict(zip(models, counts, strict=True))
 
     async def model_stats(self, models: list[str]) -> dict[str, dict[str, int]]:
         """Queue depth, running jobs and live workers of each model, in one round trip."""

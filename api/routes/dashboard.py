@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
+from redis.client import NEVER_DECODE
 
 from api.auth import Caller, Unauthorized
 from api.deps import PUBLIC, CallerDep, SettingsDep, StoreDep
@@ -58,13 +59,16 @@ async def dashboard_data(settings: SettingsDep, store: StoreDep, operator: Opera
     stats = await store.model_stats(settings.models)
     async with store.redis.pipeline(transaction=False) as pipe:
         for model in settings.models:
-            pipe.xrevrange(keys.activity(model), "+", str(now - WINDOW_MS), count=_RECENT)
+            # Read as bytes, decoded below: an entry that is not valid UTF-8 must not fail the whole page.
+            pipe.execute_command(
+                "XREVRANGE", keys.activity(model), "+", str(now - WINDOW_MS), "COUNT", _RECENT, **{NEVER_DECODE: []}
+            )
             pipe.zrange(keys.workers(model), 0, -1, withscores=True)
         pipe.zrange(keys.active_batches(), 0, 49)
         replies = await pipe.execute()
     models = []
     for index, model in enumerate(settings.models):
-        entries, workers = replies[2 * index], replies[2 * index + 1]
+        entries, workers = _decoded(replies[2 * index]), replies[2 * index + 1]
         models.append(_model_view(model, stats[model], entries, workers, now, settings.WORKER_HEARTBEAT))
     return {
         "generated_at": now,
@@ -72,6 +76,18 @@ async def dashboard_data(settings: SettingsDep, store: StoreDep, operator: Opera
         "models": models,
         "batches": await _batches(store, replies[-1]),
     }
+
+
+def _decoded(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, dict[str, str]]]:
+    """Activity entries read as bytes, as text: invalid UTF-8 replaced (finish.lua wrote error messages cut at a
+    byte count, which could split a character, until it cut on character boundaries)."""
+    return [
+        (
+            entry_id.decode(),
+            {name.decode(errors="replace"): value.decode(errors="replace") for name, value in fact.items()},
+        )
+        for entry_id, fact in entries
+    ]
 
 
 def _model_view(

@@ -5,6 +5,20 @@
 -- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
 -- or 0 when the run no longer owns the job (then nothing is written).
 --#include batch_end
+
+-- The first bytes of UTF-8 `text`, at most `limit`, cut on a character boundary: a cut before a continuation
+-- byte (0x80-0xBF) moves back to its character's first byte. Readers decode the activity stream as UTF-8.
+local function utf8_prefix(text, limit)
+  if #text <= limit then return text end
+  local cut = limit
+  while cut > 0 do
+    local next_byte = string.byte(text, cut + 1)
+    if next_byte < 0x80 or next_byte > 0xBF then break end
+    cut = cut - 1
+  end
+  return string.sub(text, 1, cut)
+end
+
 local state = redis.call('HMGET', KEYS[1], 'status', 'run')
 if state[1] == ARGV[2] and state[2] == ARGV[1] then return 1 end
 if state[1] ~= 'running' or state[2] ~= ARGV[1] then return 0 end
@@ -23,7 +37,7 @@ local fact = {'s', ARGV[2], 'j', times[3] or '', 'a', times[4] or '0',
               'd', tonumber(ARGV[5]) - tonumber(times[2] or ARGV[5])}
 if ARGV[3] == 'error' then
   local error = cjson.decode(ARGV[4])
-  fact[#fact + 1], fact[#fact + 2] = 'e', error['type'] .. ': ' .. string.sub(error['message'], 1, 300)
+  fact[#fact + 1], fact[#fact + 2] = 'e', error['type'] .. ': ' .. utf8_prefix(error['message'], 300)
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', unpack(fact))
 -- A job of a batch counts in its batch's counters; the batch ends with its last job.

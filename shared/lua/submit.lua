@@ -1,20 +1,22 @@
 -- Store and queue a list of jobs in one round trip, all or nothing.
 -- KEYS: the record of each job; its other keys are named from the prefixes below.
--- ARGV: now_ms, max queue depth (0: none), owner, mode ('keep': another body under a job's id is a
---       conflict; 'replace': it replaces the job), the jobs' score in the queue (lower runs first; arq runs
---       a job once its score is in the past), the key prefixes of queues, running sets, streams, arq job
---       definitions, cancel channels and wake channels, the number n of extra fields stored in every
---       record, their n field/value pairs, then 6 per job: key id, arq job id, model, fingerprint, request,
---       metadata ('' for none).
+-- ARGV: now_ms, max queue depth (0: none), the range of queue scores that depth counts (ZCOUNT's min and
+--       max: the band of the jobs' kind, interactive or batch, see shared/store.py), owner, mode ('keep':
+--       another body under a job's id is a conflict; 'replace': it replaces the job), the jobs' score in the
+--       queue (lower runs first; arq runs a job once its score is in the past), the key prefixes of queues,
+--       running sets, streams, arq job definitions, cancel channels and wake channels, the number n of extra
+--       fields stored in every record, their n field/value pairs, then 6 per job: key id, arq job id, model,
+--       fingerprint, request, metadata ('' for none).
 -- The arq job definition is not written here: the worker that takes the job writes it (worker/runner.py).
 -- Returns {"conflict", key id} | {"full", queue} | {"ok", r1, r2, ...}: ri is 0 for a stored job and the
 -- flat HGETALL of the existing record for an identical resubmission.
-local now, max_depth, owner, mode, score = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local queue_prefix, running_prefix, stream_prefix = ARGV[6], ARGV[7], ARGV[8]
-local arq_prefix, cancel_prefix, wake_prefix = ARGV[9], ARGV[10], ARGV[11]
-local n_extra = tonumber(ARGV[12])
-local extra = {unpack(ARGV, 13, 12 + 2 * n_extra)}
-local first, PER_JOB = 13 + 2 * n_extra, 6
+local now, max_depth, depth_min, depth_max = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local owner, mode, score = ARGV[5], ARGV[6], ARGV[7]
+local queue_prefix, running_prefix, stream_prefix = ARGV[8], ARGV[9], ARGV[10]
+local arq_prefix, cancel_prefix, wake_prefix = ARGV[11], ARGV[12], ARGV[13]
+local n_extra = tonumber(ARGV[14])
+local extra = {unpack(ARGV, 15, 14 + 2 * n_extra)}
+local first, PER_JOB = 15 + 2 * n_extra, 6
 local SLICE = 4000 -- values a call: Lua's unpack takes at most 8,000
 
 local function any_exists(names)
@@ -46,8 +48,11 @@ if max_depth > 0 then
       fresh[model] = (fresh[model] or 0) + 1
     end
   end
+  -- Only the jobs of this submission's kind: a batch larger than MAX_QUEUE_DEPTH must not shut out
+  -- interactive jobs, nor interactive jobs a batch. O(log n) a model, whatever the queue holds.
   for model, n in pairs(fresh) do
-    if redis.call('ZCARD', queue_prefix .. model) + n > max_depth then return {'full', queue_prefix .. model} end
+    local depth = redis.call('ZCOUNT', queue_prefix .. model, depth_min, depth_max)
+    if depth + n > max_depth then return {'full', queue_prefix .. model} end
   end
 end
 

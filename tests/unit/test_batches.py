@@ -25,7 +25,7 @@ from shared.batch_format import (
 from shared.batches import BatchStore
 from shared.errors import BadFileRequest, BatchFinished, FileTooLarge
 from shared.files import FileStore
-from shared.models import JobError, JobResult, Limits, Usage
+from shared.models import JobCreate, JobError, JobResult, Limits, Usage
 from shared.openai_shapes import Endpoint
 from shared.settings import Settings
 from shared.store import JobStore
@@ -342,6 +342,63 @@ async def test_validation_errors_fail_the_batch_and_queue_nothing(stores: tuple[
     assert (errors[0]["line"], errors[0]["code"]) == (2, "duplicate_custom_id")
     assert errors[-1]["line"] == 101
     assert await batches.redis.zcard(keys.queue(MODEL)) == 0
+
+
+@pytest.fixture
+async def limited() -> AsyncIterator[tuple[FileStore, BatchStore]]:
+    """Stores with room for 3 batch jobs per model (MAX_BATCH_QUEUE_DEPTH=4, 1 job of another batch queued)."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    raw_redis = fakeredis.FakeAsyncRedis(server=server)
+    settings = make_settings(MAX_BATCH_QUEUE_DEPTH=4, MAX_QUEUE_DEPTH=1)
+    store = JobStore(redis, settings)
+    await store.submit("someone-else", [JobCreate(id="other-batch-0", prompt="x")], background=True)
+    files = FileStore(redis, raw_redis, settings)
+    yield files, BatchStore(store, files)
+    await store.aclose()
+    await redis.aclose()
+    await raw_redis.aclose()
+
+
+async def test_a_batch_over_max_batch_queue_depth_fails_whole(limited: tuple[FileStore, BatchStore]) -> None:
+    files, batches = limited
+    batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(4)])
+
+    await batches.process(OWNER, batch_id)
+
+    failed = public_batch(await batches.get(OWNER, batch_id))
+    assert failed["status"] == "failed"
+    (error,) = failed["errors"]["data"]
+    assert (error["code"], error["param"], error["line"]) == ("queue_full", "model", None)
+    assert "MAX_BATCH_QUEUE_DEPTH=4" in error["message"]
+    assert "holds 1 batch jobs" in error["message"]
+    assert await batches.redis.zcard(keys.queue(MODEL)) == 1, "nothing of it queued"
+    fits = await create(files, batches, [chat(f"q-{i}") for i in range(3)])
+    await batches.process(OWNER, fits)
+    assert (await batches.get(OWNER, fits))["status"] == "in_progress"
+
+
+async def test_a_batch_that_another_one_outran_fails_and_cancels_what_it_queued(
+    limited: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, batches = limited
+    monkeypatch.setattr("shared.batches.SUBMIT_CHUNK", 2)
+    batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(4)])
+
+    async def empty_queues(models: list[str]) -> dict[str, int]:
+        return dict.fromkeys(models, 0)  # as read before another batch filled them
+
+    monkeypatch.setattr(batches.store, "batch_depths", empty_queues)
+    await batches.process(OWNER, batch_id)
+
+    failed = public_batch(await batches.get(OWNER, batch_id))
+    assert failed["status"] == "failed"
+    (error,) = failed["errors"]["data"]
+    assert error["code"] == "queue_full"
+    assert "MAX_BATCH_QUEUE_DEPTH=4" in error["message"]
+    statuses = [(await batches.store.get(OWNER, batch_job_id(batch_id, i)))["status"] for i in range(2)]
+    assert statuses == ["cancelled", "cancelled"], "the first chunk was queued, then cancelled"
+    assert await batches.redis.zcard(keys.queue(MODEL)) == 1
 
 
 async def test_a_batch_cancelled_while_validating_queues_nothing(stores: tuple[FileStore, BatchStore]) -> None:

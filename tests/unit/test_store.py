@@ -749,6 +749,58 @@ async def test_background_jobs_ignore_the_queue_depth_limit(
     assert len(await queued(redis)) == 3
 
 
+async def test_queued_batch_jobs_leave_interactive_jobs_their_whole_limit(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory
+) -> None:
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=2, MAX_BATCH_QUEUE_DEPTH=10))
+    await store.submit(OWNER, [job(f"b{n}") for n in range(5)], background=True)
+
+    submitted = await store.submit(OWNER, [job("i1"), job("i2")])
+
+    assert [item.created for item in submitted] == [True, True]
+    with pytest.raises(QueueFull) as info:
+        await store.submit(OWNER, [job("i3")])
+    assert (info.value.model, info.value.setting, info.value.limit) == (MODEL, "MAX_QUEUE_DEPTH", 2)
+    assert "MAX_QUEUE_DEPTH=2" in str(info.value)
+    assert not await redis.exists(keys.job(kid("i3")))
+
+
+async def test_batch_jobs_have_a_limit_of_their_own(redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory) -> None:
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=1, MAX_BATCH_QUEUE_DEPTH=3))
+    await store.submit(OWNER, [job("i1")])
+    await store.submit(OWNER, [job("b1"), job("b2")], background=True)
+
+    with pytest.raises(QueueFull) as info:
+        await store.submit(OWNER, [job("b3"), job("b4")], background=True)
+
+    assert "MAX_BATCH_QUEUE_DEPTH=3" in str(info.value)
+    assert not await redis.exists(keys.job(kid("b3")))
+    assert await store.batch_depths([MODEL]) == {MODEL: 2}
+    await store.submit(OWNER, [job("b3")], background=True)
+    assert await store.batch_depths([MODEL]) == {MODEL: 3}
+
+
+async def test_a_job_counts_in_its_kind_while_it_runs_and_is_handed_back_until_it_ends(
+    redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory
+) -> None:
+    store = make_store(make_settings(MAX_QUEUE_DEPTH=1, MAX_BATCH_QUEUE_DEPTH=1))
+    attempt = await submit_and_start(store, "i1")
+    await store.submit(OWNER, [job("b1")], background=True)
+    full = (job("i2"), False), (job("b2"), True)
+
+    for handed_back in (False, True):  # running, then handed back in its place (a shutdown)
+        if handed_back:
+            assert await store.requeue(kid("i1"), MODEL, attempt, refund=True)
+        for refused, background in full:
+            with pytest.raises(QueueFull):
+                await store.submit(OWNER, [refused], background=background)
+    await store.cancel(OWNER, "i1")
+    await store.cancel(OWNER, "b1")
+
+    for fits, background in full:
+        assert (await store.submit(OWNER, [fits], background=background))[0].created
+
+
 async def test_a_batch_ends_with_its_last_job(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
     batch = "spp:batch:test"
     await redis.hset(batch, mapping={"total": 3, "status": "in_progress"})  # type: ignore[misc]
