@@ -23,9 +23,9 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	$(BIN)/python -m stack
 
-## sim: the vLLM simulator alone, on 127.0.0.1:8081
+## sim: the vLLM simulator alone, on 127.0.0.1:$SIM_PORT (8081)
 sim: install
-	$(BIN)/python -m sim --port 8081
+	$(BIN)/python -m sim --port $${SIM_PORT:-8081}
 
 lint: install-dev
 	$(BIN)/ruff check .

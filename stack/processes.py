@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -9,9 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 import redis
@@ -25,13 +29,43 @@ def free_port() -> int:
         return port
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `host`:`port` now, i.e. nothing listens there. A port held only by
+    connections of a server that has stopped (TIME_WAIT) is free: servers bind with SO_REUSEADDR, as here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn and redis-server choose
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE  # another error (an address not of this machine) is the server's
         return True
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process `pid` holds a socket listening on TCP `port`: the server that answers there is that
+    process, not another one that had the port already. None where this cannot be told (no Linux /proc)."""
+    inodes: set[str] = set()
+    tables = [table for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")) if table.exists()]
+    try:
+        for table in tables:
+            for line in table.read_text().splitlines()[1:]:  # after the header
+                fields = line.split()
+                # local address as HEX_IP:HEX_PORT, state 0A = LISTEN, then the socket's inode
+                if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (OSError, IndexError, ValueError):
+        return None
+    if not tables:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
 
 
 def find_redis_server() -> str:
@@ -59,16 +93,49 @@ def redis_reachable(url: str, timeout: float = 1.0) -> bool:
         client.close()
 
 
-def wait_until(predicate: object, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `predicate()` until true, failing after `timeout` seconds or if `process` exits."""
+class Interrupted(Exception):
+    """A wait given up because the caller was asked to stop (the stack's Ctrl-C)."""
+
+
+def wait_until(
+    predicate: object,
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    interrupted: Callable[[], bool] | None = None,
+) -> None:
+    """Poll `predicate()` until true, failing after `timeout` seconds or if `process` exits; raises
+    Interrupted as soon as `interrupted()` is true."""
     assert callable(predicate)
     deadline = time.monotonic() + timeout
     while not predicate():
+        if interrupted is not None and interrupted():
+            raise Interrupted(what)
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{what}: the process exited with code {process.returncode}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
         time.sleep(0.05)
+
+
+def wait_listening(
+    service: Service,
+    answers: Callable[[], bool],
+    port: int,
+    timeout: float,
+    interrupted: Callable[[], bool] | None = None,
+) -> None:
+    """Wait until `answers()` and the server answering on `port` is `service`'s process: another server that
+    held the port already would answer too, while the service fails to bind and exits."""
+    wait_until(
+        lambda: answers() and listens_on(service.pid, port) is not False,
+        timeout,
+        f"{service.name} on port {port}",
+        service.process,
+        interrupted,
+    )
+    if not service.alive():
+        raise RuntimeError(f"{service.name} on port {port}: the process exited with code {service.process.returncode}")
 
 
 def http_ok(url: str) -> bool:
@@ -105,20 +172,44 @@ class Service:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout` seconds."""
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.signal(signal.SIGTERM)
+        return self.finish(timeout)
+
+    def finish(self, timeout: float) -> int | None:
+        """Wait up to `timeout` seconds for the process to exit (after a signal sent earlier), then SIGKILL."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         if self._log_file is not None:
             self._log_file.close()
         return self.process.returncode
 
 
-def spawn(name: str, args: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> Service:
-    """Start `args`; output goes to `log` when given, else to this process's terminal."""
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _own_session_preexec() -> Callable[[], None]:
+    """What a child of its own session runs before exec: on Linux, it gets SIGTERM if its parent dies (even by
+    SIGKILL), since Ctrl-C no longer reaches it."""
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child between fork and exec only calls it
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(
+    name: str,
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    own_session: bool = False,
+) -> Service:
+    """Start `args`; output goes to `log` when given, else to this process's terminal. With `own_session`, the
+    child runs in a session (and process group) of its own: the terminal's Ctrl-C, sent to the whole foreground
+    process group, does not reach it, and the parent stops it when and in the order it chooses."""
     log_file = log.open("ab") if log is not None else None
     process = subprocess.Popen(
         args,
@@ -126,26 +217,55 @@ def spawn(name: str, args: list[str], *, env: dict[str, str] | None = None, log:
         stdout=log_file,
         stderr=subprocess.STDOUT if log_file else None,
         stdin=subprocess.DEVNULL,
+        start_new_session=own_session,
+        # A preexec_fn is unsafe in a process with threads: the stack, which asks for own_session, has none.
+        preexec_fn=_own_session_preexec() if own_session else None,
     )
     return Service(name, process, log, log_file)
 
 
-def start_redis(port: int, data_dir: Path, *, appendonly: bool = False, log: Path | None = None) -> Service:
-    """A redis-server on 127.0.0.1:`port` keeping its files in `data_dir`; returns once it answers PING."""
+def spawn_redis(
+    port: int, data_dir: Path, *, appendonly: bool = False, log: Path | None = None, own_session: bool = False
+) -> Service:
+    """Start a redis-server on 127.0.0.1:`port` keeping its files in `data_dir` (see wait_redis)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir)]
     args += ["--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
-    service = spawn("redis", args, log=log)
+    return spawn("redis", args, log=log, own_session=own_session)
+
+
+def wait_redis(service: Service, port: int, interrupted: Callable[[], bool] | None = None) -> None:
+    """Wait until the redis-server `service` answers PING on `port`."""
     url = f"redis://127.0.0.1:{port}/0"
-    wait_until(lambda: redis_reachable(url, 0.2), 15, f"redis-server on port {port}", service.process)
+    wait_listening(service, lambda: redis_reachable(url, 0.2), port, 15, interrupted)
+
+
+def start_redis(port: int, data_dir: Path, *, appendonly: bool = False, log: Path | None = None) -> Service:
+    """A redis-server on 127.0.0.1:`port` keeping its files in `data_dir`; returns once it answers PING."""
+    service = spawn_redis(port, data_dir, appendonly=appendonly, log=log)
+    wait_redis(service, port)
     return service
+
+
+def spawn_python(
+    name: str, module_args: list[str], *, env: dict[str, str], log: Path | None = None, own_session: bool = False
+) -> Service:
+    """Start `python -m <module_args>` with this interpreter."""
+    return spawn(name, [sys.executable, "-m", *module_args], env=env, log=log, own_session=own_session)
+
+
+def wait_http(service: Service, ready_url: str, interrupted: Callable[[], bool] | None = None) -> None:
+    """Wait until `ready_url` answers 200, from `service`'s process."""
+    parts = urlsplit(ready_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    wait_listening(service, lambda: http_ok(ready_url), port, 30, interrupted)
 
 
 def start_python(
     name: str, module_args: list[str], *, env: dict[str, str], ready_url: str | None = None, log: Path | None = None
 ) -> Service:
     """`python -m <module_args>` with this interpreter; waits until `ready_url` answers 200 when given."""
-    service = spawn(name, [sys.executable, "-m", *module_args], env=env, log=log)
+    service = spawn_python(name, module_args, env=env, log=log)
     if ready_url is not None:
-        wait_until(lambda: http_ok(ready_url), 30, name, service.process)
+        wait_http(service, ready_url)
     return service
