@@ -295,8 +295,11 @@ class ModelClient:
                 # open after [DONE] only costs its connection, not the generation.
                 with contextlib.suppress(TimeoutError, aiohttp.ClientError):
                     await asyncio.wait_for(response.content.read(), _DRAIN_SECONDS)
-        if not done and finish_reason is None:
-            raise BackendUnavailable("the model server's stream was cut before its end", where)
+        if finish_reason is None:
+            # Neither [DONE] nor a finish reason: cut. [DONE] without a finish reason: cut too, as some servers end
+            # a stream they interrupt (llama-cpp-python, for a newer request) or fail (SGLang 0.4) that way.
+            cut = "before its end" if not done else "without a finish reason"
+            raise BackendUnavailable(f"the model server's stream was cut {cut}", where)
         yield Final(finish_reason, usage or Usage(completion_tokens=pieces))
 
     async def _stream_generate(

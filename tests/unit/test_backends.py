@@ -432,6 +432,15 @@ async def test_stream_ended_without_done_nor_finish_reason_is_unavailable(serve:
         await run(client_for(await serve(stream(body))), chat_request())
 
 
+async def test_done_without_any_finish_reason_is_a_cut_stream(serve: Serve) -> None:
+    """llama-cpp-python ends a stream it interrupts for a newer request with [DONE] and no finish reason: the
+    text is truncated, and must not be stored as an answer."""
+    body = sse(chat_chunk("a"), chat_chunk("b"), done=True)
+
+    with pytest.raises(BackendUnavailable, match="cut without a finish reason"):
+        await run(client_for(await serve(stream(body))), chat_request())
+
+
 async def test_stream_ended_inside_a_chunk_is_unavailable(serve: Serve) -> None:
     body = sse(chat_chunk("a"), done=False) + b'data: {"choices": [{"index": 0, "del'
 
