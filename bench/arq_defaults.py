@@ -1,6 +1,7 @@
 """The distance to plain arq: a worker with arq's default settings calling the simulator.
 
-`python -m bench.arq_defaults` runs the worker (settings from BENCH_REDIS_URL and BENCH_SIM_URL);
+`python -m bench.arq_defaults` runs the worker (settings from BENCH_REDIS_URL and BENCH_SIM_URL, and for
+another model server than our simulator BENCH_MODEL and BENCH_API_KEY);
 `measure()` is the client side: arq's own `create_pool().enqueue_job`, then the jobs' results.
 Everything not named here is arq's default: poll_delay 0.5 s, max_jobs 10, pickle, keep_result 1 h.
 """
@@ -25,10 +26,10 @@ HEALTH_CHECK = "arq:queue:health-check"
 """Written by an arq worker of the default queue at its first poll."""
 
 
-def completion_body(prompt: str, max_tokens: int, *, stream: bool) -> bytes:
+def completion_body(prompt: str, max_tokens: int, *, stream: bool, model: str = MODEL) -> bytes:
     """The body albert-spp's worker sends to /v1/completions (worker/backends.py), for a default job."""
     body: dict[str, Any] = {
-        "model": MODEL,
+        "model": model,
         "max_tokens": max_tokens,
         "temperature": 0.7,
         "top_p": 1.0,
@@ -45,8 +46,8 @@ async def complete(ctx: dict[str, Any], prompt: str, max_tokens: int) -> str:
     http: httpx.AsyncClient = ctx["http"]
     parts: list[str] = []
     url = ctx["sim_url"] + "/v1/completions"
-    body = completion_body(prompt, max_tokens, stream=True)
-    headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+    body = completion_body(prompt, max_tokens, stream=True, model=ctx["model"])
+    headers = {"Accept": "text/event-stream", "Content-Type": "application/json", **ctx["headers"]}
     async with http.stream("POST", url, content=body, headers=headers) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -63,6 +64,9 @@ async def complete(ctx: dict[str, Any], prompt: str, max_tokens: int) -> str:
 async def _startup(ctx: dict[str, Any]) -> None:
     ctx["http"] = httpx.AsyncClient(timeout=120)
     ctx["sim_url"] = os.environ["BENCH_SIM_URL"]
+    ctx["model"] = os.environ.get("BENCH_MODEL", MODEL)
+    key = os.environ.get("BENCH_API_KEY")
+    ctx["headers"] = {"Authorization": f"Bearer {key}"} if key else {}
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import inspect
@@ -43,6 +44,51 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 """The header of every request of ours to the API (API_KEYS is set to API_KEY)."""
 RESULTS_DIR = Path(__file__).parent / "results"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---- the model server under test ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelServer:
+    """The model server the benchmarks measure against: our simulator (`url` None, the default), or an
+    OpenAI-compatible server already running (`--backend`), e.g. real vLLM on a GPU machine."""
+
+    url: str | None = None
+    model: str = MODEL
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def external(self) -> bool:
+        return self.url is not None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a direct client of the server sends with every request: the bearer key, if any."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def describe(self) -> dict[str, Any]:
+        """For the printed details and the JSON line: never the key itself."""
+        return {"url": self.url, "model": self.model, "api_key": "set" if self.api_key else "none"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model server (throughput and latency only)")
+    group.add_argument(
+        "--backend",
+        metavar="URL",
+        help="an OpenAI-compatible server already running, http://host:port (default: start our simulator)",
+    )
+    group.add_argument("--backend-model", metavar="NAME", default=MODEL, help=f"its served model name ({MODEL})")
+    group.add_argument("--backend-key", metavar="KEY", help="its bearer key (default: $LLM_API_KEY, if set)")
+
+
+def model_server(args: argparse.Namespace) -> ModelServer:
+    """The server that `add_arguments`' options name."""
+    if args.backend is None:
+        return ModelServer()
+    key = args.backend_key if args.backend_key is not None else os.environ.get("LLM_API_KEY")
+    return ModelServer(args.backend.rstrip("/").removesuffix("/v1"), args.backend_model, key or None)
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -108,8 +154,12 @@ class Processes:
         self._python("sim", args, {}, f"{url}/health")
         return url
 
-    def worker(self, env: dict[str, str]) -> Service:
-        return self._python("worker", ["worker", "--model", MODEL], env, None)
+    def model_server(self, server: ModelServer, **options: float | int) -> str:
+        """The URL of `server`; for our simulator, started here with `options` (see `sim`)."""
+        return server.url if server.url is not None else self.sim(**options)
+
+    def worker(self, env: dict[str, str], model: str = MODEL) -> Service:
+        return self._python("worker", ["worker", "--model", model], env, None)
 
     def api(self, env: dict[str, str]) -> str:
         port = free_port()
@@ -121,34 +171,40 @@ class Processes:
         """`python -m <module_args>`, e.g. a helper of bench/ run as a separate process."""
         return self._python(name, module_args, env or {}, None)
 
-    def stack(self, sim_url: str, **settings: str | int) -> Stack:
-        """Redis, one worker and the API against `sim_url`; returns once the worker has registered."""
+    def stack(self, sim_url: str, *, model: str = MODEL, api_key: str | None = None, **settings: str | int) -> Stack:
+        """Redis, one worker and the API against `sim_url` (serving `model`, wanting `api_key` if any);
+        returns once the worker has registered."""
         redis_url = self.redis()
-        env = stack_env(redis_url, sim_url, **settings)
-        worker = self.worker(env)
+        env = stack_env(redis_url, sim_url, model, api_key, **settings)
+        worker = self.worker(env, model)
         api_url = self.api(env)
         api = self.services[-1]
-        wait_worker(redis_url, worker)
-        return Stack(redis_url, api_url, sim_url, env, worker, api)
+        wait_worker(redis_url, worker, model=model)
+        return Stack(redis_url, api_url, sim_url, env, worker, api, model)
 
 
-def stack_env(redis_url: str, sim_url: str, **settings: str | int) -> dict[str, str]:
-    """The environment of the workers and the API: quiet logs, one model served by `sim_url`."""
-    return {
+def stack_env(
+    redis_url: str, sim_url: str, model: str = MODEL, api_key: str | None = None, /, **settings: str | int
+) -> dict[str, str]:
+    """The environment of the workers and the API: quiet logs, one model served by `sim_url`, with
+    LLM_API_KEY when the server wants a key."""
+    env = {
         "ENV": "dev",
         "REDIS_URL": redis_url,
-        "LLM_TABLE": json.dumps([[MODEL, sim_url]]),
+        "LLM_TABLE": json.dumps([[model, sim_url]]),
         "LOG_LEVEL": "WARNING",
         "API_KEYS": API_KEY,
-        **{name: str(value) for name, value in settings.items()},
     }
+    if api_key is not None:
+        env["LLM_API_KEY"] = api_key
+    return env | {name: str(value) for name, value in settings.items()}
 
 
-def wait_worker(redis_url: str, worker: Service, timeout: float = 30) -> None:
+def wait_worker(redis_url: str, worker: Service, timeout: float = 30, *, model: str = MODEL) -> None:
     """Until the worker's first heartbeat is in Redis."""
     client = redis.Redis.from_url(redis_url)
     try:
-        registered = lambda: int(sync(client.zcard(keys.workers(MODEL)))) > 0  # noqa: E731
+        registered = lambda: int(sync(client.zcard(keys.workers(model)))) > 0  # noqa: E731
         wait_until(registered, timeout, "worker registered", worker.process)
     finally:
         client.close()
@@ -162,6 +218,7 @@ class Stack:
     env: dict[str, str]
     worker: Service
     api: Service
+    model: str = MODEL
 
     def redis(self, name: str = "bench") -> redis.Redis:
         return bench_redis(self.redis_url, name)

@@ -2,13 +2,14 @@
 
 The old API handed each request to a single thread subscribed to a channel, which called the
 model server synchronously, one request at a time, and stored the answer in a Redis key.
-`python -m bench.old_design --redis-url U --sim-url S --channel C` runs that listener;
+`python -m bench.old_design --redis-url U --sim-url S --channel C [--model M]` runs that listener;
 `measure()` publishes the jobs and waits for their answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from typing import Any
@@ -19,22 +20,25 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from bench.arq_defaults import completion_body
-from bench.common import apoll
+from bench.common import MODEL, apoll
 
 ANSWER = "old:answer:"
 
 
-def listen(client: redis.Redis, sim_url: str, channel: str) -> None:
+def listen(client: redis.Redis, sim_url: str, channel: str, model: str = MODEL, api_key: str | None = None) -> None:
     """The listener thread: for each message, POST to the model server, wait, store the answer."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(channel)
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     with httpx.Client(timeout=120) as http:
         for message in pubsub.listen():
             job = orjson.loads(message["data"])
             response = http.post(
                 f"{sim_url}/v1/completions",
-                content=completion_body(job["prompt"], job["max_tokens"], stream=False),
-                headers={"Content-Type": "application/json"},
+                content=completion_body(job["prompt"], job["max_tokens"], stream=False, model=model),
+                headers=headers,
             )
             response.raise_for_status()
             answer = {"text": response.json()["choices"][0]["text"], "finished": time.time()}
@@ -76,9 +80,12 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--sim-url", required=True)
     parser.add_argument("--channel", default="old:requests")
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--api-key", default=os.environ.get("BENCH_API_KEY"), help="(default: $BENCH_API_KEY)")
     args = parser.parse_args()
     client = redis.Redis.from_url(args.redis_url, client_name="old-design")
-    listener = threading.Thread(target=listen, args=(client, args.sim_url, args.channel), name="listener")
+    listen_args = (client, args.sim_url, args.channel, args.model, args.api_key)
+    listener = threading.Thread(target=listen, args=listen_args, name="listener")
     listener.start()
     listener.join()
 

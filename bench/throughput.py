@@ -7,6 +7,9 @@ issue asks: ~19 s per side.
 - pipeline: the jobs submitted as arrays, throughput = jobs / (first submit -> last finished_at);
 - arq defaults and the old pub/sub design, on fewer jobs, for the distance travelled.
 Direct and pipeline alternate for --rounds rounds; the medians are reported.
+
+With --backend (another OpenAI-compatible server, e.g. real vLLM) everything runs against that server
+instead, with its model name and key; only the model server's CPU is not measured (not our process).
 """
 
 from __future__ import annotations
@@ -22,7 +25,19 @@ import orjson
 import uvloop
 
 from bench import arq_defaults, old_design
-from bench.common import AUTH, CpuMeter, Figure, Processes, Result, Stack, median, model_load, poll
+from bench.common import (
+    AUTH,
+    CpuMeter,
+    Figure,
+    ModelServer,
+    Processes,
+    Result,
+    Stack,
+    median,
+    model_load,
+    model_server,
+    poll,
+)
 from bench.http import Connection
 
 NAME = "throughput"
@@ -51,15 +66,18 @@ def prompts(count: int) -> list[str]:
 # ---- baseline: a direct client of the simulator --------------------------------------------------
 
 
-async def direct(sim_url: str, texts: list[str], concurrency: int, max_tokens: int) -> dict[str, Any]:
+async def direct(
+    sim_url: str, texts: list[str], concurrency: int, max_tokens: int, server: ModelServer | None = None
+) -> dict[str, Any]:
     """`concurrency` keep-alive connections streaming completions until every prompt is answered."""
-    bodies = [arq_defaults.completion_body(text, max_tokens, stream=True) for text in texts]
+    server = server or ModelServer()
+    bodies = [arq_defaults.completion_body(text, max_tokens, stream=True, model=server.model) for text in texts]
     pending = iter(bodies)
     incomplete = 0
 
     async def client() -> None:
         nonlocal incomplete
-        connection = Connection.to(sim_url)
+        connection = Connection.to(sim_url, server.headers)
         try:
             for body in pending:  # shared: each body is taken by exactly one client
                 tail = b""
@@ -145,22 +163,32 @@ def pipeline(
 
 
 def run(args: argparse.Namespace) -> Result:
+    server = model_server(args)
+
+    def reference(name: str) -> str:
+        """The issue's figure, measured against the simulator: no reference for another server."""
+        return "" if server.external else f"issue: {REFERENCE[name]:g}"
+
     texts = prompts(args.jobs)
     rounds: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
+    if server.external:
+        details["model server"] = server.describe()
+        details["skipped"] = ["the model server's CPU (not a process of ours)", "the issue's reference figures"]
     with Processes(NAME) as processes:
-        sim_url = processes.sim(**SIM)
+        sim_url = processes.model_server(server, **SIM)
         with Processes(NAME) as stack_processes:
-            stack = stack_processes.stack(sim_url)
+            stack = stack_processes.stack(sim_url, model=server.model, api_key=server.api_key)
             # Warm-up: connections, lazy imports, Lua scripts loaded.
-            uvloop.run(direct(sim_url, prompts(args.concurrency), args.concurrency, args.max_tokens))
+            uvloop.run(direct(sim_url, prompts(args.concurrency), args.concurrency, args.max_tokens, server))
             pipeline(stack, prompts(args.concurrency), args.chunk, args.max_tokens)
-            services = {"sim": processes.services[0], "worker": stack.worker, "api": stack.api}
-            services["redis"] = stack_processes.services[0]
+            services = {"worker": stack.worker, "api": stack.api, "redis": stack_processes.services[0]}
+            if not server.external:
+                services = {"sim": processes.services[0], **services}
             for number in range(args.rounds):
                 meter = CpuMeter(services)
                 meter.start()
-                direct_run = uvloop.run(direct(sim_url, texts, args.concurrency, args.max_tokens))
+                direct_run = uvloop.run(direct(sim_url, texts, args.concurrency, args.max_tokens, server))
                 direct_run["cpu_pct"] = meter.stop()
                 direct_run["cpu_ms_per_job"] = {k: round(1000 * v / len(texts), 2) for k, v in meter.seconds.items()}
                 meter.start()
@@ -180,7 +208,7 @@ def run(args: argparse.Namespace) -> Result:
         direct_rate = median([r["direct"]["req_s"] for r in rounds])
         pipeline_rate = median([r["pipeline"]["req_s"] for r in rounds])
         figures = [
-            Figure("direct client (baseline)", "req/s", direct_rate, reference=f"issue: {REFERENCE['direct']:g}"),
+            Figure("direct client (baseline)", "req/s", direct_rate, reference=reference("direct")),
             Figure(
                 "pipeline API+Redis+worker",
                 "req/s",
@@ -192,12 +220,13 @@ def run(args: argparse.Namespace) -> Result:
             ),
         ]
         if args.arq_jobs or args.old_jobs:
+            server_env = {"BENCH_MODEL": server.model} | ({"BENCH_API_KEY": server.api_key} if server.api_key else {})
             with Processes(NAME) as others:
                 redis_url = others.redis()
                 some = texts[: args.arq_jobs]
                 if some:
                     env = {"BENCH_REDIS_URL": redis_url, "BENCH_SIM_URL": sim_url, "LOG_LEVEL": "WARNING"}
-                    worker = others.python("arq-worker", ["bench.arq_defaults"], env=env)
+                    worker = others.python("arq-worker", ["bench.arq_defaults"], env=env | server_env)
                     arq_run = uvloop.run(arq_defaults.measure(redis_url, some, args.max_tokens))
                     worker.stop()
                     details["arq_defaults"] = arq_run
@@ -208,7 +237,7 @@ def run(args: argparse.Namespace) -> Result:
                             arq_run["req_s"],
                             direct_rate,
                             "direct",
-                            reference=f"issue: {REFERENCE['arq defaults']:g}",
+                            reference=reference("arq defaults"),
                         )
                     )
                 some = texts[: args.old_jobs]
@@ -222,8 +251,10 @@ def run(args: argparse.Namespace) -> Result:
                         sim_url,
                         "--channel",
                         channel,
+                        "--model",
+                        server.model,
                     ]
-                    others.python("old-design", listener)
+                    others.python("old-design", listener, env=server_env)
                     old_run = uvloop.run(old_design.measure(redis_url, channel, some, args.max_tokens))
                     details["old_design"] = old_run
                     figures.append(
@@ -233,9 +264,10 @@ def run(args: argparse.Namespace) -> Result:
                             old_run["req_s"],
                             direct_rate,
                             "direct",
-                            reference=f"issue: {REFERENCE['old design']:g}",
+                            reference=reference("old design"),
                         )
                     )
     options = {name: getattr(args, name) for name in ("jobs", "chunk", "concurrency", "max_tokens", "rounds")}
-    options |= {"arq_jobs": args.arq_jobs, "old_jobs": args.old_jobs, "sim": SIM}
+    options |= {"arq_jobs": args.arq_jobs, "old_jobs": args.old_jobs}
+    options |= {"backend": server.describe()} if server.external else {"sim": SIM}
     return Result(NAME, figures, options, details)
