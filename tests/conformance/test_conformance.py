@@ -12,12 +12,11 @@ import time
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.conformance.proxy import TcpProxy
 from tests.conformance.servers import RealServer
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import Stack, read_events, wait_for
 
 #: The first test of a server waits for its install: about 5 minutes on 2 cores the first time on a machine
 #: (compiling llama.cpp), nothing later. Every wait inside a test has its own deadline besides.
@@ -45,24 +44,6 @@ def run(stack: Stack, **job: Any) -> dict[str, Any]:
 def needs(server: RealServer, feature: str) -> None:
     if feature not in server.features:
         pytest.skip(f"{server.name} has no {feature!r}")
-
-
-def sse_events(stack: Stack, job_id: str) -> list[tuple[str, Any]]:
-    """(event, data) of the job's Server-Sent Events, until the stream closes after `done`."""
-    events: list[tuple[str, Any]] = []
-    with stack.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=JOB_TIMEOUT) as response:
-        assert response.status_code == 200
-        fields: dict[str, str] = {}
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                continue
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-            elif fields:
-                events.append((fields["event"], orjson.loads(fields["data"])))
-                fields = {}
-    return events
 
 
 @pytest.mark.parametrize("kind", ["completions", "chat"])
@@ -101,10 +82,10 @@ def test_jobs_in_flight_together_each_run_to_their_end(stack: Stack) -> None:
 
 def test_the_event_stream_carries_the_stored_text(stack: Stack) -> None:
     job_id = submit(stack, prompt=PROMPT, params={**GREEDY, "max_tokens": 48})
-    events = sse_events(stack, job_id)
-    assert [name for name, _ in events if name != "token"] == ["done"]
-    streamed = "".join(data["text"] for name, data in events if name == "token")
-    done = events[-1][1]
+    events = read_events(stack.http, job_id)
+    assert [name for name, _, _ in events if name != "token"] == ["done"]
+    streamed = "".join(data["text"] for name, _, data in events if name == "token")
+    done = events[-1][2]
     stored = stack.wait_job(job_id)
     assert done["status"] == stored["status"] == "succeeded", stored
     assert streamed == done["result"]["text"] == stored["result"]["text"]

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
+from openai import OpenAI
+from openai.types import Batch
+from redis.asyncio import Redis
 
 from shared.keys import split_key_id
+from shared.store import JobStore
 from stack.processes import Service, free_port, start_python, start_redis
+from tests.unit.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +114,43 @@ def assert_no_internal_details(text: str) -> None:
     """A client-visible error names neither the model server's address nor its credentials."""
     for internal in (SECRET, "operator", "127.0.0.1", "http://"):
         assert internal not in text, f"{internal!r} shown to a client: {text}"
+
+
+def read_events(
+    client: httpx.Client, job_id: str, last_event_id: str | None = None, stop_after: int | None = None
+) -> list[tuple[str, str, Any]]:
+    """(event, id, data) of the job's SSE stream, until it closes (or after `stop_after` events); a
+    `last_event_id` is sent as it is, an empty one too."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+    events: list[tuple[str, str, Any]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if fields:
+                events.append((fields["event"], fields["id"], orjson.loads(fields["data"])))
+                fields = {}
+                if stop_after is not None and len(events) >= stop_after:
+                    break
+    return events
+
+
+def wait_batch(client: OpenAI, batch_id: str, until: Callable[[Batch], bool], timeout: float = 30) -> Batch:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if until(batch):
+            return batch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s: {batch}")
+        time.sleep(0.05)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -217,3 +260,14 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
                 service.stop()
         for service in stack.extra:
             service.stop()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
+    """A JobStore of the module's redis-server, emptied first."""
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    await redis.flushdb()
+    store = JobStore(redis, make_settings())
+    yield store
+    await store.aclose()
+    await redis.aclose()

@@ -4,7 +4,7 @@ an error message cut to its first 300 bytes keeps whole characters, and an entry
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -13,19 +13,9 @@ from shared import keys
 from shared.models import JobCreate, JobError
 from shared.store import JobStore
 from tests.integration.conftest import RedisServer, Sim, Stack
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL
 
 OWNER = "owner1"
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
-    redis = Redis.from_url(redis_server.url, decode_responses=True)
-    await redis.flushdb()
-    store = JobStore(redis, make_settings())
-    yield store
-    await store.aclose()
-    await redis.aclose()
 
 
 async def failed_activity(store: JobStore, redis_server: RedisServer, job_id: str, message: str) -> bytes:

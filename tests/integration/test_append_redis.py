@@ -5,31 +5,18 @@ written in one call by the worker's ChunkWriter."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from shared import keys
 from shared.models import JobCreate, now_ms
 from shared.store import Chunk, JobStore
 from shared.streams import next_id, stream_id
-from tests.integration.conftest import RedisServer
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL
 from worker.chunks import ChunkWriter
 
 OWNER = "owner1"
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
-    redis = Redis.from_url(redis_server.url, decode_responses=True)
-    await redis.flushdb()
-    store = JobStore(redis, make_settings())
-    yield store
-    await store.aclose()
-    await redis.aclose()
 
 
 async def start(store: JobStore, job_id: str) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from openai import OpenAI
 from openai.types import Batch
 
 from shared import keys
-from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, wait_for
+from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, wait_batch, wait_for
 
 MODEL = "AgentPublic/fabrique-reference-2"
 SLOW = "batch/slow"
@@ -76,17 +76,6 @@ def jsonl(lines: list[Any]) -> bytes:
 def start_batch(client: OpenAI, lines: list[Any], endpoint: Any = CHAT, **options: Any) -> Batch:
     uploaded = client.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
     return client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h", **options)
-
-
-def wait_batch(client: OpenAI, batch_id: str, until: Callable[[Batch], bool], timeout: float = 30) -> Batch:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if until(batch):
-            return batch
-        if time.monotonic() > deadline:
-            raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s: {batch}")
-        time.sleep(0.05)
 
 
 def ended(batch: Batch) -> bool:

@@ -22,7 +22,7 @@ from api.streams import resume_after
 from shared import keys
 from shared.files import CHUNK_BYTES
 from stack.processes import Service, free_port, http_ok, wait_until
-from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, wait_for
+from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, read_events, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "model-defects"
@@ -174,24 +174,12 @@ def finished(stack: Stack) -> tuple[str, list[str]]:
     )
     assert submitted.status_code == 202
     assert stack.wait_job(job_id)["status"] == "succeeded"
-    return job_id, [event_id for _, event_id in read_events(stack, job_id)]
+    return job_id, [event_id for _, event_id in event_ids(stack, job_id)]
 
 
-def read_events(stack: Stack, job_id: str, last_event_id: str | None = None) -> list[tuple[str, str]]:
+def event_ids(stack: Stack, job_id: str, last_event_id: str | None = None) -> list[tuple[str, str]]:
     """(event, id) of the job's stream until it closes."""
-    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
-    events: list[tuple[str, str]] = []
-    fields: dict[str, str] = {}
-    with stack.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=30) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if line and not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
-            elif not line and fields:
-                events.append((fields["event"], fields["id"]))
-                fields = {}
-    return events
+    return [(event, event_id) for event, event_id, _ in read_events(stack.http, job_id, last_event_id)]
 
 
 MALFORMED_EVENT_IDS = [
@@ -260,15 +248,15 @@ def test_a_leading_space_is_not_part_of_the_header(stack: Stack, finished: tuple
 def test_valid_last_event_ids_still_resume(stack: Stack, finished: tuple[str, list[str]]) -> None:
     job_id, ids = finished
     assert len(ids) >= 3
-    assert read_events(stack, job_id, "0") == read_events(stack, job_id)  # before everything
-    assert read_events(stack, job_id, "0-0") == read_events(stack, job_id)
-    resumed = read_events(stack, job_id, ids[0])
+    assert event_ids(stack, job_id, "0") == event_ids(stack, job_id)  # before everything
+    assert event_ids(stack, job_id, "0-0") == event_ids(stack, job_id)
+    resumed = event_ids(stack, job_id, ids[0])
     assert [event_id for _, event_id in resumed] == ids[1:]
     bare_ms = ids[0].split("-")[0]  # a bare time: after its `-0` entry, as Redis reads it
-    assert [event_id for _, event_id in read_events(stack, job_id, bare_ms)] == [
+    assert [event_id for _, event_id in event_ids(stack, job_id, bare_ms)] == [
         event_id for event_id in ids if event_id != f"{bare_ms}-0"
     ]
-    assert read_events(stack, job_id, "")[-1][0] == "done"  # empty: from the start
+    assert event_ids(stack, job_id, "")[-1][0] == "done"  # empty: from the start
 
 
 # ---- 8. a client gone in the middle of its request body --------------------------------------------------

@@ -9,10 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
-from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, wait_for
+from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, read_events, wait_for
 
 MODEL = "AgentPublic/fabrique-reference-2"
 IDLE = "idle/no-worker"
@@ -31,31 +30,6 @@ def stack(start_stack: Callable[..., Stack], sim: Sim) -> Stack:
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def read_events(
-    client: httpx.Client, job_id: str, last_event_id: str | None = None, stop_after: int | None = None
-) -> list[tuple[str, str, Any]]:
-    """(event, id, data) of the job's SSE stream, until it closes (or after `stop_after` events)."""
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    events: list[tuple[str, str, Any]] = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=30) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                continue
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-                continue
-            if fields:
-                events.append((fields["event"], fields["id"], orjson.loads(fields["data"])))
-                fields = {}
-                if stop_after is not None and len(events) >= stop_after:
-                    break
-    return events
 
 
 def test_submit_then_poll_until_succeeded(stack: Stack) -> None:

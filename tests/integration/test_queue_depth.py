@@ -14,7 +14,7 @@ from openai import OpenAI
 from openai.types import Batch
 
 from shared import keys
-from tests.integration.conftest import RedisServer, Sim, Stack
+from tests.integration.conftest import RedisServer, Sim, Stack, wait_batch
 
 MODEL = "depth/model"
 MAX_QUEUE_DEPTH = 3
@@ -63,17 +63,6 @@ def start_batch(client: OpenAI, size: int, max_tokens: int = 400) -> Batch:
     data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     uploaded = client.files.create(file=("input.jsonl", data), purpose="batch")
     return client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
-
-
-def wait_batch(client: OpenAI, batch_id: str, until: Callable[[Batch], bool], timeout: float = 30) -> Batch:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if until(batch):
-            return batch
-        if time.monotonic() > deadline:
-            raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s: {batch}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import RedisServer, Sim, Stack, wait_for
+from tests.integration.conftest import RedisServer, Sim, Stack, read_events, wait_for
 from tests.integration.faults import FAST, record, runner_of, stream, tokens_after_last_reset, unique, worker_id
-from tests.integration.test_jobs import read_events
 
 KILL, SHORT, LONG_TERM, REDIS = "faults/kill", "faults/term-short", "faults/term-long", "faults/redis"
 """One model per test: the stacks of this module share Redis, and a model's workers take all its jobs."""
