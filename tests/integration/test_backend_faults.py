@@ -53,8 +53,8 @@ def run(stack: Stack, model: str, count: int = 1, max_tokens: int = 20) -> list[
     ("model", "reason"),
     [
         (ERRORS, "HTTP 500"),
-        (CUT, "Response payload is not completed"),
-        (MIDSTREAM, "error during the stream"),
+        (CUT, "the connection to the model server failed (ClientPayloadError)"),
+        (MIDSTREAM, "the model server failed during the stream"),
         (SILENT, "no first token within FIRST_TOKEN_TIMEOUT=0.3s"),
         (HANG, "no first token within FIRST_TOKEN_TIMEOUT=0.3s"),
     ],
