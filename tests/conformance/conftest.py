@@ -23,7 +23,7 @@ from tests.integration.conftest import Stack, logs_dir, redis_server, start_stac
 __all__ = ["logs_dir", "redis_server", "start_stack"]  # the integration tests' fixtures, used here too
 
 #: Every server module the suite knows; those whose file exists are tested.
-SERVER_MODULES = ("llama_server", "hf_server")
+SERVER_MODULES = ("llama_server", "hf_server", "llama_cpp_server")
 
 
 def _available() -> list[str]:

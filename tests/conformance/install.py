@@ -1,4 +1,5 @@
-"""Cached virtual environments for the conformance suite's real model servers and its model maker.
+"""Cached virtual environments and cmake builds for the conformance suite's real model servers and its model
+maker.
 
 Each environment lives in `${XDG_CACHE_HOME:-~/.cache}/albert-spp/conformance/<name>/`, where `name` carries
 the versions (`llama-cpp-python-0.3.36`): it is built once per machine, and a later run only checks its marker.
@@ -20,11 +21,17 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 #: pip's constraints on this machine cap torch to the CPU wheel on disk; never a CUDA build.
 TORCH = "torch==2.13.0"
 #: The build of llama.cpp uses every core of the machine (2 on a developer's machine: about 4 to 5 minutes).
 BUILD_JOBS = str(os.cpu_count() or 2)
+
+#: The oldest cmake that builds llama.cpp's server (its UI-assets script needs 3.18); without one on PATH, this
+#: release comes from PyPI into a venv of the cache.
+CMAKE_MINIMUM = (3, 18)
+CMAKE = "cmake==3.31.10"
 
 _MARKER = ".albert-spp-installed.json"
 
@@ -63,6 +70,26 @@ def _run(args: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None
         raise InstallError(f"{' '.join(args[:6])} ... exited with {result.returncode}; the end of {log}:\n{tail}")
 
 
+def _is_built(home: Path, wanted: dict[str, Any]) -> bool:
+    """Whether `home` holds a finished build of `wanted`: its marker, written last, says so."""
+    try:
+        return bool(json.loads((home / _MARKER).read_text()).get("installed") == wanted)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _empty(home: Path) -> None:
+    """`home` made anew, empty: what a failed or outdated build left is gone."""
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+
+
+def _mark_built(home: Path, wanted: dict[str, Any], started: float, **facts: str) -> None:
+    """The marker of a finished build of `wanted`, with how long it took (`seconds`)."""
+    record = {"installed": wanted, **facts, "seconds": round(time.monotonic() - started, 1)}
+    (home / _MARKER).write_text(json.dumps(record, indent=1))
+
+
 def venv(name: str, requirements: Sequence[str], *, env: Mapping[str, str] | None = None) -> Path:
     """The python of the cached venv `name` holding `requirements` (pip specifiers or paths), built if missing.
 
@@ -73,15 +100,9 @@ def venv(name: str, requirements: Sequence[str], *, env: Mapping[str, str] | Non
     python = home / "bin" / "python"
     wanted = {"requirements": list(requirements), "env": dict(env or {}), "python": sys.version.split()[0]}
     with locked(name):
-        marker = home / _MARKER
-        if marker.is_file() and python.exists():
-            try:
-                if json.loads(marker.read_text()).get("installed") == wanted:
-                    return python
-            except json.JSONDecodeError:
-                pass
-        shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True)
+        if python.exists() and _is_built(home, wanted):
+            return python
+        _empty(home)
         log = home / "install.log"
         started = time.monotonic()
         # The base interpreter, not this venv's: the new venv must not see the project's packages.
@@ -90,9 +111,47 @@ def venv(name: str, requirements: Sequence[str], *, env: Mapping[str, str] | Non
         _run([str(python), "-m", "pip", "install", "--upgrade", "pip"], log=log)
         pip_env = {"CMAKE_BUILD_PARALLEL_LEVEL": BUILD_JOBS, **(env or {})}
         _run([str(python), "-m", "pip", "install", *requirements], log=log, env=pip_env)
-        record = {"installed": wanted, "seconds": round(time.monotonic() - started, 1)}
-        marker.write_text(json.dumps(record, indent=1))
+        _mark_built(home, wanted, started)
     return python
+
+
+def _cmake_version(cmake: str) -> tuple[int, ...]:
+    """(major, minor) of `cmake`, from its first words "cmake version 3.25.1"; () when it does not run."""
+    try:
+        words = subprocess.run([cmake, "--version"], capture_output=True, text=True, check=True).stdout.split()
+        return tuple(int(part) for part in words[2].split(".")[:2])
+    except (OSError, subprocess.CalledProcessError, IndexError, ValueError):
+        return ()
+
+
+def cmake() -> Path:
+    """A cmake of at least CMAKE_MINIMUM: the one on PATH, else CMAKE installed into a cached venv."""
+    found = shutil.which("cmake")
+    if found is not None and _cmake_version(found) >= CMAKE_MINIMUM:
+        return Path(found)
+    return venv(CMAKE.replace("==", "-"), [CMAKE]).with_name("cmake")
+
+
+def cmake_build(name: str, source: Path, options: Sequence[str], target: str) -> Path:
+    """The build folder of the cmake `target` of `source`, configured with `options`, built once per machine.
+
+    It lives in `<cache>/name/build`; the build is redone when `source`, `options` or `target` change. The
+    marker beside it records how long the build took (`seconds`), the log is `<cache>/name/build.log`.
+    """
+    home = cache_root() / name
+    build = home / "build"
+    wanted = {"source": str(source), "options": list(options), "target": target}
+    with locked(name):
+        if _is_built(home, wanted):
+            return build
+        _empty(home)
+        log = home / "build.log"
+        started = time.monotonic()
+        tool = str(cmake())
+        _run([tool, "-S", str(source), "-B", str(build), *options], log=log)
+        _run([tool, "--build", str(build), "--target", target, "-j", BUILD_JOBS], log=log)
+        _mark_built(home, wanted, started, cmake=tool)
+    return build
 
 
 def sdist(package: str, version: str) -> Path:

@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from stack.processes import spawn, wait_until
 from tests.conformance import install, tiny_model
-from tests.conformance.servers import RealServer
+from tests.conformance.servers import RealServer, answers_models
 
 VERSION = "0.3.36"
 NAME = f"llama.cpp (llama-cpp-python {VERSION})"
@@ -36,14 +34,6 @@ def install_server() -> tuple[Path, Path]:
     return python, install.unpacked(archive)
 
 
-def _ready(url: str) -> bool:
-    try:
-        answer = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=1.0)
-    except httpx.HTTPError:
-        return False
-    return answer.status_code == 200
-
-
 @contextmanager
 def start(workdir: Path, port: int) -> Iterator[RealServer]:
     python, sources = install_server()
@@ -58,7 +48,7 @@ def start(workdir: Path, port: int) -> Iterator[RealServer]:
     env = {**tiny_model.OFFLINE, "PYTHONUNBUFFERED": "1"}
     service = spawn("llama.cpp", args, env={**os.environ, **env}, log=workdir / f"llama-server-{port}.log")
     try:
-        wait_until(lambda: _ready(url), 120, NAME, service.process)
+        wait_until(lambda: answers_models(url, API_KEY), 120, NAME, service.process)
         yield RealServer(
             name=NAME,
             version=VERSION,

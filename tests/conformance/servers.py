@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+
 #: What a server may support; the suite checks what a server lacks the other way round, or skips it.
 #: - "completions", "chat": /v1/completions, /v1/chat/completions (streamed);
 #: - "usage_chunk": a last chunk with `usage` when asked `stream_options.include_usage`;
@@ -43,3 +45,13 @@ class ServerModule(Protocol):
     """What the suite needs of a server module."""
 
     def start(self, workdir: Path, port: int) -> AbstractContextManager[RealServer]: ...
+
+
+def answers_models(url: str, api_key: str | None = None) -> bool:
+    """Whether the server at `url` answers `GET /v1/models` (with its key) with a 200: it is ready."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        answer = httpx.get(f"{url}/v1/models", headers=headers, timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200

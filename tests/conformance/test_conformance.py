@@ -18,8 +18,8 @@ from tests.conformance.proxy import TcpProxy
 from tests.conformance.servers import RealServer
 from tests.integration.conftest import Stack, read_events, wait_for
 
-#: The first test of a server waits for its install: about 5 minutes on 2 cores the first time on a machine
-#: (compiling llama.cpp), nothing later. Every wait inside a test has its own deadline besides.
+#: The first test of a server waits for its install, the first time on a machine: 4 to 6 minutes on 2 cores for
+#: each llama.cpp build, 1 to 3 for transformers; nothing later. Every wait inside a test has its own deadline.
 INSTALL_TIMEOUT = 2400
 
 pytestmark = [pytest.mark.conformance, pytest.mark.integration, pytest.mark.timeout(INSTALL_TIMEOUT)]
