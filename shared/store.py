@@ -173,8 +173,10 @@ class JobStore:
         """
         now = now_ms()
         extra_pairs = [value for pair in (extra or {}).items() for value in pair]
-        setting = "MAX_BATCH_QUEUE_DEPTH" if background else "MAX_QUEUE_DEPTH"
-        max_depth: int = getattr(self.settings, setting)
+        if background:
+            setting, max_depth = "MAX_BATCH_QUEUE_DEPTH", self.settings.MAX_BATCH_QUEUE_DEPTH
+        else:
+            setting, max_depth = "MAX_QUEUE_DEPTH", self.settings.MAX_QUEUE_DEPTH
         args: list[str | int] = [
             now,
             max_depth,
