@@ -263,6 +263,13 @@ class Settings(BaseSettings):
         if self.ENV in ("staging", "prod") and not (self.API_KEYS_FILE or self.API_KEYS.strip()):
             raise ValueError(f"ENV={self.ENV} needs API keys: set API_KEYS_FILE (a JSON file) or API_KEYS")
         _ = self.sentinels  # validates REDIS_SENTINELS
+        for index, backend in enumerate(self.LLM_TABLE):
+            if (backend.api_key or self.LLM_API_KEY) and backend.public_url != backend.url:
+                # Both would be an Authorization header: HTTP has room for one.
+                raise ValueError(
+                    f"LLM_TABLE entry {index} has credentials in its URL and a bearer key (its api_key or "
+                    "LLM_API_KEY): give the server one of them (an entry's api_key wins over LLM_API_KEY)"
+                )
         if self.SPP_TEMPLATE not in template_names():
             raise ValueError(f"SPP_TEMPLATE={self.SPP_TEMPLATE!r} is not a template of shared/templates/")
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():

@@ -123,6 +123,19 @@ def test_backend_public_url_has_no_credentials(url: str, public: str) -> None:
     assert backend.public_url == public
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"LLM_TABLE": '[("m", "http://user:pw@a", {"api_key": "k"})]'},
+        {"LLM_TABLE": '[("m", "http://a"), ("m", "http://user:pw@b")]', "LLM_API_KEY": "k"},
+    ],
+)
+def test_url_credentials_and_a_bearer_key_for_one_server_are_refused(settings: dict[str, str]) -> None:
+    """Both would be an Authorization header; aiohttp refuses the request, every job would fail."""
+    with pytest.raises(ValidationError, match="credentials in its URL and a bearer key"):
+        make_settings(**settings)
+
+
 def test_llm_api_key_is_not_shown_and_the_ca_bundle_must_exist(tmp_path: Path) -> None:
     assert "sk-all" not in repr(make_settings(LLM_API_KEY="sk-all"))
     with pytest.raises(ValidationError, match=r"LLM_CA_BUNDLE=.*is not a readable file"):
