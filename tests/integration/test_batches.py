@@ -14,7 +14,15 @@ from openai import OpenAI
 from openai.types import Batch
 
 from shared import keys
-from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, wait_batch, wait_for
+from tests.integration.conftest import (
+    AUTH,
+    RedisServer,
+    Sim,
+    Stack,
+    assert_no_internal_details,
+    wait_batch,
+    wait_for,
+)
 
 MODEL = "AgentPublic/fabrique-reference-2"
 SLOW = "batch/slow"
@@ -160,6 +168,7 @@ def test_a_chat_batch_runs_to_completion(client: OpenAI, stack: Stack, redis_ser
     errors = lines_of(client, done.error_file_id)
     assert [line["custom_id"] for line in errors] == [f"too-long-{i}" for i in range(3)]
     assert all(line["response"] is None and line["error"]["code"] == "backend_rejected" for line in errors)
+    assert_no_internal_details(str(errors))  # the model server's address stays in the worker's log
 
     # Each request is a job of the owner, naming its custom_id.
     job = httpx.get(f"{stack.url}/v1/jobs/{batch.id}-000007", headers=AUTH).json()
