@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -235,3 +236,109 @@ def test_malformed_data_file_is_rejected(data_dir: Path, content: str, message: 
 
     with pytest.raises(ValueError, match=message):
         load_acronyms()
+
+
+# ---- one linear scan, as the former regex alternation did -------------------------------------------------
+
+
+def _reference(text: str, acronyms: Mapping[str, str], *, max_candidates: int = 10, window: int = 150) -> str:
+    """The former implementation (one alternation of every acronym tried at every position), kept as the oracle."""
+    alternatives = "|".join(re.escape(acronym) for acronym in sorted(acronyms, key=lambda a: (-len(a), a)))
+    pattern = re.compile(rf"(?<!\w)(?<!\w-)(?:{alternatives})(?!\w)(?!-\w)")
+
+    def fold(value: str) -> str:
+        return value.casefold().replace("\u2019", "'")
+
+    first: dict[str, re.Match[str]] = {}
+    for match in pattern.finditer(text):
+        first.setdefault(match.group(), match)
+        if len(first) > max_candidates:
+            return text
+    pieces: list[str] = []
+    copied = 0
+    inserted: set[str] = set()
+    for acronym, match in first.items():
+        expansion = acronyms[acronym]
+        if expansion in inserted or re.compile(r"\s*\(").match(text, match.end()):
+            continue
+        if fold(expansion) in fold(text[max(0, match.start() - window) : match.end() + window]):
+            continue
+        pieces += (text[copied : match.end()], f" ({expansion})")
+        copied = match.end()
+        inserted.add(expansion)
+    pieces.append(text[copied:])
+    return "".join(pieces)
+
+
+_JOINERS = [
+    " ",
+    " ",
+    " ",
+    "",
+    "-",
+    "--",
+    "'",
+    "\u2019",
+    ".",
+    ", ",
+    " (",
+    "(",
+    ")",
+    "\n",
+    " \n(",
+    "«",
+    "»",
+    "_",
+    "2",
+    "é",
+]
+_WORDS = ["la", "caf", "Caf", "écrit", "CAFÉ", "Élan", "x", "ÉCAF", "ex", "C", "MU", "Fi", "P", "dgfip", "1"]
+
+
+def _random_text(rng: random.Random, acronyms: Mapping[str, str]) -> str:
+    """Acronyms, their variants, their expansions and other words, glued by spaces, hyphens, accents, punctuation."""
+    names = list(acronyms)
+    pieces: list[str] = []
+    for _ in range(rng.randint(0, 40)):
+        acronym = rng.choice(names)
+        pieces.append(
+            rng.choice(
+                [
+                    acronym,
+                    acronym,
+                    acronym,
+                    acronym.lower(),
+                    acronym[:-1],
+                    acronym + rng.choice("Ss2É_-"),
+                    acronyms[acronym],
+                    acronyms[acronym].upper(),
+                    rng.choice(_WORDS),
+                    rng.choice(_WORDS),
+                ]
+            )
+        )
+        pieces.append(rng.choice(_JOINERS))
+    return "".join(pieces)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_expansion_matches_the_former_implementation_on_random_texts(seed: int) -> None:
+    rng = random.Random(seed)
+    table = load_acronyms()
+    # A few acronyms at a time, so that texts often stay under max_candidates and are expanded.
+    pools = [dict(rng.sample(sorted(table.items()), 6)) for _ in range(20)]
+    pools.append({key: table[key] for key in ("CMU", "CMU-C", "DGFiP", "DGFIP", "CSS", "C2S", "CAF", "RSA")})
+    pools.append({"X": "Ex", "X-Y": "Ex-y", "Y": "Why", "XY": "Ex y", "É": "E accent", "_a": "Under", "2": "Deux"})
+    for _ in range(400):
+        pool = rng.choice(pools)
+        text = _random_text(rng, pool)
+        window = rng.choice([150, 150, 5, 0])
+        max_candidates = rng.choice([10, 10, 2])
+        for acronyms in (pool, table):
+            expected = _reference(text, acronyms, max_candidates=max_candidates, window=window)
+            assert expand_acronyms(text, acronyms, max_candidates=max_candidates, window=window) == expected, text
+
+
+def test_acronym_that_is_not_a_word_is_rejected() -> None:
+    with pytest.raises(ValueError, match="not a word"):
+        expand_acronyms("R&D", {"R&D": "Recherche et développement"})
