@@ -10,7 +10,7 @@ import enum
 import re
 import uuid
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -18,8 +18,9 @@ from shared.models import JobCreate, JobError, JobResult, JobStatus, Limits
 from shared.openai_shapes import Endpoint, OpenAIError, completion_object, parse_request
 
 MAX_CUSTOM_ID_CHARS = 512
-WINDOW_PATTERN = r"^[1-9][0-9]{0,3}h$"
-"""`completion_window`: whole hours, as OpenAI's "24h"."""
+CompletionWindow = Literal["24h"]
+"""`completion_window`: only OpenAI's "24h". A longer window would keep a batch's jobs queued, and its index in
+Redis, for as long (a "9999h" batch was accepted once)."""
 
 
 class BatchStatus(enum.StrEnum):

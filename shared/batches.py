@@ -169,12 +169,22 @@ class BatchStore:
         errors: list[dict[str, Any]] = []
         seen: dict[str, int] = {}
         count = 0
-        async for number, raw in self._requests(owner, file_id):
-            count += 1
-            if count > settings.BATCH_MAX_LINES:
-                message = f"more than BATCH_MAX_LINES={settings.BATCH_MAX_LINES} requests"
+        max_line = settings.BATCH_MAX_LINE_BYTES
+        # Blank lines count against BATCH_MAX_LINES: a file of blank lines is read no further than one of requests.
+        async for number, raw in self.files.lines(owner, file_id, max_line):
+            if number > settings.BATCH_MAX_LINES:
+                message = f"more than BATCH_MAX_LINES={settings.BATCH_MAX_LINES} lines (blank lines count)"
                 errors.append(LineError("too_many_lines", message).entry(number))
                 break
+            if len(raw) > max_line:
+                message = f"the line is over the limit of BATCH_MAX_LINE_BYTES={max_line} bytes"
+                errors.append(LineError("line_too_long", message).entry(number))
+                if len(errors) >= MAX_ERRORS:
+                    break
+                continue
+            if not raw.strip():
+                continue
+            count += 1
             try:
                 custom_id, job = parse_line(raw, endpoint, models, limits)
                 if custom_id in seen:
@@ -186,7 +196,7 @@ class BatchStore:
                 errors.append(error.entry(number))
                 if len(errors) >= MAX_ERRORS:
                     break
-        if count == 0:
+        if count == 0 and not errors:
             errors.append(LineError("empty_file", "the file has no request").entry(None))
         return per_model, errors
 

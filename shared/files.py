@@ -221,8 +221,12 @@ class FileStore:
                 return
             start += CHUNK_BYTES
 
-    async def lines(self, owner: str, file_id: str) -> AsyncIterator[tuple[int, bytes]]:
-        """(line number from 1, line without its end) of the file; a last line without a newline counts."""
+    async def lines(self, owner: str, file_id: str, max_bytes: int | None = None) -> AsyncIterator[tuple[int, bytes]]:
+        """(line number from 1, line without its end) of the file; a last line without a newline counts.
+
+        A line longer than `max_bytes` may come cut, still longer than `max_bytes`: it is never held whole (a file
+        of one 200 MiB line would otherwise be copied and scanned again with each chunk).
+        """
         number = 0
         tail = b""
         async for data in self.chunks(owner, file_id):
@@ -230,5 +234,7 @@ class FileStore:
             for line in complete:
                 number += 1
                 yield number, line
+            if max_bytes is not None and len(tail) > max_bytes:
+                tail = tail[: max_bytes + 1]
         if tail:
             yield number + 1, tail

@@ -10,12 +10,54 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    model_validator,
+)
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,199}$"
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 MetadataValue = str | int | float | bool | None
+
+METADATA_VALUE_CHARS = 512
+"""Characters of one metadata string value (OpenAI's cap)."""
+METADATA_MAX_BYTES = 8192
+"""Bytes of a whole `metadata`, as compact JSON: what Redis keeps per job (or batch) for RESULT_TTL."""
+
+
+def _check_metadata_value(value: MetadataValue) -> MetadataValue:
+    if isinstance(value, str) and len(value) > METADATA_VALUE_CHARS:
+        limit = METADATA_VALUE_CHARS
+        raise ValueError(f"the value has {len(value)} characters, over the limit of METADATA_VALUE_CHARS={limit}")
+    return value
+
+
+def _check_metadata_size(metadata: dict[str, Any]) -> dict[str, Any]:
+    # One compact serialization (orjson, as the store writes it), a microsecond for a small mapping.
+    size = len(orjson.dumps(metadata))
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is {size} bytes of JSON, over the limit of METADATA_MAX_BYTES={METADATA_MAX_BYTES}")
+    return metadata
+
+
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+Metadata = Annotated[
+    dict[MetadataKey, Annotated[MetadataValue, AfterValidator(_check_metadata_value)]],
+    AfterValidator(_check_metadata_size),
+]
+"""A job's `metadata`: flat values, each string at most METADATA_VALUE_CHARS, METADATA_MAX_BYTES in all; a
+violation names the key (`loc` ends with `metadata` and the key) and the limit."""
+StringMetadata = Annotated[
+    dict[MetadataKey, Annotated[str, AfterValidator(_check_metadata_value)]],
+    AfterValidator(_check_metadata_size),
+]
+"""A batch's `metadata` (OpenAI's: strings only), with the same caps."""
 
 
 class JobStatus(enum.StrEnum):
@@ -75,7 +117,7 @@ class JobCreate(BaseModel):
     )
     messages: list[Message] | None = Field(None, min_length=1)
     params: GenerationParams = Field(default_factory=GenerationParams)
-    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = Field(None, max_length=32)
+    metadata: Metadata | None = Field(None, max_length=32)
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> JobCreate:

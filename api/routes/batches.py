@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from api.deps import BatchesDep, OwnerDep
 from api.responses import JSONResponse
-from shared.batch_format import WINDOW_PATTERN, BatchStatus, public_batch
+from shared.batch_format import BatchStatus, CompletionWindow, public_batch
+from shared.models import StringMetadata
 from shared.openai_shapes import Endpoint
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -23,12 +24,12 @@ class BatchCreate(BaseModel):
 
     input_file_id: str = Field(description="An uploaded file (`POST /v1/files`, `purpose=batch`).")
     endpoint: Endpoint = Field(description="Every line's `url`.")
-    completion_window: Annotated[str, StringConstraints(pattern=WINDOW_PATTERN)] = Field(
-        description='Hours, as "24h": the batch then expires with its unfinished requests cancelled.'
+    completion_window: CompletionWindow = Field(
+        description='Only "24h", as OpenAI: the batch then expires with its unfinished requests cancelled.'
     )
-    metadata: (
-        dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]] | None
-    ) = Field(None, max_length=16)
+    metadata: StringMetadata | None = Field(
+        None, max_length=16, description="Strings of at most 512 characters, 8 KiB in all (as compact JSON)."
+    )
 
 
 class RequestCounts(BaseModel):
