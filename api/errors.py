@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
+from redis.exceptions import OutOfMemoryError
 
 from api.auth import Unauthorized
 from api.limits import RateLimited
@@ -30,6 +31,10 @@ from shared.openai_shapes import OpenAIError
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
+REDIS_FULL_RETRY_AFTER_SECONDS = "30"
+"""Retry-After of a write refused by Redis's maxmemory: memory comes back as results expire or are deleted, or
+when an operator acts, not within a second; retrying sooner only adds load."""
+REDIS_FULL = "Redis is out of memory (maxmemory): retry later"
 OPENAI_FILE_ROUTES = ("/v1/files", "/v1/batches")
 
 _STATUS: dict[type[SppError], int] = {
@@ -82,8 +87,18 @@ async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(503, str(StoreUnavailable()))
 
 
+async def _redis_full(request: Request, exc: Exception) -> JSONResponse:
+    """Redis refused a write past its maxmemory (policy noeviction; redis-py raises OutOfMemoryError for the `OOM`
+    error reply, a script's too): nothing of it was stored, since Redis refuses a script at its first write. Both
+    shapes are given, so that the OpenAI-compatible routes' clients show the message too."""
+    logger.warning("Redis out of memory during %s %s: %s", request.method, request.url.path, exc)
+    error = {"message": REDIS_FULL, "type": "redis_out_of_memory", "param": None, "code": 503}
+    return _error_response(503, REDIS_FULL, retry_after=REDIS_FULL_RETRY_AFTER_SECONDS, extra={"error": error})
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(SppError, _spp_error)
     app.add_exception_handler(OpenAIError, _openai_error)
     for error in REDIS_ERRORS:
         app.add_exception_handler(error, _redis_error)
+    app.add_exception_handler(OutOfMemoryError, _redis_full)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from redis.exceptions import OutOfMemoryError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import JSONResponse
@@ -81,6 +82,13 @@ class RateLimiter:
     async def check(self, owner: str) -> None:
         if self._rate <= 0:
             return
-        wait = int(await self._shared.evalsha(self._script, [keys.rate(owner)], [now_ms(), self._rate, self._burst]))
+        try:
+            wait = int(
+                await self._shared.evalsha(self._script, [keys.rate(owner)], [now_ms(), self._rate, self._burst])
+            )
+        except OutOfMemoryError:
+            # A full Redis refuses the bucket's write too. Reading jobs and their events must still serve (clients
+            # collect their results that way); every write of a request is refused by Redis itself meanwhile.
+            return
         if wait:
             raise RateLimited(self._rate, wait)

@@ -17,7 +17,7 @@ from api.auth import KeyRing
 from api.body import AbortedBodies, add_components
 from api.deps import State
 from api.limits import BodySizeLimit, RateLimiter
-from api.observability import RequestMetrics
+from api.observability import RequestMetrics, report_redis_memory
 from api.responses import JSONResponse
 from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models
 from api.routes import openai as openai_compatible
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         keyring = KeyRing(settings)
         redis = redis_client(settings, "spp-api", max_connections=settings.API_REDIS_CONNECTIONS)
+        await report_redis_memory(redis)
         hub = StreamHub(redis_client(settings, "spp-api-streams", single_connection=True), redis)
         await hub.start()
         # Files' bytes go through a client that does not decode them.

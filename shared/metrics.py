@@ -5,10 +5,18 @@ Each process has its own registry, so that an API does not export workers' metri
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
 
 __all__ = ["CONTENT_TYPE_LATEST", "ApiMetrics", "WorkerMetrics"]
+
+REDIS_MEMORY_EVERY = 5.0
+"""Seconds between two reads of Redis's memory figures by one API process. INFO memory is one cheap command, but
+each open dashboard polls it every few seconds and each Prometheus scrapes it, per API process; the figures move
+slowly, and a few seconds' lag changes nothing to what an operator does with them."""
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -33,6 +41,29 @@ class ApiMetrics:
         self.queued = Gauge("spp_queue_depth", "Jobs waiting, per model.", ["model"], registry=self.registry)
         self.running = Gauge("spp_jobs_running", "Jobs running, per model.", ["model"], registry=self.registry)
         self.workers = Gauge("spp_workers_live", "Live workers, per model.", ["model"], registry=self.registry)
+        self.redis_used_memory = Gauge(
+            "spp_redis_used_memory_bytes",
+            "Memory Redis uses (INFO memory: used_memory), read at most every few seconds.",
+            registry=self.registry,
+        )
+        self.redis_maxmemory = Gauge(
+            "spp_redis_maxmemory_bytes",
+            "Redis's maxmemory (0: no limit); past it Redis refuses writes and the API answers 503.",
+            registry=self.registry,
+        )
+        self._redis_memory: dict[str, int] = {"used_memory": 0, "maxmemory": 0}
+        self._redis_memory_at = float("-inf")
+
+    async def redis_memory(self, redis: Redis) -> dict[str, int]:
+        """Redis's `used_memory` and `maxmemory` (0: no limit) in bytes, read by INFO memory at most every
+        REDIS_MEMORY_EVERY seconds; the gauges are set from them."""
+        if time.monotonic() - self._redis_memory_at >= REDIS_MEMORY_EVERY:
+            info = await redis.info("memory")
+            self._redis_memory = {"used_memory": int(info["used_memory"]), "maxmemory": int(info["maxmemory"])}
+            self._redis_memory_at = time.monotonic()
+            self.redis_used_memory.set(self._redis_memory["used_memory"])
+            self.redis_maxmemory.set(self._redis_memory["maxmemory"])
+        return dict(self._redis_memory)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         "", description="Comma-separated host:port of Redis Sentinels; when set, the master is found through them."
     )
     REDIS_SENTINEL_MASTER: str = Field("mymaster", description="The name of the master the Sentinels watch.")
+    REDIS_MAXMEMORY: str = Field(
+        "1gb",
+        pattern=r"^\s*([0-9]+([kKmMgG][bB]?|[bB])?)?\s*$",
+        description="maxmemory of the redis-server `make run` starts (with the noeviction policy), in Redis's "
+        "units (e.g. 1gb, 512mb); empty or 0: no limit. A Redis configured elsewhere is not changed.",
+    )
 
     # Models
     LLM_TABLE: Annotated[list[Backend], NoDecode] = Field(default_factory=lambda: parse_llm_table(DEFAULT_LLM_TABLE))
@@ -216,7 +222,13 @@ class Settings(BaseSettings):
     )
 
     # Files and batches (the OpenAI Files and Batch API)
-    BATCH_MAX_LINES: int = Field(50_000, ge=1, description="Requests in one batch input file.")
+    BATCH_MAX_LINES: int = Field(50_000, ge=1, description="Lines (blank ones too) of one batch input file.")
+    BATCH_MAX_LINE_BYTES: int = Field(
+        4 * 2**20,
+        ge=1,
+        description="Bytes of one line of a batch input file: above the largest valid request (MAX_PROMPT_CHARS "
+        "characters written as JSON \\u escapes, 12 bytes each for 4-byte UTF-8, is 2.4 MB).",
+    )
     BATCH_MAX_BYTES: int = Field(200 * 2**20, ge=1, description="Bytes of one uploaded file.")
     FILE_TTL: int | None = Field(None, ge=1, description="Seconds an uploaded file is kept; unset: RESULT_TTL.")
 
@@ -325,6 +337,12 @@ class Settings(BaseSettings):
             return self.REDIS_URL
         auth = f":{quote(self.REDIS_PASSWORD, safe='')}@" if self.REDIS_PASSWORD else ""
         return f"redis://{auth}{self.REDIS_HOST}:{self.REDIS_PORT}/{self.REDIS_DB}"
+
+    @property
+    def redis_maxmemory(self) -> str | None:
+        """REDIS_MAXMEMORY as redis-server takes it; None for no limit (empty, or 0)."""
+        value = self.REDIS_MAXMEMORY.strip().lower()
+        return value if value and int(value.rstrip("kmgb")) else None
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:

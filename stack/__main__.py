@@ -197,10 +197,13 @@ class Stack:
         s = self.settings
         if redis_port is not None:
             data = RUN_DIR / "redis"
-            self.redis = spawn_redis(redis_port, data, appendonly=True, log=RUN_DIR / "redis.log", own_session=True)
+            maxmemory = s.redis_maxmemory
+            log = RUN_DIR / "redis.log"
+            self.redis = spawn_redis(redis_port, data, appendonly=True, maxmemory=maxmemory, log=log, own_session=True)
             wait_redis(self.redis, redis_port, self.interrupted)
             self.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-            say(f"Redis: started redis-server on 127.0.0.1:{redis_port} (data in {data})")
+            limit = f"maxmemory {maxmemory}" if maxmemory else "no maxmemory"
+            say(f"Redis: started redis-server on 127.0.0.1:{redis_port} (data in {data}, {limit}, noeviction)")
         if _starts_simulator(s):
             model, url = s.default_model, f"http://127.0.0.1:{s.SIM_PORT}"
             args = ["sim", "--port", str(s.SIM_PORT), "--model", model, "--prefill-ms", "200", "--ms-per-token", "20"]

@@ -225,12 +225,21 @@ def spawn(
 
 
 def spawn_redis(
-    port: int, data_dir: Path, *, appendonly: bool = False, log: Path | None = None, own_session: bool = False
+    port: int,
+    data_dir: Path,
+    *,
+    appendonly: bool = False,
+    maxmemory: str | None = None,
+    log: Path | None = None,
+    own_session: bool = False,
 ) -> Service:
-    """Start a redis-server on 127.0.0.1:`port` keeping its files in `data_dir` (see wait_redis)."""
+    """Start a redis-server on 127.0.0.1:`port` keeping its files in `data_dir` (see wait_redis), holding at most
+    `maxmemory` (Redis's units; None: no limit). It never evicts a key (noeviction): past the limit it refuses
+    writes, which the API answers 503, rather than dropping jobs."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir)]
     args += ["--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
+    args += ["--maxmemory", maxmemory or "0", "--maxmemory-policy", "noeviction"]
     return spawn("redis", args, log=log, own_session=own_session)
 
 
@@ -240,9 +249,11 @@ def wait_redis(service: Service, port: int, interrupted: Callable[[], bool] | No
     wait_listening(service, lambda: redis_reachable(url, 0.2), port, 15, interrupted)
 
 
-def start_redis(port: int, data_dir: Path, *, appendonly: bool = False, log: Path | None = None) -> Service:
+def start_redis(
+    port: int, data_dir: Path, *, appendonly: bool = False, maxmemory: str | None = None, log: Path | None = None
+) -> Service:
     """A redis-server on 127.0.0.1:`port` keeping its files in `data_dir`; returns once it answers PING."""
-    service = spawn_redis(port, data_dir, appendonly=appendonly, log=log)
+    service = spawn_redis(port, data_dir, appendonly=appendonly, maxmemory=maxmemory, log=log)
     wait_redis(service, port)
     return service
 

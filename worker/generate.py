@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-REDIS_WRITE_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError)
-"""What a Redis write raises while Redis restarts or is unreachable (the client already retried a few times)."""
+REDIS_WRITE_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError)
+"""What a Redis write raises while Redis restarts or is unreachable (the client already retried a few times), or
+while it refuses writes past its maxmemory (OOM, policy noeviction; a script is refused before its first write):
+an outage too, waited out the same way, never a failure of the job."""
 
 REDIS_PATIENCE = 30.0
 """Seconds a run keeps trying one Redis write through an outage. Past it the run gives up: its job, still

@@ -2,8 +2,8 @@
 
 Per model: queue depth, running jobs, throughput and latency percentiles over the last minutes (from
 the model's activity stream, written by finish.lua), live workers with their last heartbeat, recent
-failures with their reasons; and the batches in progress. In dev any token sees it; in staging and
-prod only the clients named in DASHBOARD_CLIENTS.
+failures with their reasons; the batches in progress; and Redis's used memory against its maxmemory.
+In dev any token sees it; in staging and prod only the clients named in DASHBOARD_CLIENTS.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import statistics
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from redis.client import NEVER_DECODE
 
 from api.auth import Caller, Unauthorized
 from api.deps import PUBLIC, CallerDep, SettingsDep, StoreDep
+from api.deps import resources as state_of
 from shared import keys
 from shared.models import now_ms
 
@@ -53,8 +54,11 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 @router.get("/data")
-async def dashboard_data(settings: SettingsDep, store: StoreDep, operator: Operator) -> dict[str, Any]:
-    """Everything the dashboard shows, in one round trip to Redis per part."""
+async def dashboard_data(
+    request: Request, settings: SettingsDep, store: StoreDep, operator: Operator
+) -> dict[str, Any]:
+    """Everything the dashboard shows, in one round trip to Redis per part; Redis's memory as /metrics has it
+    (`used_memory`, `maxmemory` in bytes, 0: no limit)."""
     now = now_ms()
     stats = await store.model_stats(settings.models)
     async with store.redis.pipeline(transaction=False) as pipe:
@@ -75,6 +79,7 @@ async def dashboard_data(settings: SettingsDep, store: StoreDep, operator: Opera
         "window_seconds": WINDOW_MS // 1000,
         "models": models,
         "batches": await _batches(store, replies[-1]),
+        "redis": await state_of(request)["metrics"].redis_memory(store.redis),
     }
 
 
