@@ -20,6 +20,7 @@ from tests.integration.conftest import RedisServer, Sim, Stack
 
 MODEL = "oom/model"
 MAXMEMORY = 4 * 2**20
+LIMITED = "oom/rate-limited"  # a model of its own: its worker must not take the other stack's jobs
 FILLER = "filler:"
 
 
@@ -113,8 +114,8 @@ def test_a_full_redis_still_serves_reads_with_the_rate_limit_on(
     start_stack: Callable[..., Stack], sim_for_limited: Sim, redis_server: RedisServer
 ) -> None:
     """The rate limit's bucket is a Redis write, refused while Redis is full: reads must still be served."""
-    limited = start_stack([(MODEL, sim_for_limited.url)], RATE_LIMIT=1000)
-    body = {"id": "oom-read-1", "model": MODEL, "prompt": "Mon allocation", "params": {"max_tokens": 3}}
+    limited = start_stack([(LIMITED, sim_for_limited.url)], RATE_LIMIT=1000)
+    body = {"id": "oom-read-1", "model": LIMITED, "prompt": "Mon allocation", "params": {"max_tokens": 3}}
     assert limited.http.post("/v1/jobs", json=body).status_code == 202
     assert limited.wait_job("oom-read-1")["status"] == "succeeded"
     with full(redis_server.client()):
@@ -126,7 +127,7 @@ def test_a_full_redis_still_serves_reads_with_the_rate_limit_on(
 
 @pytest.fixture(scope="module")
 def sim_for_limited(start_sim: Callable[..., Sim]) -> Sim:
-    return start_sim(MODEL)
+    return start_sim(LIMITED)
 
 
 def test_a_running_job_waits_out_a_full_redis_and_succeeds(stack: Stack, redis_server: RedisServer) -> None:
