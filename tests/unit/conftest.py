@@ -16,6 +16,8 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from shared.batches import BatchStore
+from shared.files import FileStore
 from shared.models import JobCreate
 from shared.settings import Settings
 from shared.store import JobStore
@@ -240,3 +242,19 @@ async def worker_contexts(
             await client.aclose()
         for store in stores:
             await store.aclose()
+
+
+@contextlib.asynccontextmanager
+async def batch_stores(settings: Settings) -> AsyncIterator[tuple[FileStore, BatchStore]]:
+    """A FileStore and a BatchStore (over its JobStore) on one in-memory Redis, closed at the end."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    raw_redis = fakeredis.FakeAsyncRedis(server=server)
+    files = FileStore(redis, raw_redis, settings)
+    store = JobStore(redis, settings)
+    try:
+        yield files, BatchStore(store, files)
+    finally:
+        await store.aclose()
+        await redis.aclose()
+        await raw_redis.aclose()

@@ -28,8 +28,7 @@ from shared.files import FileStore
 from shared.models import JobCreate, JobError, JobResult, Limits, Usage
 from shared.openai_shapes import Endpoint
 from shared.settings import Settings
-from shared.store import JobStore
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL, batch_stores, make_settings
 
 OWNER = "owner1"
 LIMITS = Limits(max_prompt_chars=1000, max_messages=4, max_tokens=100)
@@ -181,15 +180,8 @@ def test_the_batch_object_shows_seconds_counts_and_files_once_ended() -> None:
 
 @pytest.fixture
 async def stores(settings: Settings) -> AsyncIterator[tuple[FileStore, BatchStore]]:
-    server = fakeredis.FakeServer()
-    redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    raw_redis = fakeredis.FakeAsyncRedis(server=server)
-    files = FileStore(redis, raw_redis, settings)
-    store = JobStore(redis, settings)
-    yield files, BatchStore(store, files)
-    await store.aclose()
-    await redis.aclose()
-    await raw_redis.aclose()
+    async with batch_stores(settings) as both:
+        yield both
 
 
 def form(data: bytes, purpose: str | None = "batch") -> tuple[str, bytes]:
@@ -347,17 +339,9 @@ async def test_validation_errors_fail_the_batch_and_queue_nothing(stores: tuple[
 @pytest.fixture
 async def limited() -> AsyncIterator[tuple[FileStore, BatchStore]]:
     """Stores with room for 3 batch jobs per model (MAX_BATCH_QUEUE_DEPTH=4, 1 job of another batch queued)."""
-    server = fakeredis.FakeServer()
-    redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    raw_redis = fakeredis.FakeAsyncRedis(server=server)
-    settings = make_settings(MAX_BATCH_QUEUE_DEPTH=4, MAX_QUEUE_DEPTH=1)
-    store = JobStore(redis, settings)
-    await store.submit("someone-else", [JobCreate(id="other-batch-0", prompt="x")], background=True)
-    files = FileStore(redis, raw_redis, settings)
-    yield files, BatchStore(store, files)
-    await store.aclose()
-    await redis.aclose()
-    await raw_redis.aclose()
+    async with batch_stores(make_settings(MAX_BATCH_QUEUE_DEPTH=4, MAX_QUEUE_DEPTH=1)) as (files, batches):
+        await batches.store.submit("someone-else", [JobCreate(id="other-batch-0", prompt="x")], background=True)
+        yield files, batches
 
 
 async def test_a_batch_over_max_batch_queue_depth_fails_whole(limited: tuple[FileStore, BatchStore]) -> None:

@@ -155,7 +155,8 @@ async def test_coalescing_sends_the_first_token_at_once_and_the_rest_with_the_re
     make_context: MakeContext,
     serve: Serve,
 ) -> None:
-    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=10_000)
+    # Windows are slots of one clock: one of ~31 years, so that the job never straddles two.
+    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=10**12)
 
     await generate(await job_ctx(spp), KID)
 
@@ -304,7 +305,7 @@ async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: 
         await spp.store.cancel(OWNER, "j1")
 
     answer = stream(completion_stream(TOKENS, done=False), after_first_token_cancel, b"data: [DONE]\n\n")
-    spp = await make_context(await serve(answer), STREAM_FLUSH_MS=10_000)
+    spp = await make_context(await serve(answer), STREAM_FLUSH_MS=10**12)  # one window: see the coalescing test
 
     await generate(await job_ctx(spp), KID)
 
@@ -346,7 +347,8 @@ async def test_token_writer_of_a_superseded_attempt_raises_attempt_lost(
 
 
 async def test_token_writer_buffers_within_the_window(make_context: MakeContext, serve: Serve) -> None:
-    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=10_000)
+    # Windows are slots of one clock: one of ~31 years, so that the job never straddles two.
+    spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=10**12)
     started = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert started is not None
     writer = TokenWriter(spp, KID, started.attempt)

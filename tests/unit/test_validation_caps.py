@@ -6,7 +6,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import fakeredis
 import orjson
 import pytest
 from fastapi.exceptions import RequestValidationError
@@ -20,9 +19,7 @@ from shared.batches import BatchStore
 from shared.files import FileStore
 from shared.models import METADATA_MAX_BYTES, METADATA_VALUE_CHARS, JobCreate, Limits
 from shared.openai_shapes import Endpoint
-from shared.settings import Settings
-from shared.store import JobStore
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL, batch_stores, make_settings
 from tests.unit.test_batches import chat, raw, upload
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -144,16 +141,8 @@ def test_the_largest_valid_request_line_fits_the_default_line_cap() -> None:
 
 @pytest.fixture
 async def capped() -> AsyncIterator[tuple[FileStore, BatchStore]]:
-    server = fakeredis.FakeServer()
-    redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    raw_redis = fakeredis.FakeAsyncRedis(server=server)
-    settings: Settings = make_settings(BATCH_MAX_LINES=5, BATCH_MAX_LINE_BYTES=1000)
-    files = FileStore(redis, raw_redis, settings)
-    store = JobStore(redis, settings)
-    yield files, BatchStore(store, files)
-    await store.aclose()
-    await redis.aclose()
-    await raw_redis.aclose()
+    async with batch_stores(make_settings(BATCH_MAX_LINES=5, BATCH_MAX_LINE_BYTES=1000)) as both:
+        yield both
 
 
 async def run_batch(files: FileStore, batches: BatchStore, data: bytes) -> dict[str, Any]:
