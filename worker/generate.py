@@ -186,12 +186,13 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
     queue_ms = max(0, now_ms() - started.created_at)
     spp.metrics.started.labels(model).inc()
     spp.metrics.queue_seconds.labels(model).observe(queue_ms / 1000)
-    _log(logging.INFO, spp, kid, attempt, "job_started", "started", queue_ms=queue_ms, request_id=request_id(kid, run))
+    sent_as = request_id(kid, run)
+    _log(logging.INFO, spp, kid, attempt, "job_started", "started", queue_ms=queue_ms, request_id=sent_as)
     began = time.monotonic()
     spp.metrics.running.labels(model).inc()
     writer = TokenWriter(spp, kid, run)
     try:
-        result = await _stream(spp, kid, run, started.request, writer)
+        result = await _stream(spp, sent_as, started.request, writer)
         tail = await writer.settle()
         stored = await persist(lambda: store.finish(kid, model, run, result, tail=tail))
         seconds = time.monotonic() - began
@@ -236,12 +237,13 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
         spp.metrics.running.labels(model).dec()
 
 
-async def _stream(spp: WorkerContext, kid: str, run: int, request: GenerationRequest, writer: TokenWriter) -> JobResult:
-    """The generation from the model server, its tokens written to the job's stream as they come."""
+async def _stream(spp: WorkerContext, sent_as: str, request: GenerationRequest, writer: TokenWriter) -> JobResult:
+    """The generation from the model server (asked under request id `sent_as`), its tokens written to the job's
+    stream as they come."""
     result: JobResult | None = None
     async with (
         asyncio.timeout(spp.settings.BACKEND_TIMEOUT),
-        contextlib.aclosing(spp.client.stream(request, request_id(kid, run))) as events,
+        contextlib.aclosing(spp.client.stream(request, sent_as)) as events,
     ):
         asked = time.monotonic()
         async for event in events:
