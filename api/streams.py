@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,21 +29,6 @@ _PAGE = 1000
 _ONCE_SECONDS = 5.0
 
 T = TypeVar("T")
-
-_EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
-_ID_PART_LIMIT = 2**64
-
-
-def resume_after(last_event_id: str) -> str:
-    """The stream id a `Last-Event-ID` names, checked before anything is sent: `<ms>-<seq>` (what the events
-    carry) or a bare `<ms>` (its `-0`), each part below 2**64 as Redis wants them. Python's `int()` would let
-    through what Redis refuses (`1_0`, `+1`, 21 digits, 2**64) after the stream's `200`: ValueError instead."""
-    match = _EVENT_ID.fullmatch(last_event_id)
-    if match is None or any(int(part) >= _ID_PART_LIMIT for part in match.groups("0")):
-        raise ValueError(
-            f"Last-Event-ID must be an event id, <ms>-<seq> (each part below 2**64), not {last_event_id[:64]!r}"
-        )
-    return last_event_id
 
 
 def sse_frame(event: str, event_id: str, data: Any) -> bytes:

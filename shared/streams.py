@@ -12,6 +12,7 @@ and a chunk behind the run's `reset` (the worker's clock behind Redis's), gets a
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,22 @@ def parse_entries(entries: list[Any]) -> list[StreamEvent]:
     return [StreamEvent(entry_id, EventType(fields["t"]), fields.get("d", "")) for entry_id, fields in entries]
 
 
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_ID_PART_LIMIT = 2**64
+
+
+def checked_stream_id(value: str) -> str:
+    """`value`, a stream id from outside (a client's `Last-Event-ID`), if Redis takes it: `<ms>-<seq>` or a bare
+    `<ms>` (its `-0`), ASCII digits, each part below 2**64; else ValueError. `stream_id`'s `int()` would let
+    through what Redis refuses (`1_0`, `+1`, 21 digits, 2**64), which it would then refuse after the answer began."""
+    match = _STREAM_ID.fullmatch(value)
+    if match is None or any(int(part) >= _ID_PART_LIMIT for part in match.groups("0")):
+        raise ValueError(f"Last-Event-ID must be an event id, <ms>-<seq> (each part below 2**64), not {value[:64]!r}")
+    return value
+
+
 def stream_id(value: str) -> tuple[int, int]:
-    """A Redis stream id as a comparable pair; raises ValueError for anything else."""
+    """A stream id that Redis gave (or `checked_stream_id` passed) as a comparable pair: fast, not strict."""
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
 

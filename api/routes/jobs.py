@@ -13,12 +13,12 @@ from fastapi.responses import Response
 from api.body import invalid, one_or_many_schema, parse_one_or_many
 from api.deps import JOB_ID_PARAMETER, HubDep, OwnerDep, StoreDep, job_id_of, owner_of, resources
 from api.responses import JSONResponse
-from api.streams import EventStream, resume_after, sse_frame
+from api.streams import EventStream, sse_frame
 from shared import keys
 from shared.errors import UnknownModel
 from shared.models import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Limits, public_job
 from shared.settings import Settings
-from shared.streams import StreamEvent
+from shared.streams import StreamEvent, checked_stream_id
 from shared.templates import template_names
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -120,7 +120,7 @@ async def job_events(
     after = "0-0"
     if last_event_id:
         try:
-            after = resume_after(last_event_id)
+            after = checked_stream_id(last_event_id)
         except ValueError as exc:
             raise RequestValidationError(
                 [{"type": "value_error", "loc": ("header", "last-event-id"), "msg": str(exc)}]

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from api.main import is_loopback
-from api.streams import resume_after
 from shared import keys
 from shared.files import CHUNK_BYTES
+from shared.streams import checked_stream_id
 from stack.processes import Service, free_port, http_ok, wait_until
 from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, read_events, wait_for
 
@@ -202,15 +202,15 @@ MALFORMED_EVENT_IDS = [
 
 
 @pytest.mark.parametrize("value", [*MALFORMED_EVENT_IDS, " 1", "1 ", "1\t", "\u0661-0", "\uff11-0", "1-\u00b2"])
-def test_resume_after_takes_only_redis_stream_ids(value: str) -> None:
+def test_checked_stream_id_takes_only_redis_stream_ids(value: str) -> None:
     """What HTTP would strip or cannot carry too: a value that came another way is checked the same."""
     with pytest.raises(ValueError, match="Last-Event-ID"):
-        resume_after(value)
+        checked_stream_id(value)
 
 
 @pytest.mark.parametrize("value", ["0", "0-0", "1700000000000-3", "18446744073709551615-18446744073709551615", "007-0"])
-def test_resume_after_keeps_valid_ids(value: str) -> None:
-    assert resume_after(value) == value
+def test_checked_stream_id_keeps_valid_ids(value: str) -> None:
+    assert checked_stream_id(value) == value
 
 
 @pytest.mark.parametrize("value", MALFORMED_EVENT_IDS)
