@@ -1,7 +1,8 @@
 """API keys: who is calling, and the namespace (owner) their jobs live in.
 
 Keys come from API_KEYS_FILE (`{"client name": "key"}`, values may carry a `Bearer ` prefix as in the
-seed's api_keys.example.json; re-read when the file changes) and API_KEYS (comma-separated). A presented
+seed's api_keys.example.json, or `{"client name": {"key": "...", <policy fields>}}` (shared/policy.py); re-read
+when the file changes, policies too) and API_KEYS (comma-separated, clients with the default policy). A presented
 key is looked up by its SHA-256 digest: one hash a request whatever the number of keys, and the lookup's
 timing can tell at most something of a digest, which does not lead back to a key. Keys are never logged nor
 stored: a job's owner is a digest of the client name.
@@ -15,10 +16,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from shared.errors import SppError
+from shared.policy import ClientPolicy, client_policy, default_policy
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,16 @@ class Caller:
     name: str
     owner: str
     """The namespace of the caller's jobs in Redis: a digest, never the key itself."""
+    policy: ClientPolicy
+    """Its share of the GPUs and its limits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A client of API_KEYS_FILE: its name and its own policy values (the defaults fill the rest)."""
+
+    name: str
+    overrides: dict[str, Any]
 
 
 def _owner(kind: str, value: str) -> str:
@@ -45,9 +58,12 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def _callers(keys: dict[str, str]) -> dict[bytes, Caller]:
-    """{key: client name} → {digest of the key: its caller}."""
-    return {_digest(key): Caller(name, _owner("name", name)) for key, name in keys.items()}
+def _callers(clients: dict[str, Client], default: ClientPolicy) -> dict[bytes, Caller]:
+    """{key: client} → {digest of the key: its caller}."""
+    return {
+        _digest(key): Caller(client.name, _owner("name", client.name), client_policy(default, client.overrides))
+        for key, client in clients.items()
+    }
 
 
 def _strip_bearer(value: str) -> str:
@@ -55,15 +71,31 @@ def _strip_bearer(value: str) -> str:
     return value[7:].strip() if value[:7].lower() == "bearer " else value
 
 
-def read_keys_file(path: Path) -> dict[str, str]:
-    """`{"client name": "key"}` → {key: client name}; raises ValueError naming the file when malformed."""
+def read_keys_file(path: Path, default: ClientPolicy) -> dict[str, Client]:
+    """`{"client name": "key" | {"key": "key", <policy fields>}}` → {key: client}; raises ValueError naming the
+    file, the client and the field when malformed."""
     try:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"API_KEYS_FILE={path}: {exc}") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise ValueError(f'API_KEYS_FILE={path}: expected a JSON object {{"client name": "key", ...}}')
-    return {_strip_bearer(key): name for name, key in data.items() if _strip_bearer(key)}
+    shape = '{"client name": "key" or {"key": "key", "weight": 2, ...}, ...}'
+    if not isinstance(data, dict):
+        raise ValueError(f"API_KEYS_FILE={path}: expected a JSON object {shape}")
+    clients: dict[str, Client] = {}
+    for name, entry in data.items():
+        if isinstance(entry, str):
+            key, overrides = entry, {}
+        elif isinstance(entry, dict) and isinstance(entry.get("key"), str):
+            key, overrides = entry["key"], {field: value for field, value in entry.items() if field != "key"}
+            try:
+                client_policy(default, overrides)
+            except ValueError as exc:
+                raise ValueError(f"API_KEYS_FILE={path}: client {name!r}: {exc}") from None
+        else:
+            raise ValueError(f"API_KEYS_FILE={path}: client {name!r}: expected a key or an object with a key; {shape}")
+        if _strip_bearer(key):
+            clients[_strip_bearer(key)] = Client(name, overrides)
+    return clients
 
 
 class KeyRing:
@@ -71,12 +103,13 @@ class KeyRing:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self.default_policy = default_policy(settings)
         self._from_env = {
-            key: f"key-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+            key: Client(f"key-{hashlib.sha256(key.encode()).hexdigest()[:8]}", {})
             for key in (_strip_bearer(item) for item in settings.API_KEYS.split(","))
             if key
         }
-        self._callers = _callers(self._from_env)
+        self._callers = _callers(self._from_env, self.default_policy)
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
         self._refresh(force=True)
@@ -101,13 +134,13 @@ class KeyRing:
         if stamp == self._stamp:
             return
         try:
-            keys = read_keys_file(path)
+            clients = read_keys_file(path, self.default_policy)
         except ValueError as exc:
             if force:
                 raise
             logger.warning("%s; keeping the keys loaded before", exc)
             return
-        self._callers = _callers({**keys, **self._from_env})
+        self._callers = _callers({**clients, **self._from_env}, self.default_policy)
         self._stamp = stamp
         logger.info("API keys loaded: %d clients", len(self._callers))
 
@@ -125,7 +158,7 @@ class KeyRing:
         if self._settings.open_access:
             # As in the seed: any token, but the header is required. Each token still has its own jobs.
             value = token.strip() if bearer else authorization.strip()
-            return self.identify(value) or Caller("dev", _owner("token", value))
+            return self.identify(value) or Caller("dev", _owner("token", value), self.default_policy)
         if not bearer:
             raise Unauthorized("the Authorization header must be 'Bearer <API key>'")
         caller = self.identify(token.strip())

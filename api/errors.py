@@ -21,7 +21,9 @@ from shared.errors import (
     JobConflict,
     JobFinished,
     JobNotFound,
+    PriorityNotAllowed,
     QueueFull,
+    QuotaExceeded,
     SppError,
     StoreUnavailable,
     UnknownModel,
@@ -49,6 +51,8 @@ _STATUS: dict[type[SppError], int] = {
     BatchFinished: 409,
     FileTooLarge: 413,
     QueueFull: 429,
+    QuotaExceeded: 429,
+    PriorityNotAllowed: 422,
     StoreUnavailable: 503,
 }
 
@@ -66,13 +70,18 @@ async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SppError)
     extra: dict[str, object] = {"known_models": exc.known} if isinstance(exc, UnknownModel) else {}
     if isinstance(exc, RateLimited):
-        return _error_response(429, str(exc), retry_after=str(exc.retry_after))
+        return _error_response(429, str(exc), retry_after=str(exc.retry_after), extra=exc.limit)
     status = _STATUS.get(type(exc), 400)
+    retry_after = RETRY_AFTER_SECONDS
+    if isinstance(exc, QueueFull | QuotaExceeded):
+        extra |= exc.body()
+        if exc.retry_after is not None:
+            retry_after = str(max(1, exc.retry_after))
     route = request.scope.get("route")
     if isinstance(route, APIRoute) and route.path.startswith(OPENAI_FILE_ROUTES):
         # The `openai` client shows only the message of OpenAI's shape: both shapes are given.
         extra["error"] = {"message": str(exc), "type": type(exc).__name__, "param": None, "code": status}
-    return _error_response(status, str(exc), extra=extra)
+    return _error_response(status, str(exc), retry_after=retry_after, extra=extra)
 
 
 async def _openai_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,17 +16,21 @@ from shared import keys
 from shared.errors import SppError
 from shared.models import now_ms
 from shared.multiplex import SharedConnection
+from shared.policy import ClientPolicy
 from shared.scripts import load_script
-from shared.settings import Settings
 
 UPLOAD_PATHS = ("/v1/files",)
 """Bodies that have a limit of their own (batch input files)."""
 
 
 class RateLimited(SppError):
-    def __init__(self, rate: float, wait_ms: int) -> None:
-        super().__init__(f"rate limit of {rate:g} requests per second exceeded (RATE_LIMIT); retry later")
+    def __init__(self, rate: float, burst: int, wait_ms: int) -> None:
+        super().__init__(
+            f"rate limit of {rate:g} requests per second (bursts of {burst}) exceeded: this client's rate_limit "
+            "(default RATE_LIMIT); retry later"
+        )
         self.retry_after = max(1, math.ceil(wait_ms / 1000))
+        self.limit = {"limit": "rate_limit", "value": rate, "burst": burst}
 
 
 class _BodyTooLarge(Exception):
@@ -70,25 +74,23 @@ class BodySizeLimit:
 
 
 class RateLimiter:
-    """RATE_LIMIT requests per second per key, with bursts of RATE_LIMIT_BURST."""
+    """Each client's `rate_limit` requests per second, with bursts of `rate_limit_burst` (its policy; by default
+    RATE_LIMIT and RATE_LIMIT_BURST)."""
 
-    def __init__(self, shared: SharedConnection, settings: Settings) -> None:
+    def __init__(self, shared: SharedConnection) -> None:
         """`shared`: the connection of the API's hot commands, as the check comes before each of them."""
         self._shared = shared
-        self._rate = settings.rate_limit
-        self._burst = settings.RATE_LIMIT_BURST
         self._script = load_script(shared.client, "rate")
 
-    async def check(self, owner: str) -> None:
-        if self._rate <= 0:
+    async def check(self, owner: str, policy: ClientPolicy) -> None:
+        rate, burst = policy.rate_limit, policy.rate_limit_burst
+        if rate <= 0:
             return
         try:
-            wait = int(
-                await self._shared.evalsha(self._script, [keys.rate(owner)], [now_ms(), self._rate, self._burst])
-            )
+            wait = int(await self._shared.evalsha(self._script, [keys.rate(owner)], [now_ms(), rate, burst]))
         except OutOfMemoryError:
             # A full Redis refuses the bucket's write too. Reading jobs and their events must still serve (clients
             # collect their results that way); every write of a request is refused by Redis itself meanwhile.
             return
         if wait:
-            raise RateLimited(self._rate, wait)
+            raise RateLimited(rate, burst, wait)

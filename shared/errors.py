@@ -37,12 +37,62 @@ class QueueFull(SppError):
     """The model's queue holds `limit` jobs of the submission's kind: `setting` (MAX_QUEUE_DEPTH for interactive
     jobs, MAX_BATCH_QUEUE_DEPTH for batch jobs) names the limit."""
 
-    def __init__(self, model: str, setting: str, limit: int) -> None:
+    def __init__(self, model: str, setting: str, limit: int, usage: int = 0, requested: int = 0) -> None:
         kind = "batch" if setting == "MAX_BATCH_QUEUE_DEPTH" else "interactive"
-        super().__init__(f"the queue of model {model!r} is full: {setting}={limit} {kind} jobs; retry later")
+        super().__init__(
+            f"the queue of model {model!r} is full: {setting}={limit} {kind} jobs, {usage} queued or running, "
+            f"{requested} more asked; retry later"
+        )
         self.model = model
         self.setting = setting
         self.limit = limit
+        self.usage = usage
+        self.requested = requested
+        self.retry_after: int | None = None
+        """Seconds until the queue should have room, when estimated (api/errors.py answers 1 otherwise)."""
+
+    def body(self) -> dict[str, object]:
+        return {"limit": self.setting, "value": self.limit, "usage": self.usage, "requested": self.requested}
+
+
+class QuotaExceeded(SppError):
+    """A request would take a client past one of its limits (its policy, shared/policy.py): answered 429 with the
+    limit's name and value, the client's usage and what the request asked; nothing of the request was stored."""
+
+    def __init__(
+        self,
+        limit: str,
+        value: float,
+        usage: float,
+        requested: float,
+        *,
+        what: str,
+        retry_after: int | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"quota exceeded: this client's {limit} is {value:g} {what}; it has {usage:g} and this request asks "
+            f"{requested:g} more"
+        )
+        self.limit = limit
+        self.value = value
+        self.usage = usage
+        self.requested = requested
+        self.retry_after = retry_after
+        """Seconds until the quota should have room, when known (api/errors.py answers 1 otherwise)."""
+        self.model = model
+        """The model whose queue must drain for room, for a limit on queued jobs."""
+
+    def body(self) -> dict[str, object]:
+        return {"limit": self.limit, "value": self.value, "usage": self.usage, "requested": self.requested}
+
+
+class PriorityNotAllowed(SppError):
+    """A job's priority is above the client's max_priority: answered 422."""
+
+    def __init__(self, index: int | None, priority: int, max_priority: int) -> None:
+        where = f"item {index}: " if index is not None else ""
+        super().__init__(f"{where}priority {priority} is above this client's max_priority={max_priority}")
 
 
 class StoreUnavailable(SppError):

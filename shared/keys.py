@@ -144,3 +144,70 @@ def batches(owner: str) -> str:
 def active_batches() -> str:
     """Sorted set: `<owner>:<batch id>` of batches that may still expire, scored by when they do (ms)."""
     return f"{PREFIX}:batches-active"
+
+
+# ---- fair share and client limits (shared/lua/submit.lua, take.lua) ------------------------------
+
+
+def virtual_clock(model: str) -> str:
+    """Hash: the virtual time of the model's fair queue, a field per tier (`interactive`, `batch`): the tag of
+    the last job a worker took. A client that had nothing queued starts from it."""
+    return f"{PREFIX}:vclock:{model}"
+
+
+def virtual_finish(model: str) -> str:
+    """Hash: `<tier>:<owner>` → the virtual time at which the client's jobs queued on the model so far end: the
+    tag of its next job, unless the clock has passed it."""
+    return f"{PREFIX}:vfinish:{model}"
+
+
+def client(owner: str) -> str:
+    """Hash: what the scripts need of a client's policy (`max_running`, written at each submission), and when its
+    set of unfinished jobs was last checked (`healed`)."""
+    return f"{PREFIX}:client:{owner}"
+
+
+def client_jobs(owner: str) -> str:
+    """Sorted set: key ids of the client's unfinished interactive jobs (all models), scored by creation (ms): its
+    `max_queued_jobs` usage."""
+    return f"{PREFIX}:client-jobs:{owner}"
+
+
+def client_queue(model: str, owner: str) -> str:
+    """Sorted set: arq job ids of the client's queued interactive jobs on the model, best first: the highest
+    priority, then the earliest fair-share tag. Whichever of the client's jobs comes first in the model's queue,
+    a worker runs the best of these in its place (take.lua)."""
+    return f"{PREFIX}:client-queue:{model}:{owner}"
+
+
+def tokens(owner: str, day: str) -> str:
+    """String: tokens the client reserved (settled with the real usage) on a UTC day (YYYYMMDD)."""
+    return f"{PREFIX}:tokens:{owner}:{day}"
+
+
+# ---- a client's uploads, batches and stored bytes (shared/files.py, shared/batches.py, shared/stored.py) -----------
+
+
+def uploads(owner: str) -> str:
+    """Sorted set: ids of the client's uploads in progress, scored by the end of their lease (ms), which the upload
+    renews while it runs: its `max_uploads` usage. The lease of a process that died ends by itself."""
+    return f"{PREFIX}:uploads:{owner}"
+
+
+def client_batches(owner: str) -> str:
+    """Sorted set: ids of the client's unfinished batches, scored by their `expires_at` (ms): its
+    `max_active_batches` usage. A batch leaves it as it ends (batch_end.lua); one past its time no longer counts."""
+    return f"{PREFIX}:client-batches:{owner}"
+
+
+def stored(owner: str) -> str:
+    """Hash: the bytes the client keeps stored (files, batches, job metadata), a field per hour in which they expire
+    (ms since the epoch // 3,600,000): its `max_stored_bytes` usage is the sum of the hours not ended yet. Kept until
+    its last hour ends (shared/stored.py)."""
+    return f"{PREFIX}:stored:{owner}"
+
+
+def stream_leases(owner: str) -> str:
+    """Sorted set: leases on the client's open event streams, of every API process, scored by when each expires
+    (ms) unless its process refreshes it: the client's `max_streams` usage (api/leases.py)."""
+    return f"{PREFIX}:stream-leases:{owner}"

@@ -118,6 +118,13 @@ class JobCreate(BaseModel):
     messages: list[Message] | None = Field(None, min_length=1)
     params: GenerationParams = Field(default_factory=GenerationParams)
     metadata: Metadata | None = Field(None, max_length=32)
+    priority: int = Field(
+        0,
+        ge=0,
+        le=9,
+        description="0 (the default) to 9, at most the client's max_priority: a higher priority runs first among the "
+        "client's own queued jobs; it does not take GPU time from other clients.",
+    )
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> JobCreate:
@@ -202,6 +209,7 @@ class Job(BaseModel):
     result: JobResult | None = None
     error: JobError | None = None
     metadata: dict[str, MetadataValue] | None = None
+    priority: int = 0
 
 
 def now_ms() -> int:
@@ -235,4 +243,5 @@ def public_job(record: dict[str, str]) -> dict[str, Any]:
         "result": orjson.loads(record["result"]) if "result" in record else None,
         "error": orjson.loads(record["error"]) if "error" in record else None,
         "metadata": orjson.loads(record["metadata"]) if "metadata" in record else None,
+        "priority": int(record.get("priority", 0)),
     }

@@ -143,12 +143,44 @@ class Settings(BaseSettings):
         "and submitting jobs share one more, SSE subscribers one reader: 5 in all.",
     )
     MAX_BODY_BYTES: int = Field(32 * 2**20, ge=1024, description="Largest request body (file uploads aside).")
+    BODY_IDLE_TIMEOUT: float = Field(
+        30.0, gt=0, description="Seconds a request body (file uploads too) may go without a byte; beyond: 408."
+    )
+    BODY_READ_TIMEOUT: float = Field(
+        60.0, gt=0, description="Seconds a request body (file uploads aside) may take to arrive whole; beyond: 408."
+    )
     DASHBOARD_CLIENTS: str = Field(
         "", description="Comma-separated client names (of API_KEYS_FILE) allowed to see /dashboard outside dev."
     )
     CORS_ORIGINS: str = Field(
         "", description="Comma-separated origins allowed by CORS; '*' allows any, without credentials."
     )
+
+    # Client policies: the defaults of every client; API_KEYS_FILE may set any of them per client (shared/policy.py).
+    CLIENT_WEIGHT: float = Field(
+        1.0, gt=0, le=1000, description="A client's share of each model's GPU time (in tokens) against the others'."
+    )
+    CLIENT_MAX_PRIORITY: int = Field(
+        9, ge=0, le=9, description="Highest `priority` (0-9) a client may give its jobs; they reorder its own share."
+    )
+    CLIENT_MAX_QUEUED_JOBS: int = Field(
+        5_000, ge=0, description="Interactive jobs a client may have queued or running, all models; 0: unlimited."
+    )
+    CLIENT_MAX_RUNNING_JOBS: int = Field(
+        0, ge=0, description="Jobs of a client running at once on each model; 0: unlimited (its fair share only)."
+    )
+    CLIENT_MAX_ACTIVE_BATCHES: int = Field(10, ge=0, description="Batches a client may have unfinished; 0: unlimited.")
+    CLIENT_MAX_STORED_BYTES: int = Field(
+        512 * 2**20, ge=0, description="Bytes of files and metadata a client may keep stored; 0: unlimited."
+    )
+    CLIENT_TOKENS_PER_DAY: int = Field(
+        0,
+        ge=0,
+        description="Tokens (prompt + max_tokens, settled with the real usage) a client may use per UTC day; "
+        "0: unlimited.",
+    )
+    CLIENT_MAX_STREAMS: int = Field(100, ge=0, description="Event streams a client may hold open; 0: unlimited.")
+    CLIENT_MAX_UPLOADS: int = Field(4, ge=0, description="File uploads a client may send at once; 0: unlimited.")
 
     # Redis: REDIS_URL wins over REDIS_HOST/REDIS_PORT/REDIS_PASSWORD.
     REDIS_URL: str | None = None

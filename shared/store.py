@@ -6,6 +6,7 @@ and each costs one round trip. The job record (`keys.job`) is the truth; arq onl
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
+from shared.errors import JobConflict, JobFinished, JobNotFound, PriorityNotAllowed, QueueFull, QuotaExceeded
 from shared.models import (
     GenerationRequest,
     JobCreate,
@@ -27,6 +28,7 @@ from shared.models import (
     now_ms,
 )
 from shared.multiplex import SharedConnection
+from shared.policy import ClientPolicy, default_policy
 from shared.scripts import load_script
 from shared.settings import Settings
 from shared.templates import render_prompt
@@ -40,41 +42,55 @@ SWEEP_BATCH = 1000
 ACTIVITY_LENGTH = 20_000
 """Finished jobs kept per model in its activity stream (about), for the dashboard's recent figures."""
 
-INTERACTIVE_HEAD_START_MS = 10**12
-"""How far back in time interactive jobs are scored in a model's queue, so that they run before any
-batch job queued earlier (arq takes the lowest scores first). About 31 years: never reached.
+INTERACTIVE_BAND = -(2**48)
+"""The score of virtual time 0 among a model's interactive jobs. A queued job's score is its tier's band plus its
+fair-share tag (submit.lua), so that every interactive job runs before any batch job, and both bands stay below
+any time in ms: arq takes a job once its score is past. Tags grow by tokens over weights: they would take
+centuries to cross into the next band. Doubles are exact to 1/16 here."""
+BATCH_BAND = -(2**47)
+"""The score of virtual time 0 among a model's batch jobs; also where the interactive band ends."""
 
-It also tells the two kinds apart in the queue, where each has its own limit: at time `now`, interactive
-jobs are scored at most `now - INTERACTIVE_HEAD_START_MS`, batch jobs above (see `depth_range`)."""
+PRIORITY_STEP = 2**44
+"""How far apart two priorities are in a client's queue (`keys.client_queue`), scored by fair-share tag minus
+priority × step: far more than the tags of a client's queued jobs ever span (tokens over weight)."""
+
+TOKENS_KEY_TTL = 3 * 86_400
+"""Seconds a client's daily token count is kept: its day, and long enough for the jobs of the day to settle."""
 
 
-def depth_range(now: int, *, background: bool) -> tuple[str, str]:
+def depth_range(*, background: bool) -> tuple[str, str]:
     """The scores (ZCOUNT's min and max) of the model's queue entries that count against the limit of a
-    submission at `now`: interactive jobs (MAX_QUEUE_DEPTH) or batch jobs (MAX_BATCH_QUEUE_DEPTH).
+    submission: interactive jobs (MAX_QUEUE_DEPTH) or batch jobs (MAX_BATCH_QUEUE_DEPTH).
 
     Counted from the queue itself, so no counter has to be kept in step by every script that moves a job.
     An entry stays in the queue while its job runs (arq removes it when the job ends): running jobs count.
-    A job handed back to wait out a retry's backoff is scored at the time it may run again, in the future:
-    meanwhile it counts as a batch job, whatever its kind (at most the model's running jobs).
     """
-    boundary = now - INTERACTIVE_HEAD_START_MS
-    return (f"({boundary}", "+inf") if background else ("-inf", str(boundary))
+    return (str(BATCH_BAND), "+inf") if background else ("-inf", f"({BATCH_BAND}")
 
 
-def arq_definition(arq_id: str, score: float) -> bytes:
-    """arq's job definition (JSON, never pickle) of arq job `arq_id`, queued with `score`: the job function
-    and the job's key id. Written by the worker that takes the job (worker/runner.py), not at submission:
-    arq reads it once, when it starts the job, and a queued job costs one key less.
-
-    `et`, arq's enqueue time, is the score without the head start of interactive jobs.
-    """
-    enqueued = score + INTERACTIVE_HEAD_START_MS if score < INTERACTIVE_HEAD_START_MS else score
-    return orjson.dumps({"t": None, "f": JOB_FUNCTION, "a": [keys.kid_of_arq_id(arq_id)], "k": {}, "et": int(enqueued)})
+def utc_day(ms: int) -> str:
+    """The UTC day (YYYYMMDD) of a time in ms since the epoch: the period of `tokens_per_day`."""
+    return time.strftime("%Y%m%d", time.gmtime(ms // 1000))
 
 
-def request_json(job: JobCreate, settings: Settings) -> tuple[str, str]:
-    """The model of a validated submission, and the GenerationRequest its worker runs as JSON: model resolved,
-    template rendered, defaults applied, None left out.
+CHARS_PER_TOKEN = 4
+"""Characters per prompt token in a job's cost, before its real usage is known: about right for French and
+English text with the tokenizers of current models."""
+
+
+class Prepared(NamedTuple):
+    """A validated submission made ready to store: its model, its GenerationRequest as JSON, and its cost."""
+
+    model: str
+    request: str
+    cost: int
+    """Tokens: the prompt's (estimated from its characters) and `max_tokens`. It orders the fair queue, and is
+    reserved against `tokens_per_day` until the job's real usage settles it."""
+
+
+def request_json(job: JobCreate, settings: Settings) -> Prepared:
+    """The model of a validated submission, the GenerationRequest its worker runs as JSON (model resolved,
+    template rendered, defaults applied, None left out) and its cost.
 
     Written as a dict rather than through the pydantic model, which took 4 µs a job, a tenth of the time of
     an array of 1,000 in Python; tests read it back as a GenerationRequest (which forbids unknown fields).
@@ -83,19 +99,23 @@ def request_json(job: JobCreate, settings: Settings) -> tuple[str, str]:
     model = job.model or settings.default_model
     fields: dict[str, Any] = {"model": model}
     if job.template is not None and job.prompt is not None:
-        fields["messages"] = [{"role": "user", "content": render_prompt(job.template, job.prompt)}]
+        content = render_prompt(job.template, job.prompt)
+        fields["messages"] = [{"role": "user", "content": content}]
+        chars = len(content)
     elif job.prompt is not None:
         fields["prompt"] = job.prompt
+        chars = len(job.prompt)
     else:
         fields["messages"] = [{"role": message.role, "content": message.content} for message in job.messages or ()]
-    fields["max_tokens"] = params.max_tokens or settings.DEFAULT_MAX_TOKENS
+        chars = sum(len(message.content) for message in job.messages or ())
+    max_tokens = fields["max_tokens"] = params.max_tokens or settings.DEFAULT_MAX_TOKENS
     fields["temperature"] = params.temperature
     fields["top_p"] = params.top_p
     if params.stop is not None:
         fields["stop"] = params.stop
     if params.seed is not None:
         fields["seed"] = params.seed
-    return model, orjson.dumps(fields).decode()
+    return Prepared(model, orjson.dumps(fields).decode(), -(-chars // CHARS_PER_TOKEN) + max_tokens)
 
 
 # Submissions with more prompt characters than this are prepared in a worker thread. Rendering a template with its
@@ -104,7 +124,7 @@ def request_json(job: JobCreate, settings: Settings) -> tuple[str, str]:
 OFF_LOOP_PROMPT_CHARS = 65_536
 
 
-async def request_jsons(jobs: list[JobCreate], settings: Settings) -> list[tuple[str, str]]:
+async def request_jsons(jobs: list[JobCreate], settings: Settings) -> list[Prepared]:
     """`request_json` of each job; in a worker thread for a large submission, so that the event loop keeps serving
     every other request meanwhile (150 prompts of 200,000 characters held it up to a second)."""
     if sum(len(job.prompt or "") for job in jobs) <= OFF_LOOP_PROMPT_CHARS:
@@ -152,6 +172,8 @@ class JobStore:
         self.settings = settings
         self._on_created = on_created
         """Called with (model, number of jobs) for the jobs a submission created: the API's metrics."""
+        self.default_policy = default_policy(settings)
+        """The policy of a submission that names none (the CLIENT_* settings)."""
         self.shared = SharedConnection(redis)
         """The hot commands of the API (get, submit, the rate limit) share one pipelined connection, opened at
         their first use."""
@@ -162,6 +184,7 @@ class JobStore:
         self._finish = load_script(redis, "finish")
         self._requeue = load_script(redis, "requeue")
         self._heartbeat = load_script(redis, "heartbeat")
+        self._take = load_script(redis, "take")
 
     async def aclose(self) -> None:
         """Close the store's shared connection (not the client it was given)."""
@@ -174,51 +197,74 @@ class JobStore:
         owner: str,
         jobs: list[JobCreate],
         *,
+        policy: ClientPolicy | None = None,
         replace: bool = False,
         background: bool = False,
         extra: dict[str, str] | None = None,
     ) -> list[Submitted]:
-        """Store and queue `jobs` in one round trip: all of them, or none (conflict, full queue).
+        """Store and queue the jobs of one client in one round trip: all of them, or none (conflict, full queue,
+        a limit of the client's `policy`, by default the CLIENT_* settings).
 
         An id resubmitted with the same body returns the existing job. With another body it is a
         conflict, unless `replace` (the old API's behaviour): then the old job is stopped and replaced.
         `background` jobs (batches) run after every interactive job of the model. Each kind has its own
         limit per model, against which the other kind does not count: MAX_QUEUE_DEPTH for interactive
-        jobs, MAX_BATCH_QUEUE_DEPTH for batch jobs. `extra` fields are stored in every record (e.g. `batch`).
+        jobs, MAX_BATCH_QUEUE_DEPTH for batch jobs; only interactive jobs count against the client's
+        `max_queued_jobs`. `extra` fields are stored in every record (e.g. `batch`).
         """
+        policy = policy or self.default_policy
+        for index, job in enumerate(jobs):
+            if job.priority > policy.max_priority:
+                raise PriorityNotAllowed(index if len(jobs) > 1 else None, job.priority, policy.max_priority)
         now = now_ms()
+        day = utc_day(now)
         extra_pairs = [value for pair in (extra or {}).items() for value in pair]
         if background:
             setting, max_depth = "MAX_BATCH_QUEUE_DEPTH", self.settings.MAX_BATCH_QUEUE_DEPTH
         else:
             setting, max_depth = "MAX_QUEUE_DEPTH", self.settings.MAX_QUEUE_DEPTH
-        args: list[str | int] = [
+        args: list[str | int | float] = [
             now,
             max_depth,
-            *depth_range(now, background=background),
+            *depth_range(background=background),
             owner,
             "replace" if replace else "keep",
-            now if background else now - INTERACTIVE_HEAD_START_MS,
+            "batch" if background else "interactive",
+            BATCH_BAND if background else INTERACTIVE_BAND,
+            policy.weight,
+            0 if background else policy.max_queued_jobs,
+            policy.max_running_jobs,
+            policy.tokens_per_day,
+            keys.tokens(owner, day),
+            TOKENS_KEY_TTL,
+            day,
+            keys.job(""),
             keys.queue(""),
             keys.running(""),
             keys.stream(""),
             keys.arq_job(""),
             keys.cancel_channel(""),
             keys.wake_channel(""),
+            keys.virtual_clock(""),
+            keys.virtual_finish(""),
+            keys.client_queue("", "").removesuffix(":"),
+            PRIORITY_STEP,
+            keys.client(owner),
+            keys.client_jobs(owner),
             len(extra or ()),
             *extra_pairs,
         ]
         records: list[str] = []
         fresh: list[dict[str, str]] = []
         created_at = str(now)
-        for job, (model, request) in zip(jobs, await request_jsons(jobs, self.settings), strict=True):
+        for job, (model, request, cost) in zip(jobs, await request_jsons(jobs, self.settings), strict=True):
             job_id = job.id or keys.new_job_id()
             kid = keys.key_id(owner, job_id)
             arq_id = keys.arq_id(kid)
             digest = fingerprint(request, job.metadata)
             metadata = "" if job.metadata is None else orjson.dumps(job.metadata).decode()
             records.append(keys.job(kid))
-            args += [kid, arq_id, model, digest, request, metadata]
+            args += [kid, arq_id, model, digest, request, metadata, cost, job.priority]
             record = {
                 "id": job_id,
                 "model": model,
@@ -227,15 +273,21 @@ class JobStore:
                 "request": request,
                 "hash": digest,
                 "created_at": created_at,
+                "cost": str(cost),
+                "day": day,
             }
             if metadata:
                 record["metadata"] = metadata
+            if job.priority:
+                record["priority"] = str(job.priority)
             fresh.append(record | extra if extra else record)
         reply = await self.shared.evalsha(self._submit, records, args)
         if reply[0] == "conflict":
             raise JobConflict(keys.split_key_id(reply[1])[1])
         if reply[0] == "full":
-            raise QueueFull(reply[1].removeprefix(keys.queue("")), setting, max_depth)
+            raise QueueFull(reply[1].removeprefix(keys.queue("")), setting, max_depth, int(reply[2]), int(reply[3]))
+        if reply[0] == "quota":
+            raise self._quota(reply[1], int(reply[2]), int(reply[3]), int(reply[4]), now, fresh)
         submitted = [
             Submitted(record=_pairs(existing), created=False) if existing else Submitted(record, created=True)
             for record, existing in zip(fresh, reply[1:], strict=True)
@@ -244,6 +296,16 @@ class JobStore:
             for model, count in Counter(item.record["model"] for item in submitted if item.created).items():
                 self._on_created(model, count)
         return submitted
+
+    @staticmethod
+    def _quota(limit: str, value: int, usage: int, asked: int, now: int, fresh: list[dict[str, str]]) -> QuotaExceeded:
+        """The error of a submission that submit.lua refused for one of the client's limits."""
+        if limit == "tokens_per_day":
+            until_midnight = 86_400 - (now // 1000) % 86_400
+            return QuotaExceeded(limit, value, usage, asked, what="tokens (UTC day)", retry_after=until_midnight)
+        models = Counter(record["model"] for record in fresh)
+        model = models.most_common(1)[0][0] if models else None
+        return QuotaExceeded(limit, value, usage, asked, what="interactive jobs queued or running", model=model)
 
     async def get(self, owner: str, job_id: str) -> dict[str, str]:
         flat = await self.shared.execute("HGETALL", keys.job(keys.key_id(owner, job_id)))
@@ -291,13 +353,16 @@ class JobStore:
                 kid,
                 keys.cancel_channel(model),
                 keys.arq_job(""),
+                keys.client_jobs(""),
+                keys.tokens("", "").removesuffix(":"),
+                keys.client_queue(model, ""),
             ],
             client=client,
         )
 
     async def batch_depths(self, models: list[str]) -> dict[str, int]:
         """The batch jobs (queued or running) of each model, against MAX_BATCH_QUEUE_DEPTH, in one round trip."""
-        low, high = depth_range(now_ms(), background=True)
+        low, high = depth_range(background=True)
         async with self.redis.pipeline(transaction=False) as pipe:
             for model in models:
                 pipe.zcount(keys.queue(model), low, high)
@@ -320,6 +385,35 @@ class JobStore:
         return stats
 
     # ---- worker side ----------------------------------------------------------------------------
+
+    async def take(
+        self, model: str, candidates: list[str], slots: int, *, lease_ms: int, definition_ttl_ms: int
+    ) -> tuple[list[tuple[str, float]], bool]:
+        """take.lua: up to `slots` of the model's queued jobs among `candidates` (arq job ids, head of the queue
+        first), marked in progress for `lease_ms` with arq's definition written. Returns their (arq job id,
+        score), and whether a client's `max_running_jobs` held one back."""
+        reply: list[str] = await self._take(
+            keys=[keys.queue(model), keys.running(model), keys.virtual_clock(model)],
+            args=[
+                now_ms(),
+                slots,
+                lease_ms,
+                definition_ttl_ms,
+                JOB_FUNCTION,
+                keys.arq_in_progress(""),
+                keys.arq_job(""),
+                keys.job(""),
+                keys.client(""),
+                keys.client_queue(model, ""),
+                BATCH_BAND,
+                INTERACTIVE_BAND,
+                BATCH_BAND,
+                *candidates,
+            ],
+        )
+        capped = bool(reply) and reply[-1] == "capped"
+        pairs = reply[:-1] if capped else reply
+        return [(pairs[i], float(pairs[i + 1])) for i in range(0, len(pairs), 2)], capped
 
     async def start(self, kid: str, arq_id: str, model: str, worker_id: str) -> Started | None:
         """Mark the job running for a new attempt; None when it must not run (anymore)."""
@@ -355,6 +449,9 @@ class JobStore:
         """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens)."""
         succeeded = isinstance(outcome, JobResult)
         status, field = (JobStatus.SUCCEEDED, "result") if succeeded else (JobStatus.FAILED, "error")
+        used = 0
+        if isinstance(outcome, JobResult):
+            used = (outcome.usage.prompt_tokens or 0) + outcome.usage.completion_tokens
         return bool(
             await self._finish(
                 keys=[keys.job(kid), keys.stream(kid), keys.running(model), keys.activity(model)],
@@ -369,13 +466,16 @@ class JobStore:
                     kid,
                     tail,
                     ACTIVITY_LENGTH,
+                    used,
+                    keys.client_jobs(""),
+                    keys.tokens("", "").removesuffix(":"),
                 ],
             )
         )
 
     async def requeue(self, kid: str, model: str, run: int, *, refund: bool, delay: float = 0.0) -> bool:
-        """Give this run's job back to the queue, to run again after `delay` seconds (0: at once, in its
-        place); `refund` un-counts the attempt (a shutdown, not a failure)."""
+        """Give this run's job back to the queue, in its place, to run again after `delay` seconds (0: at once);
+        `refund` un-counts the attempt (a shutdown, not a failure)."""
         handed = await self._hand_back(model, "run", {kid: run}, refund=refund, delay=delay)
         return bool(handed)
 
@@ -394,11 +494,13 @@ class JobStore:
             mode,
             now,
             "1" if refund else "0",
-            now + int(delay * 1000) if delay > 0 else "keep",
+            now + int(delay * 1000) if delay > 0 else 0,
             keys.arq_job(""),
             keys.arq_in_progress(""),
             keys.arq_retry(""),
             keys.wake_channel(model),
+            keys.client_queue(model, ""),
+            BATCH_BAND,
         ]
         for kid, run in runs.items():
             args += [kid, run, keys.arq_id(kid)]

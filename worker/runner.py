@@ -16,14 +16,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 from arq.connections import RedisSettings
-from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis import exceptions as redis_errors
 
 from shared import keys
 from shared.connection import REDIS_ERRORS, redis_client
 from shared.settings import Settings
-from shared.store import JOB_FUNCTION, JobStore, arq_definition
+from shared.store import JOB_FUNCTION, JobStore
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import REDIS_PATIENCE, generate
@@ -53,6 +52,9 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
 class ModelWorker(Worker):
     """An arq worker pinned to one model's queue."""
 
+    _store: JobStore
+    """The worker's job store, opened at startup."""
+
     def __init__(self, settings: Settings, model: str) -> None:
         if model not in settings.models:
             raise ValueError(f"model {model!r} is not in LLM_TABLE ({', '.join(settings.models)})")
@@ -60,6 +62,8 @@ class ModelWorker(Worker):
         self.model = model
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
+        self._capped = False
+        """Whether the last take left a job of a client at its max_running_jobs: the end of a job then polls again."""
         self._background: list[asyncio.Task[None]] = []
         self._metrics_server: web.AppRunner | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -89,11 +93,12 @@ class ModelWorker(Worker):
     async def _startup(self, ctx: dict[str, Any]) -> None:
         redis = redis_client(self.settings, "spp-worker", max_connections=self.settings.WORKER_MAX_JOBS + 8)
         client = ModelClient(self.settings, self.model)
+        self._store = JobStore(redis, self.settings)
         ctx["spp"] = WorkerContext(
             settings=self.settings,
             model=self.model,
             worker_id=self.worker_id,
-            store=JobStore(redis, self.settings),
+            store=self._store,
             client=client,
             aborting=self.aborting_tasks,
         )
@@ -137,48 +142,41 @@ class ModelWorker(Worker):
                 await asyncio.wait_for(self._wake.wait(), self.settings.WORKER_IDLE_POLL)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, except that a Redis error after a slot is taken gives the slot back (arq's
-        keeps it: each outage would leave the worker one job short, until it took none)."""
-        for job_id in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
+        """Take jobs among `job_ids` (the head of the queue) in one script, take.lua, that applies the clients'
+        caps and priorities (arq's own start_jobs takes them one by one, with four round trips each), and run
+        them. A Redis error gives the slot back (arq's keeps it: each outage would leave the worker one job short,
+        until it took none)."""
+        if not job_ids:
+            return
+        await self.sem.acquire()  # a free slot, as arq waits for one
+        try:
+            taken, capped = await self._store.take(
+                self.model,
+                [job_id.decode() for job_id in job_ids],
+                self.max_jobs - self.job_counter,
+                lease_ms=int(self.in_progress_timeout_s * 1000),
+                definition_ttl_ms=int(self.job_timeout_s * 1000),
+            )
+        except BaseException:
+            self.sem.release()
+            raise
+        self._capped = capped
+        if not taken:
+            self.sem.release()
+            return
+        for index, (job_id, score) in enumerate(taken):
+            if index:
+                await self.sem.acquire()  # free: at most max_jobs - job_counter were taken
             self.job_counter += 1
-            try:
-                taken = await self._take(job_id.decode())
-            except BaseException:
-                self._release_sem_dec_counter_on_complete()
-                raise
-            if not taken:
-                self._release_sem_dec_counter_on_complete()
+            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(self._job_done)
+            self.tasks[job_id] = task
 
-    async def _take(self, job_id: str) -> bool:
-        """Mark arq job `job_id` in progress, write its definition and run it, unless another worker has it or
-        it is not due."""
-        in_progress = keys.arq_in_progress(job_id)
-        async with self.pool.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(in_progress)
-                ongoing = await pipe.exists(in_progress)
-                score = await pipe.zscore(self.queue_name, job_id)
-            except redis_errors.WatchError as exc:  # how redis-py reports a connection lost while watching
-                raise redis_errors.ConnectionError(str(exc)) from exc
-            if ongoing or not score or score > timestamp_ms():
-                return False
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
-            # The definition arq reads when it starts the job (submissions do not write it): kept as long as
-            # arq may run the job, and deleted by arq when the job ends.
-            pipe.psetex(keys.arq_job(job_id), int(self.job_timeout_s * 1000), arq_definition(job_id, score))
-            try:
-                await pipe.execute()
-            except (redis_errors.ResponseError, redis_errors.WatchError):
-                return False  # another worker took it since
-        task = self.loop.create_task(self.run_job(job_id, int(score)))
-        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-        self.tasks[job_id] = task
-        return True
+    def _job_done(self, _: asyncio.Task[None]) -> None:
+        """A job of this worker ended: its slot is free; a job its client's cap held back may now run."""
+        self._release_sem_dec_counter_on_complete()
+        if self._capped:
+            self._wake.set()
 
     def handle_sig(self, signum: signal.Signals) -> None:
         """SIGTERM or SIGINT: stop taking jobs, let the running ones finish for up to WORKER_SHUTDOWN_GRACE

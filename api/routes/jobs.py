@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from api.body import invalid, one_or_many_schema, parse_one_or_many
-from api.deps import JOB_ID_PARAMETER, HubDep, OwnerDep, StoreDep, job_id_of, owner_of, resources
+from api.deps import JOB_ID_PARAMETER, HubDep, OwnerDep, StoreDep, caller_of, job_id_of, owner_of, resources
 from api.responses import JSONResponse
 from api.streams import EventStream, sse_frame
 from shared import keys
@@ -64,13 +64,18 @@ def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], 
         200: {"description": "The job already existed with the same body: nothing new was queued."},
         404: {"description": "Unknown model"},
         409: {"description": "The id exists with a different body"},
+        422: {"description": "Invalid job, or a priority above the client's max_priority"},
+        429: {
+            "description": "A limit: the model's queue (MAX_QUEUE_DEPTH), or the client's max_queued_jobs or "
+            "tokens_per_day (the body names it, its value and the client's usage), or its rate limit"
+        },
     },
 )
 async def submit_jobs(request: Request) -> Response:
     """Queue a job, or an array of jobs stored in one round trip."""
-    state, owner = resources(request), await owner_of(request)
+    state, caller = resources(request), await caller_of(request)
     jobs, many = _parse_submission(await request.body(), state["settings"])
-    submitted = await state["store"].submit(owner, jobs)
+    submitted = await state["store"].submit(caller.owner, jobs, policy=caller.policy)
     if many:
         return JSONResponse([public_job(item.record) for item in submitted], status_code=202)
     item = submitted[0]

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.body import one_or_many_schema, parse_one_or_many
-from api.deps import PUBLIC, OwnerDep, SettingsDep, StoreDep
+from api.deps import PUBLIC, CallerDep, OwnerDep, SettingsDep, StoreDep
 from api.responses import JSONResponse
 from shared.models import GenerationParams, JobCreate, JobId, JobStatus, Limits
 
@@ -47,7 +47,7 @@ class AnswerQuery(BaseModel):
 
 
 @router.post("/anonymize", openapi_extra=one_or_many_schema(AnonymizeItem))
-async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, owner: OwnerDep) -> JSONResponse:
+async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, caller: CallerDep) -> JSONResponse:
     """Queue the administration's answer to one experience, or to an array of them."""
     limits = Limits(max_prompt_chars=settings.MAX_PROMPT_CHARS, max_messages=1, max_tokens=settings.MAX_TOKENS_LIMIT)
     items, many = parse_one_or_many(
@@ -63,7 +63,7 @@ async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, ow
         )
         for item in items
     ]
-    submitted = await store.submit(owner, jobs, replace=True)
+    submitted = await store.submit(caller.owner, jobs, policy=caller.policy, replace=True)
     ids = [{"id": item.record["id"]} for item in submitted]
     return JSONResponse({"body": ids if many else ids[0]})
 

@@ -1,6 +1,8 @@
 -- Cancel a job that has not finished.
 -- KEYS: job record, stream, model's queue, model's running set.
--- ARGV: now_ms, result ttl s, stream ttl s, key id, cancel channel, arq job definition key prefix.
+-- ARGV: now_ms, result ttl s, stream ttl s, key id, cancel channel, arq job definition key prefix, the key
+--       prefixes of clients' unfinished jobs, of their daily token counts and of their queues on the model.
+-- A queued job gives back the tokens reserved at its submission; a running one keeps them (its use is unknown).
 -- Returns 'ok', the job's status when it had already finished, or false when the job is unknown.
 --#include batch_end
 local state = redis.call('HMGET', KEYS[1], 'status', 'arq')
@@ -12,6 +14,14 @@ redis.call('DEL', ARGV[6] .. arq_id)
 if status == 'running' then
   redis.call('ZREM', KEYS[4], ARGV[4])
   redis.call('PUBLISH', ARGV[5], ARGV[4])
+end
+local owner = string.match(ARGV[4], '^([^:]*):')
+redis.call('ZREM', ARGV[7] .. owner, ARGV[4])
+redis.call('ZREM', ARGV[9] .. owner, arq_id)
+local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day')
+if status == 'queued' and reserved[1] and reserved[2] then
+  local day_key = ARGV[8] .. owner .. ':' .. reserved[2]
+  if redis.call('EXISTS', day_key) == 1 then redis.call('DECRBY', day_key, reserved[1]) end
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'request')

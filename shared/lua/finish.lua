@@ -1,7 +1,9 @@
 -- Record the end of an attempt: succeeded (with its result) or failed (with its error).
 -- KEYS: job record, stream, model's running set, model's activity stream (for the dashboard).
 -- ARGV: run, status, field ('result' or 'error'), JSON payload, now_ms, result ttl s, stream ttl s,
---       key id, final text chunk ('' for none), activity stream length.
+--       key id, final text chunk ('' for none), activity stream length, tokens used (prompt + generated; 0 for
+--       a failure), the key prefixes of clients' unfinished jobs and of their daily token counts.
+-- The tokens reserved at submission (the record's `cost`, on its `day`) are settled with the tokens used.
 -- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
 -- or 0 when the run no longer owns the job (then nothing is written).
 --#include batch_end
@@ -31,6 +33,14 @@ redis.call('XADD', KEYS[2], '*', 't', 'done', 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[8])
+local owner = string.match(ARGV[8], '^([^:]*):')
+redis.call('ZREM', ARGV[12] .. owner, ARGV[8])
+local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day')
+if reserved[1] and reserved[2] then
+  local day_key = ARGV[13] .. owner .. ':' .. reserved[2]
+  local delta = tonumber(ARGV[11]) - tonumber(reserved[1])
+  if delta ~= 0 and redis.call('EXISTS', day_key) == 1 then redis.call('INCRBY', day_key, delta) end
+end
 local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at', 'id', 'attempts')
 local fact = {'s', ARGV[2], 'j', times[3] or '', 'a', times[4] or '0',
               'q', tonumber(times[2] or ARGV[5]) - tonumber(times[1] or ARGV[5]),

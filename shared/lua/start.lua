@@ -12,6 +12,7 @@ if state[1] ~= 'queued' or state[3] ~= ARGV[5] then return false end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2])
+redis.call('HDEL', KEYS[1], 'not_before')
 local place = redis.call('ZSCORE', KEYS[4], ARGV[5])
 if place then redis.call('HSET', KEYS[1], 'place', place) end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])

@@ -1,23 +1,36 @@
--- Store and queue a list of jobs in one round trip, all or nothing.
+-- Store and queue a list of jobs of one client in one round trip, all or nothing.
 -- KEYS: the record of each job; its other keys are named from the prefixes below.
--- ARGV: now_ms, max queue depth (0: none), the range of queue scores that depth counts (ZCOUNT's min and
---       max: the band of the jobs' kind, interactive or batch, see shared/store.py), owner, mode ('keep':
---       another body under a job's id is a conflict; 'replace': it replaces the job), the jobs' score in the
---       queue (lower runs first; arq runs a job once its score is in the past), the key prefixes of queues,
---       running sets, streams, arq job definitions, cancel channels and wake channels, the number n of extra
---       fields stored in every record, their n field/value pairs, then 6 per job: key id, arq job id, model,
---       fingerprint, request, metadata ('' for none).
--- The arq job definition is not written here: the worker that takes the job writes it (worker/runner.py).
--- Returns {"conflict", key id} | {"full", queue} | {"ok", r1, r2, ...}: ri is 0 for a stored job and the
--- flat HGETALL of the existing record for an identical resubmission.
+-- ARGV: now_ms, max queue depth of the model (0: none), the range of queue scores that depth counts (ZCOUNT's min
+--       and max: the band of the jobs' tier, see shared/store.py), owner, mode ('keep': another body under a
+--       job's id is a conflict; 'replace': it replaces the job), tier ('interactive' or 'batch'), the tier's band
+--       (the score of virtual time 0), the client's weight, max_queued_jobs (0: none; interactive jobs only),
+--       max_running_jobs (kept for take.lua), tokens_per_day (0: none), the day's token key, its TTL (s), the day
+--       (YYYYMMDD), the key prefixes of records, queues, running sets, streams, arq job definitions, cancel
+--       channels, wake channels, virtual clocks, virtual finish tags and clients' queues (model and owner follow),
+--       the step between priorities in a client's queue, the client's hash and its set of unfinished jobs, the number n of extra fields stored in every record, their n field/value pairs,
+--       then 8 per job: key id, arq job id, model, fingerprint, request, metadata ('' for none), cost (tokens),
+--       priority.
+-- Fair share: a job's score is its tier's band plus its start tag (start-time fair queuing): the later of the
+-- model's virtual clock (the tag of the last job taken) and the client's finish tag, which then grows by the
+-- job's cost over the client's weight. Workers take the lowest scores first: while several clients have jobs
+-- queued, each gets tokens in proportion to its weight; a client alone gets everything.
+-- The arq job definition is not written here: the worker that takes the job writes it (take.lua).
+-- Returns {"conflict", key id} | {"full", queue, depth, asked} | {"quota", limit, value, usage, asked}
+-- | {"ok", r1, r2, ...}: ri is 0 for a stored job and the flat HGETALL of the existing record for an identical
+-- resubmission.
 local now, max_depth, depth_min, depth_max = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local owner, mode, score = ARGV[5], ARGV[6], ARGV[7]
-local queue_prefix, running_prefix, stream_prefix = ARGV[8], ARGV[9], ARGV[10]
-local arq_prefix, cancel_prefix, wake_prefix = ARGV[11], ARGV[12], ARGV[13]
-local n_extra = tonumber(ARGV[14])
-local extra = {unpack(ARGV, 15, 14 + 2 * n_extra)}
-local first, PER_JOB = 15 + 2 * n_extra, 6
+local owner, mode, tier, band, weight = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local max_queued, max_running = tonumber(ARGV[10]), ARGV[11]
+local tokens_limit, tokens_key, tokens_ttl, day = tonumber(ARGV[12]), ARGV[13], ARGV[14], ARGV[15]
+local job_prefix, queue_prefix, running_prefix, stream_prefix = ARGV[16], ARGV[17], ARGV[18], ARGV[19]
+local arq_prefix, cancel_prefix, wake_prefix = ARGV[20], ARGV[21], ARGV[22]
+local clock_prefix, finish_prefix, client_queue_prefix = ARGV[23], ARGV[24], ARGV[25]
+local priority_step, client_key, client_jobs = tonumber(ARGV[26]), ARGV[27], ARGV[28]
+local n_extra = tonumber(ARGV[29])
+local extra = {unpack(ARGV, 30, 29 + 2 * n_extra)}
+local first, PER_JOB = 30 + 2 * n_extra, 8
 local SLICE = 4000 -- values a call: Lua's unpack takes at most 8,000
+local HEAL_EVERY_MS = 10000
 
 local function any_exists(names)
   for from = 1, #names, SLICE do
@@ -40,34 +53,79 @@ if any_exists(KEYS) then
   end
 end
 
-if max_depth > 0 then
-  local fresh = {}
-  for i = 1, #KEYS do
-    if not existing[i] then
-      local model = ARGV[first + PER_JOB * (i - 1) + 2]
-      fresh[model] = (fresh[model] or 0) + 1
-    end
+local fresh, n_fresh, cost = {}, 0, 0
+for i = 1, #KEYS do
+  if not existing[i] then
+    local p = first + PER_JOB * (i - 1)
+    fresh[ARGV[p + 2]] = (fresh[ARGV[p + 2]] or 0) + 1
+    n_fresh = n_fresh + 1
+    cost = cost + tonumber(ARGV[p + 6])
   end
-  -- Only the jobs of this submission's kind: a batch larger than MAX_QUEUE_DEPTH must not shut out
+end
+
+if max_depth > 0 then
+  -- Only the jobs of this submission's tier: a batch larger than MAX_QUEUE_DEPTH must not shut out
   -- interactive jobs, nor interactive jobs a batch. O(log n) a model, whatever the queue holds.
   for model, n in pairs(fresh) do
     local depth = redis.call('ZCOUNT', queue_prefix .. model, depth_min, depth_max)
-    if depth + n > max_depth then return {'full', queue_prefix .. model} end
+    if depth + n > max_depth then return {'full', queue_prefix .. model, depth, n} end
   end
 end
 
+if max_queued > 0 and n_fresh > 0 then
+  local pending = redis.call('ZCARD', client_jobs)
+  if pending + n_fresh > max_queued and
+      tonumber(redis.call('HGET', client_key, 'healed') or '0') < tonumber(now) - HEAL_EVERY_MS then
+    -- Drop members whose job ended without saying so (a record lost with a Redis restart): checked at most
+    -- every HEAL_EVERY_MS, so that a client at its limit cannot make Redis walk its set at every request.
+    redis.call('HSET', client_key, 'healed', now)
+    for _, kid in ipairs(redis.call('ZRANGE', client_jobs, 0, -1)) do
+      local status = redis.call('HGET', job_prefix .. kid, 'status')
+      if status ~= 'queued' and status ~= 'running' then redis.call('ZREM', client_jobs, kid) end
+    end
+    pending = redis.call('ZCARD', client_jobs)
+  end
+  if pending + n_fresh > max_queued then return {'quota', 'max_queued_jobs', max_queued, pending, n_fresh} end
+end
+
+local used = tonumber(redis.call('GET', tokens_key) or '0')
+if tokens_limit > 0 and cost > 0 and used + cost > tokens_limit then
+  return {'quota', 'tokens_per_day', tokens_limit, used, cost}
+end
+
+-- Nothing can refuse the submission from here on.
+if cost > 0 then
+  redis.call('INCRBY', tokens_key, cost)
+  redis.call('EXPIRE', tokens_key, tokens_ttl)
+end
+redis.call('HSET', client_key, 'max_running', max_running)
+
+-- The virtual clock and the client's finish tag of each model, read once and written back at the end.
+local clocks, finishes = {}, {}
+local finish_field = tier .. ':' .. owner
+local function start_tag(model, job_cost)
+  if clocks[model] == nil then
+    clocks[model] = tonumber(redis.call('HGET', clock_prefix .. model, tier) or '0')
+    finishes[model] = tonumber(redis.call('HGET', finish_prefix .. model, finish_field) or '0')
+  end
+  local tag = math.max(clocks[model], finishes[model])
+  finishes[model] = tag + job_cost / weight
+  return tag
+end
+
 -- A new record holds no `attempts` nor `run` (0 until start.lua counts them), nor anything its key tells;
--- `...`: the fields it has but not every record (metadata, the extra fields).
+-- `...`: the fields it has but not every record (metadata, priority, the extra fields).
 local id_from = #owner + 2
 local function store_record(i, p, ...)
   redis.call('HSET', KEYS[i], 'id', string.sub(ARGV[p], id_from), 'model', ARGV[p + 2], 'status', 'queued',
-    'arq', ARGV[p + 1], 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, ...)
+    'arq', ARGV[p + 1], 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, 'cost', ARGV[p + 6],
+    'day', day, ...)
 end
 
-local out, queued = {'ok'}, {}
+local out, queued, unfinished, best = {'ok'}, {}, {}, {}
 for i = 1, #KEYS do
   local p = first + PER_JOB * (i - 1)
-  local kid, arq_id, model, metadata = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 5]
+  local kid, arq_id, model, metadata, priority = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 5], ARGV[p + 7]
   if existing[i] then
     out[i + 1] = redis.call('HGETALL', KEYS[i])
   else
@@ -77,6 +135,7 @@ for i = 1, #KEYS do
       local old = redis.call('HMGET', KEYS[i], 'status', 'arq', 'model', 'run')
       if old[1] == 'queued' or old[1] == 'running' then
         redis.call('ZREM', queue_prefix .. old[3], old[2])
+        redis.call('ZREM', client_queue_prefix .. old[3] .. ':' .. owner, old[2])
         redis.call('DEL', arq_prefix .. old[2])
         if old[1] == 'running' then
           redis.call('ZREM', running_prefix .. old[3], kid)
@@ -87,17 +146,27 @@ for i = 1, #KEYS do
       redis.call('DEL', KEYS[i])
       redis.call('PERSIST', stream_prefix .. kid)
     end
-    if metadata == '' then
-      store_record(i, p, unpack(extra))
-    else
-      store_record(i, p, 'metadata', metadata, unpack(extra))
-    end
+    local fields = {}
+    if metadata ~= '' then fields[#fields + 1], fields[#fields + 2] = 'metadata', metadata end
+    if priority ~= '0' then fields[#fields + 1], fields[#fields + 2] = 'priority', priority end
+    for j = 1, #extra do fields[#fields + 1] = extra[j] end
+    store_record(i, p, unpack(fields))
     -- The fence only grows: the replaced generation's worker must not write into the new one.
     if run > 0 then redis.call('HSET', KEYS[i], 'run', run) end
+    local tag = start_tag(model, tonumber(ARGV[p + 6]))
     local members = queued[model] or {}
     queued[model] = members
-    members[#members + 1] = score
+    members[#members + 1] = band + tag
     members[#members + 1] = arq_id
+    if tier == 'interactive' then
+      unfinished[#unfinished + 1] = now
+      unfinished[#unfinished + 1] = kid
+      -- Higher priorities first, then the fair-share order: a client's queued tags span far less than the step.
+      local mine = best[model] or {}
+      best[model] = mine
+      mine[#mine + 1] = tag - tonumber(priority) * priority_step
+      mine[#mine + 1] = arq_id
+    end
     out[i + 1] = 0
   end
 end
@@ -106,6 +175,15 @@ for model, members in pairs(queued) do
   for from = 1, #members, SLICE do
     redis.call('ZADD', queue_prefix .. model, unpack(members, from, math.min(from + SLICE - 1, #members)))
   end
+  redis.call('HSET', finish_prefix .. model, finish_field, finishes[model])
   redis.call('PUBLISH', wake_prefix .. model, '1')
+end
+for model, members in pairs(best) do
+  for from = 1, #members, SLICE do
+    redis.call('ZADD', client_queue_prefix .. model .. ':' .. owner, unpack(members, from, math.min(from + SLICE - 1, #members)))
+  end
+end
+for from = 1, #unfinished, SLICE do
+  redis.call('ZADD', client_jobs, unpack(unfinished, from, math.min(from + SLICE - 1, #unfinished)))
 end
 return out

@@ -8,11 +8,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from api.auth import KeyRing, Unauthorized, read_keys_file
+from api.auth import Client, KeyRing, Unauthorized, read_keys_file
+from shared.policy import default_policy
 from tests.unit.conftest import make_settings
 
+DEFAULT = default_policy(make_settings())
 
-def write_keys(path: Path, keys: dict[str, str]) -> None:
+
+def write_keys(path: Path, keys: dict[str, object]) -> None:
     path.write_bytes(orjson.dumps(keys))
 
 
@@ -24,7 +27,10 @@ def keys_file(tmp_path: Path) -> Path:
 
 
 def test_keys_file_values_may_carry_the_bearer_prefix(keys_file: Path) -> None:
-    assert read_keys_file(keys_file) == {"key-platform": "platform", "key-dashboard": "dashboard"}
+    assert read_keys_file(keys_file, DEFAULT) == {
+        "key-platform": Client("platform", {}),
+        "key-dashboard": Client("dashboard", {}),
+    }
 
 
 @pytest.mark.parametrize("content", [b"[]", b'{"a": 1}', b"not json"])
@@ -32,7 +38,7 @@ def test_a_malformed_keys_file_is_named(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "keys.json"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="API_KEYS_FILE"):
-        read_keys_file(path)
+        read_keys_file(path, DEFAULT)
 
 
 def test_prod_accepts_a_known_key_and_names_its_client(keys_file: Path) -> None:
@@ -103,3 +109,43 @@ def test_a_broken_keys_file_keeps_the_keys_loaded_before(keys_file: Path, monkey
     ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(keys_file)))
     keys_file.write_text("{ half written")
     assert ring.authenticate("Bearer key-platform").name == "platform"
+
+
+def test_a_client_may_have_its_own_policy_the_defaults_fill_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    write_keys(path, {"big": {"key": "key-big", "weight": 3, "max_queued_jobs": 50}, "small": "key-small"})
+    ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(path), CLIENT_MAX_RUNNING_JOBS=7))
+
+    big, small = ring.authenticate("Bearer key-big"), ring.authenticate("Bearer key-small")
+
+    assert (big.name, big.policy.weight, big.policy.max_queued_jobs) == ("big", 3, 50)
+    assert big.policy.max_running_jobs == small.policy.max_running_jobs == 7, "the CLIENT_* settings"
+    assert small.policy == ring.default_policy
+
+
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ({"key": "k", "weight": 0}, "weight"),
+        ({"key": "k", "max_priorty": 3}, "max_priorty: unknown"),
+        ({"key": "k", "max_priority": 12}, "max_priority"),
+        ({"weight": 2}, "expected a key"),
+    ],
+)
+def test_a_wrong_policy_names_the_client_and_the_field(tmp_path: Path, entry: dict[str, object], named: str) -> None:
+    path = tmp_path / "keys.json"
+    write_keys(path, {"platform": entry})
+    with pytest.raises(ValueError, match="API_KEYS_FILE") as info:
+        read_keys_file(path, DEFAULT)
+    assert "'platform'" in str(info.value)
+    assert named in str(info.value)
+
+
+def test_a_reload_changes_a_client_s_policy(keys_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.auth._RECHECK_SECONDS", 0.0)
+    ring = KeyRing(make_settings(ENV="prod", API_KEYS_FILE=str(keys_file)))
+    assert ring.authenticate("Bearer key-platform").policy.weight == 1
+    write_keys(keys_file, {"platform": {"key": "key-platform", "weight": 4.5}})
+    stat = keys_file.stat()
+    os.utime(keys_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert ring.authenticate("Bearer key-platform").policy.weight == 4.5

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from api.auth import read_keys_file
+from shared.policy import default_policy
 from shared.settings import Settings, parse_llm_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -655,7 +656,7 @@ def test_api_keys_file_is_mounted_read_only_where_api_keys_file_points() -> None
         assert mount["read_only"] is True
         assert mount["bind"]["create_host_path"] is False, "a missing file must fail, not become a directory"
         assert service["environment"]["API_KEYS_FILE"] == mount["target"]
-        assert read_keys_file(ROOT / mount["source"]), "the example keys file is valid"
+        assert read_keys_file(ROOT / mount["source"], default_policy(Settings())), "the example keys file is valid"
 
 
 def test_the_model_server_is_vllm_on_gpus_or_the_simulator_under_its_name() -> None:

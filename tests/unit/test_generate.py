@@ -207,8 +207,9 @@ async def test_unavailable_backend_with_attempts_left_requeues_and_retries(
 
     [(arq_id, score)] = await spp.store.redis.zrange(keys.queue(MODEL), 0, -1, withscores=True)
     assert arq_id == await arq_of(spp.store, KID), "queued again under a fresh arq job id"
-    assert before + 1000 <= score <= now_ms() + 2000
     stored = await record(spp)
+    assert score == float(stored["place"]), "in its place in the queue"
+    assert before + 1000 <= int(stored["not_before"]) <= now_ms() + 2000, "after the backoff"
     assert stored["status"] == "queued"
     assert stored["attempts"] == "1"
     assert "error" not in stored

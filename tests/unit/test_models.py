@@ -78,7 +78,7 @@ def test_stop_list_is_kept() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param({"prompt": "a", "priority": 1}, id="job"),
+        pytest.param({"prompt": "a", "urgency": 1}, id="job"),
         pytest.param({"prompt": "a", "params": {"top_k": 5}}, id="params"),
         pytest.param({"messages": [{"role": "user", "content": "b", "name": "x"}]}, id="message"),
     ],
@@ -270,7 +270,7 @@ def test_fingerprint_differs_when_metadata_differs(
 def test_request_json_is_the_generation_request_with_defaults_applied(
     body: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    model, request = request_json(JobCreate.model_validate(body), make_settings(DEFAULT_MAX_TOKENS=512))
+    model, request, _ = request_json(JobCreate.model_validate(body), make_settings(DEFAULT_MAX_TOKENS=512))
 
     assert model == MODEL
     assert GenerationRequest.model_validate_json(request) == GenerationRequest(model=MODEL, **expected)
@@ -280,7 +280,7 @@ def test_request_json_is_the_generation_request_with_defaults_applied(
 def test_request_json_renders_the_template_as_the_user_message() -> None:
     job = JobCreate.model_validate({"prompt": "Ma carte grise n'arrive pas.", "template": "spp"})
 
-    _, request = request_json(job, SETTINGS)
+    _, request, _ = request_json(job, SETTINGS)
 
     parsed = GenerationRequest.model_validate_json(request)
     assert parsed.prompt is None
@@ -323,6 +323,7 @@ def test_public_job_of_a_finished_record() -> None:
         "result": result,
         "error": None,
         "metadata": {"k": "v", "n": 3},
+        "priority": 0,
     }
 
 
@@ -356,6 +357,7 @@ def test_public_job_of_a_fresh_record_has_none_for_missing_fields() -> None:
         "result": None,
         "error": None,
         "metadata": None,
+        "priority": 0,
     }
 
 

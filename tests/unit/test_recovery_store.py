@@ -180,7 +180,7 @@ async def test_start_returns_the_creation_time(store: JobStore) -> None:
 # ---- requeue ----------------------------------------------------------------------------------------------
 
 
-async def test_requeue_with_a_delay_schedules_a_fresh_arq_job_later(
+async def test_requeue_with_a_delay_keeps_the_place_of_a_fresh_arq_job_not_taken_before(
     redis: fakeredis.FakeAsyncRedis, store: JobStore, wake: PubSub
 ) -> None:
     run = await start(store, "j1")
@@ -192,9 +192,14 @@ async def test_requeue_with_a_delay_schedules_a_fresh_arq_job_later(
     new = (await record(redis, "j1"))["arq"]
     [(member, score)] = await redis.zrange(keys.queue(MODEL), 0, -1, withscores=True)
     assert member == new != old
-    assert before + 5000 <= score <= now_ms() + 5000
+    stored = await record(redis, "j1")
+    assert score == float(stored["place"]), "ahead of the jobs queued after it"
+    assert before + 5000 <= int(stored["not_before"]) <= now_ms() + 5000
     assert not await redis.exists(keys.arq_job(old))
     assert await woken(wake)
+    assert await store.take(MODEL, [new], 1, lease_ms=1000, definition_ttl_ms=1000) == ([], False), "not yet"
+    await redis.hset(keys.job(kid("j1")), "not_before", now_ms() - 1)  # type: ignore[misc]
+    assert (await store.take(MODEL, [new], 1, lease_ms=1000, definition_ttl_ms=1000))[0] == [(new, score)]
 
 
 async def test_requeue_on_shutdown_keeps_the_place_and_refunds_the_attempt(

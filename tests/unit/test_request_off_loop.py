@@ -33,7 +33,7 @@ async def test_large_submissions_are_prepared_off_the_event_loop(
     threads: set[int] = set()
     prepare = store.request_json
 
-    def spy(job: JobCreate, settings: Settings) -> tuple[str, str]:
+    def spy(job: JobCreate, settings: Settings) -> store.Prepared:
         threads.add(threading.get_ident())
         return prepare(job, settings)
 

@@ -16,11 +16,19 @@ from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
 from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
 from shared.multiplex import SharedConnection
-from shared.store import INTERACTIVE_HEAD_START_MS, JobStore, arq_definition
+from shared.store import BATCH_BAND, INTERACTIVE_BAND, JobStore, utc_day
 from tests.unit.conftest import MODEL, StoreFactory, make_settings
 
 OWNER = "owner1"
 WORKER = "host:1"
+BOOKKEEPING = [
+    keys.client(OWNER),
+    keys.client_jobs(OWNER),
+    keys.client_queue(MODEL, OWNER),
+    keys.virtual_finish(MODEL),
+]
+"""What a submission writes besides records and queues, its daily token count aside: the client's policy, its
+unfinished jobs and its queue on the model, its fair-share tag."""
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -137,27 +145,28 @@ async def test_submit_stores_the_record_and_the_queue_entry_not_arq_s_definition
     }
     assert not await redis.exists(keys.arq_job(await arq_of(store, kid("j1")))), "the worker writes it"
     score = await redis.zscore(keys.queue(MODEL), await arq_of(store, kid("j1")))
-    assert score == int(stored["created_at"]) - INTERACTIVE_HEAD_START_MS
+    assert score == INTERACTIVE_BAND, "the first job of the model starts at virtual time 0"
+    assert stored["cost"] == str(2 + 7), "its prompt's tokens (a token for 4 characters) and max_tokens"
 
 
 @pytest.mark.parametrize("background", [False, True], ids=["interactive", "background"])
-async def test_arq_definition_names_the_job_and_its_enqueue_time(
+async def test_take_writes_arq_s_definition_naming_the_job(
     redis: fakeredis.FakeAsyncRedis, store: JobStore, background: bool
 ) -> None:
     (submitted,) = await store.submit(OWNER, [job("j1")], background=background)
     arq_id = submitted.record["arq"]
-    score = await redis.zscore(keys.queue(MODEL), arq_id)
-    assert score is not None
+    before = now_ms()
 
-    definition = orjson.loads(arq_definition(arq_id, score))
+    taken, capped = await store.take(MODEL, [arq_id], 4, lease_ms=5000, definition_ttl_ms=60_000)
 
-    assert definition == {
-        "t": None,
-        "f": "generate",
-        "a": [kid("j1")],
-        "k": {},
-        "et": int(submitted.record["created_at"]),
-    }
+    assert taken == [(arq_id, BATCH_BAND if background else INTERACTIVE_BAND)]
+    assert not capped
+    definition = orjson.loads(await redis.get(keys.arq_job(arq_id)))
+    assert definition.pop("et") >= before
+    assert definition == {"t": None, "f": "generate", "a": [kid("j1")], "k": {}}
+    assert await redis.exists(keys.arq_in_progress(arq_id))
+    again, _ = await store.take(MODEL, [arq_id], 4, lease_ms=5000, definition_ttl_ms=60_000)
+    assert again == [], "in progress: no other worker takes it"
 
 
 async def test_submit_uses_the_default_max_tokens_and_a_generated_id(
@@ -250,7 +259,9 @@ async def test_different_body_under_the_same_id_conflicts_and_stores_nothing_of_
 
     assert info.value.job_id == "j1"
     assert await record(redis, kid("j1")) == before
-    assert sorted(await redis.keys("*")) == sorted([keys.job(kid("j1")), keys.queue(MODEL)])
+    assert sorted(await redis.keys("*")) == sorted(
+        [keys.job(kid("j1")), keys.queue(MODEL), *BOOKKEEPING, keys.tokens(OWNER, utc_day(now_ms()))], key=str
+    ), "nothing of the refused submission"
 
 
 async def test_full_queue_refuses_the_whole_batch(redis: fakeredis.FakeAsyncRedis, make_store: StoreFactory) -> None:
