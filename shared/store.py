@@ -274,6 +274,7 @@ class JobStore:
                 "hash": digest,
                 "created_at": created_at,
                 "cost": str(cost),
+                "weight": str(policy.weight),
                 "day": day,
             }
             if metadata:
@@ -356,6 +357,7 @@ class JobStore:
                 keys.client_jobs(""),
                 keys.tokens("", "").removesuffix(":"),
                 keys.client_queue(model, ""),
+                keys.virtual_finish(model),
             ],
             client=client,
         )
@@ -469,6 +471,7 @@ class JobStore:
                     used,
                     keys.client_jobs(""),
                     keys.tokens("", "").removesuffix(":"),
+                    keys.virtual_finish(model),
                 ],
             )
         )

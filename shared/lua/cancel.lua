@@ -1,8 +1,10 @@
 -- Cancel a job that has not finished.
 -- KEYS: job record, stream, model's queue, model's running set.
 -- ARGV: now_ms, result ttl s, stream ttl s, key id, cancel channel, arq job definition key prefix, the key
---       prefixes of clients' unfinished jobs, of their daily token counts and of their queues on the model.
--- A queued job gives back the tokens reserved at its submission; a running one keeps them (its use is unknown).
+--       prefixes of clients' unfinished jobs, of their daily token counts and of their queues on the model, the
+--       model's virtual finish tags.
+-- A queued job gives back the tokens reserved at its submission, and its client's place in the fair queue; a
+-- running one keeps them (its use is unknown).
 -- Returns 'ok', the job's status when it had already finished, or false when the job is unknown.
 --#include batch_end
 local state = redis.call('HMGET', KEYS[1], 'status', 'arq')
@@ -18,10 +20,14 @@ end
 local owner = string.match(ARGV[4], '^([^:]*):')
 redis.call('ZREM', ARGV[7] .. owner, ARGV[4])
 redis.call('ZREM', ARGV[9] .. owner, arq_id)
-local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day')
+local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day', 'weight', 'batch')
 if status == 'queued' and reserved[1] and reserved[2] then
   local day_key = ARGV[8] .. owner .. ':' .. reserved[2]
   if redis.call('EXISTS', day_key) == 1 then redis.call('DECRBY', day_key, reserved[1]) end
+  if reserved[3] then
+    local field = (reserved[4] and 'batch:' or 'interactive:') .. owner
+    redis.call('HINCRBYFLOAT', ARGV[10], field, -tonumber(reserved[1]) / tonumber(reserved[3]))
+  end
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'request')

@@ -2,8 +2,10 @@
 -- KEYS: job record, stream, model's running set, model's activity stream (for the dashboard).
 -- ARGV: run, status, field ('result' or 'error'), JSON payload, now_ms, result ttl s, stream ttl s,
 --       key id, final text chunk ('' for none), activity stream length, tokens used (prompt + generated; 0 for
---       a failure), the key prefixes of clients' unfinished jobs and of their daily token counts.
--- The tokens reserved at submission (the record's `cost`, on its `day`) are settled with the tokens used.
+--       a failure), the key prefixes of clients' unfinished jobs and of their daily token counts, the model's
+--       virtual finish tags.
+-- The tokens reserved at submission (the record's `cost`, on its `day`) are settled with the tokens used, and so
+-- is the client's finish tag in the model's fair queue.
 -- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
 -- or 0 when the run no longer owns the job (then nothing is written).
 --#include batch_end
@@ -35,11 +37,16 @@ redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[8])
 local owner = string.match(ARGV[8], '^([^:]*):')
 redis.call('ZREM', ARGV[12] .. owner, ARGV[8])
-local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day')
+local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day', 'weight', 'batch')
 if reserved[1] and reserved[2] then
-  local day_key = ARGV[13] .. owner .. ':' .. reserved[2]
   local delta = tonumber(ARGV[11]) - tonumber(reserved[1])
+  local day_key = ARGV[13] .. owner .. ':' .. reserved[2]
   if delta ~= 0 and redis.call('EXISTS', day_key) == 1 then redis.call('INCRBY', day_key, delta) end
+  if delta ~= 0 and reserved[3] then
+    -- The client's share is counted in the tokens the job used, not in its estimate (submit.lua).
+    local field = (reserved[4] and 'batch:' or 'interactive:') .. owner
+    redis.call('HINCRBYFLOAT', ARGV[14], field, delta / tonumber(reserved[3]))
+  end
 end
 local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at', 'id', 'attempts')
 local fact = {'s', ARGV[2], 'j', times[3] or '', 'a', times[4] or '0',

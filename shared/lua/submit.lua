@@ -12,8 +12,9 @@
 --       priority.
 -- Fair share: a job's score is its tier's band plus its start tag (start-time fair queuing): the later of the
 -- model's virtual clock (the tag of the last job taken) and the client's finish tag, which then grows by the
--- job's cost over the client's weight. Workers take the lowest scores first: while several clients have jobs
--- queued, each gets tokens in proportion to its weight; a client alone gets everything.
+-- job's cost over the client's weight (finish.lua corrects it with the tokens the job really used). Workers take
+-- the lowest scores first: while several clients have jobs queued, each gets tokens in proportion to its
+-- weight; a client alone gets everything.
 -- The arq job definition is not written here: the worker that takes the job writes it (take.lua).
 -- Returns {"conflict", key id} | {"full", queue, depth, asked} | {"quota", limit, value, usage, asked}
 -- | {"ok", r1, r2, ...}: ri is 0 for a stored job and the flat HGETALL of the existing record for an identical
@@ -119,8 +120,13 @@ local id_from = #owner + 2
 local function store_record(i, p, ...)
   redis.call('HSET', KEYS[i], 'id', string.sub(ARGV[p], id_from), 'model', ARGV[p + 2], 'status', 'queued',
     'arq', ARGV[p + 1], 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, 'cost', ARGV[p + 6],
-    'day', day, ...)
+    'weight', ARGV[9], 'day', day, ...)
 end
+
+-- The client's order of its own interactive jobs: a sequence number each (finish.lua may move the client's finish
+-- tag back, when a job used fewer tokens than its cost, so tags do not tell the submission order).
+local seq = 0
+if tier == 'interactive' and n_fresh > 0 then seq = redis.call('HINCRBY', client_key, 'seq', n_fresh) - n_fresh end
 
 local out, queued, unfinished, best = {'ok'}, {}, {}, {}
 for i = 1, #KEYS do
@@ -161,10 +167,11 @@ for i = 1, #KEYS do
     if tier == 'interactive' then
       unfinished[#unfinished + 1] = now
       unfinished[#unfinished + 1] = kid
-      -- Higher priorities first, then the fair-share order: a client's queued tags span far less than the step.
+      -- Higher priorities first, then the submission order.
+      seq = seq + 1
       local mine = best[model] or {}
       best[model] = mine
-      mine[#mine + 1] = tag - tonumber(priority) * priority_step
+      mine[#mine + 1] = seq - tonumber(priority) * priority_step
       mine[#mine + 1] = arq_id
     end
     out[i + 1] = 0

@@ -48,8 +48,8 @@ async def test_a_new_array_costs_one_hset_a_job_and_a_few_commands_in_all(store:
     assert all(item.created for item in submitted)
     # ZCOUNT: the queue's interactive jobs against MAX_QUEUE_DEPTH (batch jobs are counted apart); ZCARD: the client's
     # unfinished jobs against its max_queued_jobs; GET, INCRBY, EXPIRE: its tokens of the day; HGET: the model's
-    # virtual clock and the client's finish tag, written back by one HSET, with one for its policy; ZADD: the queue,
-    # the client's queue on the model and its unfinished jobs.
+    # virtual clock and the client's finish tag, written back by one HSET, with one for its policy; HINCRBY: the
+    # client's sequence numbers; ZADD: the queue, the client's queue on the model and its unfinished jobs.
     expected = {
         "evalsha": 1,
         "exists": 1,
@@ -60,6 +60,7 @@ async def test_a_new_array_costs_one_hset_a_job_and_a_few_commands_in_all(store:
         "expire": 1,
         "hget": 2,
         "hset": 99 + 2,
+        "hincrby": 1,
         "zadd": 3,
         "publish": 1,
     }

@@ -214,3 +214,28 @@ async def test_tokens_per_day_are_reserved_then_settled_with_the_real_usage(
 
     assert await redis.get(counter) == "10"
     assert await store.submit("c", jobs("b", 2), policy=daily)
+
+
+async def test_a_client_is_charged_the_tokens_its_jobs_used_not_their_estimate(store: JobStore) -> None:
+    await store.submit("a", jobs("long", 1, max_tokens=400))
+    (kid,) = await take(store)
+    run = int(await store.redis.hget(keys.job(kid), "run"))  # type: ignore[misc]
+    usage = Usage(prompt_tokens=2, completion_tokens=3)  # stopped early: 5 tokens of the 402 reserved
+    await store.finish(kid, MODEL, run, JobResult(text="x", finish_reason="stop", usage=usage))
+    await store.submit("b", jobs("b", 3, max_tokens=100))
+
+    await store.submit("a", jobs("next", 1, max_tokens=100))
+
+    order = [keys.split_key_id(kid)[1] for kid in await take_all(store, 4)]
+    assert order == ["b0", "next0", "b1", "b2"], "not behind the 402 tokens 'long' was estimated at"
+
+
+async def test_a_cancelled_queued_job_gives_its_client_s_turn_back(store: JobStore) -> None:
+    await store.submit("a", jobs("a", 3, max_tokens=100))
+    for n in range(3):
+        await store.cancel("a", f"a{n}")
+    await store.submit("b", jobs("b", 2, max_tokens=100))
+
+    await store.submit("a", jobs("again", 1, max_tokens=100))
+
+    assert sorted(owners(await take_all(store, 2))) == ["a", "b"], "not behind the three it cancelled"
