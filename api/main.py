@@ -16,7 +16,7 @@ from api import errors
 from api.auth import KeyRing
 from api.body import AbortedBodies, add_components
 from api.deps import State
-from api.limits import BodySizeLimit, RateLimiter
+from api.limits import BodyLimits, RateLimiter
 from api.observability import RequestMetrics, report_redis_memory
 from api.responses import JSONResponse
 from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models
@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(AbortedBodies)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(RequestMetrics, metrics=api_metrics)
     if settings.cors_origins:
         # Credentials only with an explicit list of origins, never with the '*' wildcard.

@@ -33,12 +33,14 @@ from shared.batch_format import (
     parse_generated_file_id,
     parse_line,
 )
-from shared.errors import BatchFinished, BatchNotFound, FileNotFound, QueueFull
+from shared.errors import BatchFinished, BatchNotFound, FileNotFound, QueueFull, QuotaExceeded
 from shared.files import FileStore
 from shared.models import ACTIVE_STATES, JobCreate, JobStatus, Limits, now_ms
 from shared.openai_shapes import Endpoint
+from shared.policy import ClientPolicy
 from shared.scripts import load_script
 from shared.store import JobStore
+from shared.stored import over_stored_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class BatchStore:
         self.redis = store.redis
         self.settings = store.settings
         self._move_script = load_script(self.redis, "batch")
+        self._create_script = load_script(self.redis, "batch_create")
         self._expiry: asyncio.Task[None] | None = None
 
     async def _move(self, owner: str, batch_id: str, operation: str, argument: str | int = "") -> str | None:
@@ -71,10 +74,23 @@ class BatchStore:
     # ---- create, validate, queue ----------------------------------------------------------------------
 
     async def create(
-        self, owner: str, input_file_id: str, endpoint: Endpoint, window: str, metadata: dict[str, str] | None
+        self,
+        owner: str,
+        input_file_id: str,
+        endpoint: Endpoint,
+        window: str,
+        metadata: dict[str, str] | None,
+        policy: ClientPolicy | None = None,
     ) -> dict[str, str]:
-        """Record a batch as `validating`; `process` then validates and queues it."""
-        await self.files.get(owner, input_file_id)
+        """Record a batch as `validating`; `process` then validates and queues it.
+
+        Refused (QuotaExceeded, nothing stored) when the client (`policy`, by default the CLIENT_* settings) has
+        `max_active_batches` unfinished batches, or when the batch would take it past its `max_stored_bytes`: a
+        batch is charged its input's bytes, which its jobs copy, until their records may expire (`expires_at` and
+        RESULT_TTL; settled when it ends: batch_end.lua).
+        """
+        policy = policy or self.store.default_policy
+        size = int((await self.files.get(owner, input_file_id))["bytes"])
         batch_id, now, hours = new_batch_id(), now_ms(), int(window.removesuffix("h"))
         expires_at = now + hours * 3_600_000
         record = {
@@ -88,26 +104,52 @@ class BatchStore:
         }
         if metadata:
             record["metadata"] = orjson.dumps(metadata).decode()
-        # The owner's index outlives every batch it lists (dead entries are also dropped while listing);
-        # scored in microseconds, so that batches created in the same millisecond keep their order.
-        index, index_ttl = keys.batches(owner), hours * 3600 + self.settings.RESULT_TTL + 3600
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.batch(owner, batch_id), mapping=record)
-            pipe.zadd(index, {batch_id: time.time_ns() // 1000})
-            pipe.expire(index, index_ttl, nx=True)
-            pipe.expire(index, index_ttl, gt=True)
-            pipe.zadd(keys.active_batches(), {keys.key_id(owner, batch_id): expires_at})
-            await pipe.execute()
+        # What batch_end.lua needs to settle the client's counts when the batch ends.
+        accounts = {
+            "client_batches": keys.client_batches(owner),
+            "stored": keys.stored(owner),
+            "charged": str(size),
+            "charged_until": str(expires_at + self.settings.RESULT_TTL * 1000),
+        }
+        # Scored in microseconds, so that batches created in the same millisecond keep their order.
+        args: list[str | int] = [
+            now,
+            batch_id,
+            time.time_ns() // 1000,
+            hours * 3600 + self.settings.RESULT_TTL + 3600,
+            expires_at,
+            keys.key_id(owner, batch_id),
+            policy.max_active_batches,
+            policy.max_stored_bytes,
+            *(value for pair in (record | accounts).items() for value in pair),
+        ]
+        batch_keys = [
+            keys.batch(owner, batch_id),
+            keys.batches(owner),
+            keys.active_batches(),
+            keys.client_batches(owner),
+            keys.stored(owner),
+        ]
+        outcome = await self._create_script(keys=batch_keys, args=args)
+        if outcome[0] == "max_active_batches":
+            limit = policy.max_active_batches
+            raise QuotaExceeded(outcome[0], limit, outcome[1], 1, what="unfinished batches")
+        if outcome[0] == "max_stored_bytes":
+            raise over_stored_bytes(policy, outcome[1], size, outcome[2], now)
         return record
 
-    async def process(self, owner: str, batch_id: str) -> None:
-        """Validate the batch's whole input, then queue every request as a job (after `create` answered)."""
+    async def process(self, owner: str, batch_id: str, policy: ClientPolicy | None = None) -> None:
+        """Validate the batch's whole input, then queue every request as a job of the client of `policy` (by
+        default the CLIENT_* settings), after `create` answered."""
         try:
-            await self._process(owner, batch_id)
+            await self._process(owner, batch_id, policy or self.store.default_policy)
         except QueueFull as exc:
             # Another batch took the room between the check of `_process` and this batch's last chunk.
             logger.warning("batch %s failed: %s", batch_id, exc)
             await self._fail_queued(owner, batch_id, LineError("queue_full", str(exc), "model"))
+        except QuotaExceeded as exc:  # a limit of the client's that its jobs count against
+            logger.warning("batch %s failed: %s", batch_id, exc)
+            await self._fail_queued(owner, batch_id, LineError("quota_exceeded", str(exc)))
         except Exception as exc:
             logger.exception("batch %s could not be queued", batch_id)
             await self._fail_queued(
@@ -121,7 +163,7 @@ class BatchStore:
         if await self._move(owner, batch_id, "fail", _errors_json([problem.entry(None)])) == BatchStatus.FAILED:
             await self.cancel_jobs(owner, batch_id, total)
 
-    async def _process(self, owner: str, batch_id: str) -> None:
+    async def _process(self, owner: str, batch_id: str, policy: ClientPolicy) -> None:
         record = await self.get(owner, batch_id)
         endpoint, file_id = Endpoint(record["endpoint"]), record["input_file_id"]
         per_model, errors = await self._validate(owner, file_id, endpoint)
@@ -133,7 +175,7 @@ class BatchStore:
         total = per_model.total()
         if await self._move(owner, batch_id, "total", total) != BatchStatus.VALIDATING:
             return  # cancelled or expired while validating: nothing was queued
-        queued = await self._queue(owner, batch_id, file_id, endpoint)
+        queued = await self._queue(owner, batch_id, file_id, endpoint, policy)
         if queued != total:  # the file was deleted meanwhile: the batch is what could be queued
             await self._move(owner, batch_id, "total", queued)
         if await self._move(owner, batch_id, "start") in (BatchStatus.CANCELLING, BatchStatus.EXPIRED):
@@ -218,7 +260,7 @@ class BatchStore:
                 return LineError("queue_full", message, "model")
         return None
 
-    async def _queue(self, owner: str, batch_id: str, file_id: str, endpoint: Endpoint) -> int:
+    async def _queue(self, owner: str, batch_id: str, file_id: str, endpoint: Endpoint, policy: ClientPolicy) -> int:
         """Store and queue a job per request, SUBMIT_CHUNK per round trip; the number queued."""
         limits, models, extra = self._limits(), self.settings.models, {"batch": keys.batch(owner, batch_id)}
         chunk: list[JobCreate] = []
@@ -226,10 +268,10 @@ class BatchStore:
         async for _, raw in self._requests(owner, file_id):
             chunk.append(parse_line(raw, endpoint, models, limits, batch_job_id(batch_id, queued + len(chunk)))[1])
             if len(chunk) == SUBMIT_CHUNK:
-                await self.store.submit(owner, chunk, background=True, extra=extra)
+                await self.store.submit(owner, chunk, policy=policy, background=True, extra=extra)
                 queued, chunk = queued + len(chunk), []
         if chunk:
-            await self.store.submit(owner, chunk, background=True, extra=extra)
+            await self.store.submit(owner, chunk, policy=policy, background=True, extra=extra)
         return queued + len(chunk)
 
     # ---- read, list, cancel, expire -------------------------------------------------------------------

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from api.deps import BatchesDep, OwnerDep
+from api.deps import BatchesDep, CallerDep, OwnerDep
 from api.responses import JSONResponse
 from shared.batch_format import BatchStatus, CompletionWindow, public_batch
 from shared.models import StringMetadata
@@ -69,13 +69,27 @@ class BatchList(BaseModel):
     has_more: bool
 
 
-@router.post("", response_model=BatchObject, responses={404: {"description": "Unknown input file"}})
-async def create_batch(body: BatchCreate, owner: OwnerDep, batches: BatchesDep) -> JSONResponse:
+@router.post(
+    "",
+    response_model=BatchObject,
+    responses={
+        404: {"description": "Unknown input file"},
+        429: {
+            "description": "The client has `max_active_batches` unfinished batches, or the batch would take it past "
+            "its `max_stored_bytes` (the body names the limit, its value and the client's usage); nothing is stored"
+        },
+    },
+)
+async def create_batch(body: BatchCreate, caller: CallerDep, batches: BatchesDep) -> JSONResponse:
     """Create a batch: answered `validating`; the whole input is then validated (any problem: `failed`, with
     `errors` naming the lines, and nothing queued), then every request is queued (`in_progress`)."""
-    record = await batches.create(owner, body.input_file_id, body.endpoint, body.completion_window, body.metadata)
+    owner, policy = caller.owner, caller.policy
+    record = await batches.create(
+        owner, body.input_file_id, body.endpoint, body.completion_window, body.metadata, policy
+    )
     # After the answer, still inside the request: a graceful shutdown waits for it.
-    return JSONResponse(public_batch(record), background=BackgroundTask(batches.process, owner, record["id"]))
+    task = BackgroundTask(batches.process, owner, record["id"], policy)
+    return JSONResponse(public_batch(record), background=task)
 
 
 @router.get("", response_model=BatchList)

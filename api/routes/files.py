@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from api.deps import BatchesDep, FilesDep, OwnerDep
+from api.deps import BatchesDep, CallerDep, FilesDep, OwnerDep
 from api.responses import JSONResponse
 from shared.batch_format import parse_generated_file_id
 from shared.errors import BadFileRequest
@@ -61,12 +61,18 @@ class FileDeleted(BaseModel):
     openapi_extra=_UPLOAD_FORM,
     responses={
         400: {"description": "Not a form with a `file` and `purpose=batch`"},
+        408: {"description": "No byte of the body for BODY_IDLE_TIMEOUT seconds"},
         413: {"description": "Over BATCH_MAX_BYTES"},
+        429: {
+            "description": "The client's `max_uploads` uploads are in progress, or the file would take it past its "
+            "`max_stored_bytes` (the body names the limit, its value and the client's usage)"
+        },
     },
 )
-async def upload_file(request: Request, owner: OwnerDep, files: FilesDep) -> JSONResponse:
+async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> JSONResponse:
     """Upload a batch input file (multipart: `file`, `purpose=batch`); it is kept FILE_TTL seconds."""
-    meta = await files.upload(owner, request.headers.get("content-type", ""), request.stream())
+    content_type = request.headers.get("content-type", "")
+    meta = await files.upload(caller.owner, content_type, request.stream(), caller.policy)
     return JSONResponse(public_file(meta))
 
 
@@ -94,7 +100,8 @@ async def file_content(file_id: FileIdPath, owner: OwnerDep, files: FilesDep, ba
 
 @router.delete("/{file_id}", response_model=FileDeleted, responses={404: {"description": "Unknown file"}})
 async def delete_file(file_id: FileIdPath, owner: OwnerDep, files: FilesDep) -> JSONResponse:
-    """Delete an uploaded file (a batch already queued from it is not affected)."""
+    """Delete an uploaded file, which frees its bytes of the client's `max_stored_bytes` (a batch already created
+    from it is not affected)."""
     if parse_generated_file_id(file_id):
         raise BadFileRequest("a batch's output and error files expire with the batch; they cannot be deleted")
     await files.delete(owner, file_id)

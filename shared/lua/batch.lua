@@ -8,7 +8,8 @@
 --   'cancel'         validating or in_progress → cancelling
 --   'expire'         validating or in_progress → expired
 -- Then, as the job scripts do, a batch in_progress or cancelling whose jobs have all ended is finalized:
--- completed (or cancelled), with its time and finalizing_at. A batch that ends expires after the results.
+-- completed (or cancelled), with its time and finalizing_at. A batch that ends expires after the results, and
+-- settles its client's counts (batch_ended).
 -- Returns the status afterwards, or false when the batch does not exist.
 --#include batch_end
 local batch, op, now, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
@@ -18,7 +19,10 @@ local open = status == 'validating' or status == 'in_progress'
 
 local function become(new, ended)
   redis.call('HSET', batch, 'status', new, new .. '_at', now)
-  if ended then redis.call('EXPIRE', batch, ttl) end
+  if ended then
+    redis.call('EXPIRE', batch, ttl)
+    batch_ended(batch, now, ttl)
+  end
   status = new
 end
 
@@ -30,8 +34,8 @@ if op == 'total' then
   end
 elseif op == 'fail' then
   if status == 'validating' then
+    become('failed', true)  -- first: it reads `total`, set when jobs may have been queued
     redis.call('HSET', batch, 'errors', ARGV[4], 'total', 0)
-    become('failed', true)
   elseif status == 'cancelling' then
     become('cancelled', true)
   end

@@ -1,4 +1,25 @@
 -- Included (--#include batch_end) by the scripts that end a batch's jobs or move the batch itself.
+--#include stored_buckets
+
+-- A batch that ends leaves its client's unfinished batches (max_active_batches), and its charge (max_stored_bytes:
+-- its input's bytes, copied into its jobs) is settled: kept until its jobs' records may expire, `ttl` s after now
+-- (as the batch itself), or given back when no job was queued (no `total` yet, or 0). Fields written by
+-- batch_create.lua; a batch ends once (its end states are final).
+local function batch_ended(batch, now, ttl)
+  local b = redis.call('HMGET', batch, 'id', 'client_batches', 'stored', 'charged', 'charged_until', 'total')
+  if b[2] then redis.call('ZREM', b[2], b[1]) end
+  if not (b[3] and b[4]) then return end
+  local charge = tonumber(b[4])
+  stored_add(b[3], now, b[5], -charge)
+  if tonumber(b[6] or '0') > 0 then
+    local charged_until = tonumber(now) + tonumber(ttl) * 1000
+    stored_add(b[3], now, charged_until, charge)
+    redis.call('HSET', batch, 'charged_until', charged_until)
+  else
+    redis.call('HDEL', batch, 'charged', 'charged_until')
+  end
+end
+
 -- A batch in_progress becomes completed, and one cancelling becomes cancelled, once all its jobs have
 -- ended (its counters: completed, failed, cancelled); it then expires with the results.
 -- Returns the batch's status afterwards.
@@ -11,6 +32,7 @@ local function end_batch_when_done(batch, now, ttl)
       status = status == 'cancelling' and 'cancelled' or 'completed'
       redis.call('HSET', batch, 'status', status, status .. '_at', now, 'finalizing_at', now)
       redis.call('EXPIRE', batch, ttl)
+      batch_ended(batch, now, ttl)
     end
   end
   return status

@@ -27,6 +27,7 @@ from shared.errors import BadFileRequest, BatchFinished, FileTooLarge
 from shared.files import FileStore
 from shared.models import JobCreate, JobError, JobResult, Limits, Usage
 from shared.openai_shapes import Endpoint
+from shared.policy import ClientPolicy
 from shared.settings import Settings
 from tests.unit.conftest import MODEL, batch_stores, make_settings
 
@@ -311,8 +312,8 @@ async def test_jobs_that_end_before_the_batch_is_in_progress_still_end_it(
     batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(3)])
     queue = batches._queue
 
-    async def queue_then_run(owner: str, batch_id: str, file_id: str, endpoint: Endpoint) -> int:
-        queued = await queue(owner, batch_id, file_id, endpoint)
+    async def queue_then_run(owner: str, batch_id: str, file_id: str, endpoint: Endpoint, policy: ClientPolicy) -> int:
+        queued = await queue(owner, batch_id, file_id, endpoint, policy)
         await run_jobs(batches, batch_id, queued)  # every job ends while the batch is still validating
         return queued
 
