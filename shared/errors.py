@@ -55,6 +55,11 @@ class QueueFull(SppError):
         return {"limit": self.setting, "value": self.limit, "usage": self.usage, "requested": self.requested}
 
 
+def _number(value: float) -> str:
+    """A figure of a message: whole numbers in full (bytes, tokens), others as short as they go."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 class QuotaExceeded(SppError):
     """A request would take a client past one of its limits (its policy, shared/policy.py): answered 429 with the
     limit's name and value, the client's usage and what the request asked; nothing of the request was stored."""
@@ -71,8 +76,8 @@ class QuotaExceeded(SppError):
         model: str | None = None,
     ) -> None:
         super().__init__(
-            f"quota exceeded: this client's {limit} is {value:g} {what}; it has {usage:g} and this request asks "
-            f"{requested:g} more"
+            f"quota exceeded: this client's {limit} is {_number(value)} {what}; it has {_number(usage)} and this "
+            f"request asks {_number(requested)} more"
         )
         self.limit = limit
         self.value = value

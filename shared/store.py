@@ -31,6 +31,7 @@ from shared.multiplex import SharedConnection
 from shared.policy import ClientPolicy, default_policy
 from shared.scripts import load_script
 from shared.settings import Settings
+from shared.stored import over_stored_bytes
 from shared.templates import render_prompt
 
 JOB_FUNCTION = "generate"
@@ -251,6 +252,10 @@ class JobStore:
             PRIORITY_STEP,
             keys.client(owner),
             keys.client_jobs(owner),
+            policy.max_stored_bytes,
+            keys.stored(owner),
+            # A job's metadata lives until RESULT_TTL after it ends: charged as if it ended by its deadline.
+            now + int((self.settings.JOB_DEADLINE + self.settings.RESULT_TTL) * 1000),
             len(extra or ()),
             *extra_pairs,
         ]
@@ -287,6 +292,8 @@ class JobStore:
             raise JobConflict(keys.split_key_id(reply[1])[1])
         if reply[0] == "full":
             raise QueueFull(reply[1].removeprefix(keys.queue("")), setting, max_depth, int(reply[2]), int(reply[3]))
+        if reply[0] == "quota" and reply[1] == "max_stored_bytes":
+            raise over_stored_bytes(policy, int(reply[3]), int(reply[4]), int(reply[5]) if reply[5] else None, now)
         if reply[0] == "quota":
             raise self._quota(reply[1], int(reply[2]), int(reply[3]), int(reply[4]), now, fresh)
         submitted = [

@@ -7,7 +7,8 @@
 --       max_running_jobs (kept for take.lua), tokens_per_day (0: none), the day's token key, its TTL (s), the day
 --       (YYYYMMDD), the key prefixes of records, queues, running sets, streams, arq job definitions, cancel
 --       channels, wake channels, virtual clocks, virtual finish tags and clients' queues (model and owner follow),
---       the step between priorities in a client's queue, the client's hash and its set of unfinished jobs, the number n of extra fields stored in every record, their n field/value pairs,
+--       the step between priorities in a client's queue, the client's hash and its set of unfinished jobs, its
+--       max_stored_bytes (0: none), its stored bytes (keys.stored), until when the jobs' metadata is charged (ms), the number n of extra fields stored in every record, their n field/value pairs,
 --       then 8 per job: key id, arq job id, model, fingerprint, request, metadata ('' for none), cost (tokens),
 --       priority.
 -- Fair share: a job's score is its tier's band plus its start tag (start-time fair queuing): the later of the
@@ -16,7 +17,8 @@
 -- the lowest scores first: while several clients have jobs queued, each gets tokens in proportion to its
 -- weight; a client alone gets everything.
 -- The arq job definition is not written here: the worker that takes the job writes it (take.lua).
--- Returns {"conflict", key id} | {"full", queue, depth, asked} | {"quota", limit, value, usage, asked}
+-- Returns {"conflict", key id} | {"full", queue, depth, asked} | {"quota", limit, value, usage, asked[, when the
+-- earliest stored bytes stop counting (ms), for max_stored_bytes]}
 -- | {"ok", r1, r2, ...}: ri is 0 for a stored job and the flat HGETALL of the existing record for an identical
 -- resubmission.
 local now, max_depth, depth_min, depth_max = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -27,9 +29,11 @@ local job_prefix, queue_prefix, running_prefix, stream_prefix = ARGV[16], ARGV[1
 local arq_prefix, cancel_prefix, wake_prefix = ARGV[20], ARGV[21], ARGV[22]
 local clock_prefix, finish_prefix, client_queue_prefix = ARGV[23], ARGV[24], ARGV[25]
 local priority_step, client_key, client_jobs = tonumber(ARGV[26]), ARGV[27], ARGV[28]
-local n_extra = tonumber(ARGV[29])
-local extra = {unpack(ARGV, 30, 29 + 2 * n_extra)}
-local first, PER_JOB = 30 + 2 * n_extra, 8
+local max_stored, stored_key, metadata_until = tonumber(ARGV[29]), ARGV[30], ARGV[31]
+local n_extra = tonumber(ARGV[32])
+local extra = {unpack(ARGV, 33, 32 + 2 * n_extra)}
+local first, PER_JOB = 33 + 2 * n_extra, 8
+--#include stored_buckets
 local SLICE = 4000 -- values a call: Lua's unpack takes at most 8,000
 local HEAL_EVERY_MS = 10000
 
@@ -54,13 +58,14 @@ if any_exists(KEYS) then
   end
 end
 
-local fresh, n_fresh, cost = {}, 0, 0
+local fresh, n_fresh, cost, metadata_bytes = {}, 0, 0, 0
 for i = 1, #KEYS do
   if not existing[i] then
     local p = first + PER_JOB * (i - 1)
     fresh[ARGV[p + 2]] = (fresh[ARGV[p + 2]] or 0) + 1
     n_fresh = n_fresh + 1
     cost = cost + tonumber(ARGV[p + 6])
+    metadata_bytes = metadata_bytes + #ARGV[p + 5]
   end
 end
 
@@ -94,7 +99,15 @@ if tokens_limit > 0 and cost > 0 and used + cost > tokens_limit then
   return {'quota', 'tokens_per_day', tokens_limit, used, cost}
 end
 
+if metadata_bytes > 0 and max_stored > 0 then
+  local stored, first_end = stored_usage(stored_key, now)
+  if stored + metadata_bytes > max_stored then
+    return {'quota', 'max_stored_bytes', max_stored, stored, metadata_bytes, first_end or false}
+  end
+end
+
 -- Nothing can refuse the submission from here on.
+if metadata_bytes > 0 then stored_add(stored_key, now, metadata_until, metadata_bytes) end
 if cost > 0 then
   redis.call('INCRBY', tokens_key, cost)
   redis.call('EXPIRE', tokens_key, tokens_ttl)

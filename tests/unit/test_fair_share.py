@@ -239,3 +239,20 @@ async def test_a_cancelled_queued_job_gives_its_client_s_turn_back(store: JobSto
     await store.submit("a", jobs("again", 1, max_tokens=100))
 
     assert sorted(owners(await take_all(store, 2))) == ["a", "b"], "not behind the three it cancelled"
+
+
+async def test_job_metadata_counts_against_max_stored_bytes(redis: fakeredis.FakeAsyncRedis, store: JobStore) -> None:
+    tagged = [
+        JobCreate.model_validate({"id": f"m{n}", "prompt": "Bonjour", "metadata": {"note": "x" * 400}})
+        for n in range(3)
+    ]
+    limited = policy(max_stored_bytes=1000)
+    await store.submit("c", tagged[:2], policy=limited)  # 411 bytes of JSON each
+
+    with pytest.raises(QuotaExceeded) as info:
+        await store.submit("c", tagged[2:], policy=limited)
+
+    assert (info.value.limit, info.value.usage, info.value.requested) == ("max_stored_bytes", 822, 411)
+    assert "822 and this request asks 411 more" in str(info.value)
+    assert not await redis.exists(keys.job(keys.key_id("c", "m2")))
+    assert await store.submit("c", jobs("plain", 2), policy=limited), "jobs without metadata store nothing more"

@@ -25,10 +25,11 @@ BOOKKEEPING = [
     keys.client(OWNER),
     keys.client_jobs(OWNER),
     keys.client_queue(MODEL, OWNER),
+    keys.stored(OWNER),
     keys.virtual_finish(MODEL),
 ]
 """What a submission writes besides records and queues, its daily token count aside: the client's policy, its
-unfinished jobs and its queue on the model, its fair-share tag."""
+unfinished jobs and its queue on the model, its stored bytes (metadata), its fair-share tag."""
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
