@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
+import annotated_types
+import anyio
 import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import json_pieces
+from shared.models import Limits
+from shared.openai_shapes import Endpoint, OpenAIError, ParsedRequest, parse_request
+
 Item = TypeVar("Item", bound=BaseModel)
+Result = TypeVar("Result")
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +83,75 @@ def invalid(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> 
     return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": msg, "input": None}])
 
 
-def parse_one_or_many(
-    raw: bytes, model: type[Item], *, max_items: int, limit_name: str, context: dict[str, Any] | None = None
+OFF_LOOP_BODY_BYTES = 262_144
+"""Bodies larger than this are parsed and validated in a worker thread, a piece at a time (shared/json_pieces.py),
+so that the event loop keeps answering meanwhile: a 32 MiB array of 1,000 jobs held it 140 to 350 ms, a body of a
+million unknown fields a minute (docs/PERFORMANCE.md, "Event-loop stalls"). Below, the worst body costs the loop
+~20 ms, and the thread would cost more than it saves: an array of 1,000 short jobs (246 KB) took 8 ms longer."""
+MAX_REPORTED_ERRORS = 100
+"""Validation errors listed in one 422, the others counted in one more entry: FastAPI renders them on the loop."""
+MAX_ECHOED_INPUT = 256
+"""Characters of an invalid value echoed in its error (`input`); a longer value, or a list or an object, is not."""
+
+
+async def off_loop(size: int, work: Callable[[], Result]) -> Result:
+    """`work()`, in a worker thread when it handles a body of more than OFF_LOOP_BODY_BYTES (`size`)."""
+    if size <= OFF_LOOP_BODY_BYTES:
+        return work()
+    return await anyio.to_thread.run_sync(work)
+
+
+async def parse_one_or_many(
+    raw: bytes,
+    model: type[Item],
+    *,
+    max_items: int,
+    limit_name: str,
+    context: dict[str, Any] | None = None,
+    max_lengths: Mapping[str, int] | None = None,
 ) -> tuple[list[Item], bool]:
-    """The items of `raw` (one object or an array of at most `max_items`), and whether it was an array."""
+    """The items of `raw` (one object or an array of at most `max_items`), and whether it was an array; parsed and
+    validated off the loop when `raw` is large (see OFF_LOOP_BODY_BYTES).
+
+    `max_lengths` bounds the lists and objects of the named fields beyond the model's own `max_length`s (the
+    model validates those only after validating each element: a million messages took pydantic 2.4 s).
+    """
+    return await off_loop(
+        len(raw), functools.partial(parse_items, raw, model, max_items, limit_name, context, max_lengths or {})
+    )
+
+
+def loads(raw: bytes, max_items: int | None = None) -> Any:
+    """A body's JSON: by orjson at once when small (on the loop), by json_pieces when large (in a worker thread,
+    where its pieces let the loop take the GIL; on the loop they would only cost more: 10 ms instead of 5 for an
+    array of 1,000 short jobs)."""
+    if len(raw) <= OFF_LOOP_BODY_BYTES:
+        return orjson.loads(raw)
+    return json_pieces.loads(raw, max_items=max_items)
+
+
+def parse_items(
+    raw: bytes,
+    model: type[Item],
+    max_items: int,
+    limit_name: str,
+    context: dict[str, Any] | None,
+    max_lengths: Mapping[str, int],
+) -> tuple[list[Item], bool]:
+    """`parse_one_or_many`, on the thread it is called on."""
+    too_many = f"items in one request, over the limit of {limit_name}={max_items}"
     try:
-        data = orjson.loads(raw)
+        data = loads(raw, max_items=max_items)
     except orjson.JSONDecodeError as exc:
         raise invalid((), f"JSON decode error: {exc}", "json_invalid") from None
+    except json_pieces.TooManyItems:
+        raise invalid((), f"more than {max_items} {too_many}", "too_long") from None
     many = isinstance(data, list)
     if many and len(data) > max_items:
-        raise invalid((), f"{len(data)} items in one request, over the limit of {limit_name}={max_items}", "too_long")
+        raise invalid((), f"{len(data)} {too_many}", "too_long")
     if many and not data:
         raise invalid((), "empty array", "too_short")
+    _check_sizes(data if many else [data], many, model, {**_max_lengths(model), **max_lengths})
     try:
         items = (
             TypeAdapter(list[model]).validate_python(data, context=context)  # type: ignore[valid-type]
@@ -93,10 +159,65 @@ def parse_one_or_many(
             else [model.model_validate(data, context=context)]
         )
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
-        ) from None
+        raise validation_error(exc) from None
     return items, many
+
+
+def openai_request(endpoint: Endpoint, raw: bytes, models: Collection[str], limits: Limits) -> ParsedRequest:
+    """The request of an OpenAI-compatible route's body, or a 400 `OpenAIError` (see `off_loop` for a large body)."""
+    try:
+        body = loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OpenAIError(400, f"JSON decode error: {exc}") from None
+    return parse_request(endpoint, body, models=models, limits=limits)
+
+
+def validation_error(exc: ValidationError, loc: tuple[str | int, ...] = ("body",)) -> RequestValidationError:
+    """The 422 of a pydantic error under `loc`: at most MAX_REPORTED_ERRORS errors, without long inputs."""
+    errors: list[dict[str, Any]] = [
+        {**error, "loc": (*loc, *error["loc"]), "input": _echoed(error.get("input"))}
+        for error in exc.errors(include_url=False)[:MAX_REPORTED_ERRORS]
+    ]
+    if exc.error_count() > MAX_REPORTED_ERRORS:
+        more = exc.error_count() - MAX_REPORTED_ERRORS
+        errors.append({"type": "too_many_errors", "loc": loc, "msg": f"{more} more errors", "input": None})
+    return RequestValidationError(errors)
+
+
+def _echoed(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= MAX_ECHOED_INPUT else None
+    return value if value is None or isinstance(value, bool | int | float) else None
+
+
+@functools.cache
+def _max_lengths(model: type[BaseModel]) -> dict[str, int]:
+    """The `max_length` of each field of `model` that has one."""
+    return {
+        name: bound.max_length
+        for name, field in model.model_fields.items()
+        for bound in field.metadata
+        if isinstance(bound, annotated_types.MaxLen)
+    }
+
+
+def _check_sizes(items: list[Any], many: bool, model: type[BaseModel], max_lengths: Mapping[str, int]) -> None:
+    """Refuse, before pydantic validates them one by one, the items whose sizes no valid item has: more unknown
+    fields than a model forbidding them can list in its errors, or a field longer than its bound."""
+    forbid = model.model_config.get("extra") == "forbid"
+    fields = model.model_fields
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        loc: tuple[int, ...] = (index,) if many else ()
+        if forbid and len(item) > MAX_REPORTED_ERRORS:
+            unknown = list(itertools.islice((key for key in item if key not in fields), 3))
+            message = f"{len(item)} fields; unknown: {', '.join(unknown)}..."
+            raise invalid(loc, message, "extra_forbidden")
+        for name, bound in max_lengths.items():
+            value = item.get(name)
+            if isinstance(value, list | dict) and len(value) > bound:
+                raise invalid((*loc, name), f"{len(value)} items, over the limit of {bound}", "too_long")
 
 
 _COMPONENTS: dict[str, Any] = {}

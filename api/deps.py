@@ -9,7 +9,10 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.auth import Caller, KeyRing
+from api.estimate import Estimator
+from api.leases import StreamLeases
 from api.limits import RateLimiter
+from api.queue_events import QueueWatch
 from api.streams import StreamHub
 from shared.batches import BatchStore
 from shared.files import FileStore
@@ -30,6 +33,9 @@ class State(TypedDict):
     metrics: ApiMetrics
     files: FileStore
     batches: BatchStore
+    estimator: Estimator
+    queue_watch: QueueWatch
+    leases: StreamLeases
 
 
 def resources(request: Request) -> State:

@@ -9,6 +9,7 @@ from fastapi.routing import APIRoute
 from redis.exceptions import OutOfMemoryError
 
 from api.auth import Unauthorized
+from api.deps import resources
 from api.limits import RateLimited
 from api.responses import JSONResponse
 from shared.connection import REDIS_ERRORS
@@ -75,8 +76,7 @@ async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     retry_after = RETRY_AFTER_SECONDS
     if isinstance(exc, QueueFull | QuotaExceeded):
         extra |= exc.body()
-        if exc.retry_after is not None:
-            retry_after = str(max(1, exc.retry_after))
+        retry_after = await _retry_after(request, exc)
     route = request.scope.get("route")
     if isinstance(route, APIRoute) and route.path.startswith(OPENAI_FILE_ROUTES):
         # The `openai` client shows only the message of OpenAI's shape: both shapes are given.
@@ -84,10 +84,42 @@ async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(status, str(exc), retry_after=retry_after, extra=extra)
 
 
+async def _retry_after(request: Request, exc: QueueFull | QuotaExceeded) -> str:
+    """Retry-After of a limit reached: when the limit should have room (known, or estimated), else 1 second."""
+    seconds = exc.retry_after if exc.retry_after is not None else await _until_room(request, exc)
+    return str(max(1, seconds)) if seconds is not None else RETRY_AFTER_SECONDS
+
+
+async def _until_room(request: Request, exc: QueueFull | QuotaExceeded) -> int | None:
+    """Seconds until enough jobs of the model have finished to make room for the refused submission, at the
+    model's measured rate (api/estimate.py): for a full queue, or the client's `max_queued_jobs`. None otherwise,
+    or when the rate is unknown."""
+    model: str | None
+    excess: float
+    if isinstance(exc, QueueFull):
+        model, excess = exc.model, exc.usage + exc.requested - exc.limit
+    elif exc.limit == "max_queued_jobs":
+        model, excess = exc.model, exc.usage + exc.requested - exc.value
+    else:
+        return None
+    if model is None:
+        return None
+    try:
+        return await resources(request)["estimator"].seconds_until_room(model, excess)
+    except REDIS_ERRORS as error:
+        logger.warning("could not estimate when the queue of model %s has room: %s", model, error)
+        return None
+
+
 async def _openai_error(request: Request, exc: Exception) -> JSONResponse:
-    """The OpenAI-compatible routes answer in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
+    """The OpenAI-compatible routes answer in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`; a
+    limit reached is its cause (`raise ... from`), for its Retry-After."""
     assert isinstance(exc, OpenAIError)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status in (429, 503) else None
+    headers = None
+    if exc.status in (429, 503):
+        limit = exc.__cause__
+        retry_after = await _retry_after(request, limit) if isinstance(limit, QueueFull | QuotaExceeded) else None
+        headers = {"Retry-After": retry_after or RETRY_AFTER_SECONDS}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 

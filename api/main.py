@@ -16,8 +16,11 @@ from api import errors
 from api.auth import KeyRing
 from api.body import AbortedBodies, add_components
 from api.deps import State
+from api.estimate import Estimator
+from api.leases import StreamLeases
 from api.limits import BodyLimits, RateLimiter
 from api.observability import RequestMetrics, report_redis_memory
+from api.queue_events import QueueWatch
 from api.responses import JSONResponse
 from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models
 from api.routes import openai as openai_compatible
@@ -85,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file_store = FileStore(redis, file_bytes, settings)
         batch_store = BatchStore(store, file_store)
         batch_store.start()
+        estimator = Estimator(redis, store.shared)
+        queue_watch = QueueWatch(estimator)
+        leases = StreamLeases(redis)
+        await leases.start()
         # What exists now (modules, schemas, routes, clients) lives as long as the process: a full garbage
         # collection no longer scans it, 40 ms a time with the array of 1,000 jobs that set one off.
         gc.freeze()
@@ -98,8 +105,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics=api_metrics,
                 files=file_store,
                 batches=batch_store,
+                estimator=estimator,
+                queue_watch=queue_watch,
+                leases=leases,
             )
         finally:
+            await queue_watch.stop()
+            await leases.stop()
             await batch_store.stop()
             await store.aclose()
             await hub.stop()

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import orjson
@@ -36,12 +37,35 @@ def sse_frame(event: str, event_id: str, data: Any) -> bytes:
     return b"event: %s\nid: %s\ndata: %s\n\n" % (event.encode(), event_id.encode(), orjson.dumps(data))
 
 
+def sse_event(event: str, data: Any) -> bytes:
+    """A Server-Sent Event without an id: news about the job that is no entry of its stream (e.g. `queued`), so
+    that the client's `Last-Event-ID` stays that of the last entry it got."""
+    return b"event: %s\ndata: %s\n\n" % (event.encode(), orjson.dumps(data))
+
+
+Watch = Callable[[Callable[[bytes], None]], AbstractContextManager[None]]
+"""Given the function that hands a subscriber a frame of its own, a context in which other news of the job
+(api/queue_events.py) is sent to it."""
+
+
 class EventStream(StreamingResponse):
     """A `text/event-stream` response that stops at the client's disconnect like Starlette's StreamingResponse,
     but watches for it with one asyncio task and a callback instead of an anyio task group: ~5 µs per
     response instead of ~100, paid by a thousand subscribers together when their jobs end."""
 
     media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        content: AsyncIterable[bytes],
+        status_code: int = 200,  # FastAPI reads the default status of a `response_class` here, for OpenAPI
+        headers: Mapping[str, str] | None = None,
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(content, status_code, headers)
+        self._on_close = on_close
+        """Called once the response has ended, however it ended (e.g. to give back the stream's lease)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming = asyncio.current_task()
@@ -65,6 +89,8 @@ class EventStream(StreamingResponse):
         finally:
             watching = False
             listener.cancel()
+            if self._on_close is not None:
+                self._on_close()
 
 
 async def _disconnect(receive: Receive) -> None:
@@ -104,21 +130,34 @@ class Batch:
 
 
 class _Inbox:
-    """The batches the reader hands one subscriber.
+    """The batches the reader hands one subscriber, and frames of its own (`notes`).
 
     A list and a future: an asyncio.Queue read under `wait_for` (for keep-alives) makes a task per wait.
     """
 
-    __slots__ = ("_waiter", "batches")
+    __slots__ = ("_waiter", "batches", "notes")
 
     def __init__(self) -> None:
         self.batches: list[Batch] = []
+        self.notes: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, batch: Batch) -> None:
         self.batches.append(batch)
         if self._waiter is not None:
             _wake(self._waiter)
+
+    def note(self, frame: bytes) -> None:
+        """A frame for this subscriber only, sent before the next batches (or alone: `take` returns [])."""
+        self.notes.append(frame)
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    def take_notes(self) -> bytes:
+        if not self.notes:
+            return b""
+        notes, self.notes = self.notes, []
+        return b"".join(notes)
 
     async def take(self, keepalive: float) -> list[Batch]:
         """The batches that came, waiting up to `keepalive` seconds for one; [] when none came."""
@@ -193,21 +232,29 @@ class StreamHub:
         done_frame: Callable[[StreamEvent], Awaitable[bytes]],
         after: str = "0-0",
         keepalive: float = 15.0,
+        watch: Watch | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The events of `follow` as SSE frames, whatever came at once in one piece (one socket write);
         b"" means "still alive". The frames of a live batch are made once for all the subscribers of the
-        stream, and `done_frame(event)` (the finished job's frame: a Redis read) runs once for all of them."""
-        async with contextlib.aclosing(self._follow(key, after, keepalive)) as stream:
-            async for batches in stream:
-                frames = b"".join([batch.frames for batch in batches])
-                done = batches[-1].done if batches else None
-                if done is not None:
-                    frames += await self.once(f"{key}:{done.id}", functools.partial(done_frame, done))
-                yield frames
-
-    async def _follow(self, key: str, after: str, keepalive: float) -> AsyncGenerator[list[Batch], None]:
-        """The batches of stream `key` after id `after`, up to the one with `done`; [] means "still alive"."""
+        stream, and `done_frame(event)` (the finished job's frame: a Redis read) runs once for all of them.
+        Within `watch`, the frames it sends come in between, each before the events that follow it."""
         inbox = _Inbox()
+        watching = watch(inbox.note) if watch is not None else contextlib.nullcontext()
+        with watching:
+            async with contextlib.aclosing(self._follow(key, after, keepalive, inbox)) as stream:
+                async for batches in stream:
+                    frames = inbox.take_notes() + b"".join([batch.frames for batch in batches])
+                    done = batches[-1].done if batches else None
+                    if done is not None:
+                        frames += await self.once(f"{key}:{done.id}", functools.partial(done_frame, done))
+                    yield frames
+
+    async def _follow(
+        self, key: str, after: str, keepalive: float, inbox: _Inbox | None = None
+    ) -> AsyncGenerator[list[Batch], None]:
+        """The batches of stream `key` after id `after`, up to the one with `done`; [] means "still alive" (or
+        that only notes came)."""
+        inbox = _Inbox() if inbox is None else inbox
         last, last_id = stream_id(after), after
 
         def fresh(batches: list[Batch]) -> list[Batch]:

@@ -119,7 +119,7 @@ def phase(
     sim_url: str, redis_url: str, redis: Service, sim: Service, args: argparse.Namespace, per_job: int
 ) -> dict[str, Any]:
     """One run: fresh API, jobs queued, subscribers connected, then a worker; the figures."""
-    env = stack_env(redis_url, sim_url)
+    env = stack_env(redis_url, sim_url, CLIENT_MAX_STREAMS=0)  # one client (key) holds all the subscribers
     with Processes(NAME) as processes:
         api_url = processes.api(env)
         api = processes.services[-1]

@@ -210,6 +210,16 @@ class Job(BaseModel):
     error: JobError | None = None
     metadata: dict[str, MetadataValue] | None = None
     priority: int = 0
+    queue_position: int | None = Field(
+        None,
+        description="While the job is queued (`GET /v1/jobs/{id}`): the jobs of its model that will start before "
+        "it, 0 when it is next; null otherwise.",
+    )
+    estimated_start_at: datetime | None = Field(
+        None,
+        description="While the job is queued: when it should start, from its position and the jobs its model "
+        "finished per second lately; null otherwise, or before the model has finished any job.",
+    )
 
 
 def now_ms() -> int:

@@ -222,6 +222,21 @@ def _invalid(exc: ValidationError, renames: Mapping[str, str]) -> OpenAIError:
     return OpenAIError(400, "; ".join(problems), param=params[0])
 
 
+def _check_lengths(body: dict[str, Any], limits: Limits) -> None:
+    """A 400 for more messages, or text parts, than a valid request has, before pydantic validates each one: a
+    million parts took it 0.4 s, in one call that holds the GIL (docs/PERFORMANCE.md, "Event-loop stalls")."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    if len(messages) > limits.max_messages:
+        message = f"messages: {len(messages)} messages, over the limit of {limits.max_messages}"
+        raise OpenAIError(400, message, param="messages")
+    parts = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list))
+    if parts - len(messages) > limits.max_prompt_chars:  # joined with newlines: k parts make k - 1 characters or more
+        message = f"messages: {parts} text parts, more than the prompt's limit of {limits.max_prompt_chars} characters"
+        raise OpenAIError(400, message, param="messages")
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
     endpoint: Endpoint
@@ -245,6 +260,8 @@ def parse_request(
     """
     if not isinstance(body, dict):
         raise OpenAIError(400, "The request body must be a JSON object.")
+    if limits is not None:
+        _check_lengths(body, limits)
     try:
         request = REQUEST_MODELS[endpoint].model_validate(body)
     except ValidationError as exc:

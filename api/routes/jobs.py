@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,7 +12,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from api.body import invalid, one_or_many_schema, parse_one_or_many
-from api.deps import JOB_ID_PARAMETER, HubDep, OwnerDep, StoreDep, caller_of, job_id_of, owner_of, resources
+from api.deps import (
+    JOB_ID_PARAMETER,
+    CallerDep,
+    HubDep,
+    OwnerDep,
+    StoreDep,
+    caller_of,
+    job_id_of,
+    owner_of,
+    resources,
+)
+from api.leases import Lease
 from api.responses import JSONResponse
 from api.streams import EventStream, sse_frame
 from shared import keys
@@ -26,19 +38,20 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="The job's id.")]
 
 
-def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], bool]:
-    """Validate a job or an array of jobs; errors name the field (and the item's index)."""
+async def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], bool]:
+    """Validate a job or an array of jobs (off the loop when large); errors name the field (and the item's index)."""
     limits = Limits(
         max_prompt_chars=settings.MAX_PROMPT_CHARS,
         max_messages=settings.MAX_MESSAGES,
         max_tokens=settings.MAX_TOKENS_LIMIT,
     )
-    jobs, many = parse_one_or_many(
+    jobs, many = await parse_one_or_many(
         raw,
         JobCreate,
         max_items=settings.MAX_JOBS_PER_REQUEST,
         limit_name="MAX_JOBS_PER_REQUEST",
         context={"limits": limits},
+        max_lengths={"messages": settings.MAX_MESSAGES},
     )
     seen: dict[str, int] = {}
     known_templates = template_names()
@@ -74,7 +87,7 @@ def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], 
 async def submit_jobs(request: Request) -> Response:
     """Queue a job, or an array of jobs stored in one round trip."""
     state, caller = resources(request), await caller_of(request)
-    jobs, many = _parse_submission(await request.body(), state["settings"])
+    jobs, many = await _parse_submission(await request.body(), state["settings"])
     submitted = await state["store"].submit(caller.owner, jobs, policy=caller.policy)
     if many:
         return JSONResponse([public_job(item.record) for item in submitted], status_code=202)
@@ -86,9 +99,19 @@ async def submit_jobs(request: Request) -> Response:
     "/{job_id}", response_model=Job, responses={404: {"description": "Unknown job"}}, openapi_extra=JOB_ID_PARAMETER
 )
 async def get_job(request: Request) -> Response:
-    """The job's status, and its result or error once finished."""
+    """The job's status, and its result or error once finished; while it is queued, its place in the queue and
+    when it should start."""
     job_id = job_id_of(request)
-    return JSONResponse(public_job(await resources(request)["store"].get(await owner_of(request), job_id)))
+    state, owner = resources(request), await owner_of(request)
+    record = await state["store"].get(owner, job_id)
+    job = public_job(record)
+    if record["status"] == JobStatus.QUEUED:
+        job["queue_position"], job["estimated_start_at"] = await state["estimator"].queue_fields(
+            keys.key_id(owner, job_id), record
+        )
+    else:
+        job["queue_position"] = job["estimated_start_at"] = None
+    return JSONResponse(job)
 
 
 @router.delete(
@@ -107,20 +130,25 @@ async def cancel_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> Res
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "`token` events ({text}), `reset` events ({attempt}) when an attempt starts over, "
-            "then one `done` event carrying the finished job.",
+            "description": "`queued` events ({queue_position, estimated_start_at}, without an id) while the job "
+            "waits, when its position changes; `token` events ({text}), `reset` events ({attempt}) when an attempt "
+            "starts over, then one `done` event carrying the finished job.",
         },
         404: {"description": "Unknown job"},
+        429: {"description": "The client already holds its max_streams open event streams (or its rate limit)"},
     },
 )
 async def job_events(
+    request: Request,
     job_id: JobIdPath,
     store: StoreDep,
     hub: HubDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
 ) -> EventStream:
-    """Follow the job as Server-Sent Events: the tokens so far, then live ones, then the finished job."""
+    """Follow the job as Server-Sent Events: its place in the queue while it waits, the tokens so far, then live
+    ones, then the finished job."""
+    owner, state = caller.owner, resources(request)
     record = await store.get(owner, job_id)
     after = "0-0"
     if last_event_id:
@@ -130,20 +158,27 @@ async def job_events(
             raise RequestValidationError(
                 [{"type": "value_error", "loc": ("header", "last-event-id"), "msg": str(exc)}]
             ) from None
-    stream = keys.stream(keys.key_id(owner, job_id))
-    if JobStatus(record["status"]).finished and not await store.redis.exists(stream):
-        # The stream outlived STREAM_TTL: replay the whole text as one chunk.
-        return _sse(_replay_finished(public_job(record)))
+    kid = keys.key_id(owner, job_id)
+    stream = keys.stream(kid)
+    # A finished job whose stream outlived STREAM_TTL: its whole text is replayed as one chunk.
+    replay = JobStatus(record["status"]).finished and not await store.redis.exists(stream)
+    lease = await state["leases"].acquire(owner, caller.policy.max_streams)
+    if replay:
+        return _sse(_replay_finished(public_job(record)), lease)
 
     async def done_frame(event: StreamEvent) -> bytes:
         return sse_frame("done", event.id, public_job(await store.get(owner, job_id)))
 
+    watch = None
+    if record["status"] == JobStatus.QUEUED:
+        watch = functools.partial(state["queue_watch"].follow, kid, record["model"], record["arq"])
+
     async def events() -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(hub.follow_frames(stream, done_frame, after)) as frames:
+        async with contextlib.aclosing(hub.follow_frames(stream, done_frame, after, watch=watch)) as frames:
             async for chunk in frames:
                 yield chunk or b": keep-alive\n\n"
 
-    return _sse(events())
+    return _sse(events(), lease)
 
 
 async def _replay_finished(job: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -152,5 +187,5 @@ async def _replay_finished(job: dict[str, Any]) -> AsyncIterator[bytes]:
     yield sse_frame("done", "0-2", job)
 
 
-def _sse(body: AsyncIterator[bytes]) -> EventStream:
-    return EventStream(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+def _sse(body: AsyncIterator[bytes], lease: Lease) -> EventStream:
+    return EventStream(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, on_close=lease.release)

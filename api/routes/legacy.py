@@ -11,16 +11,18 @@ error; in an array its `generated_answer` is null and `status`/`error` say why.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api.body import one_or_many_schema, parse_one_or_many
+from api.body import off_loop, one_or_many_schema, parse_items, parse_one_or_many, validation_error
 from api.deps import PUBLIC, CallerDep, OwnerDep, SettingsDep, StoreDep
 from api.responses import JSONResponse
 from shared.models import GenerationParams, JobCreate, JobId, JobStatus, Limits
+from shared.settings import Settings
 
 router = APIRouter(tags=["Services Publics Plus (old API)"])
 
@@ -49,23 +51,28 @@ class AnswerQuery(BaseModel):
 @router.post("/anonymize", openapi_extra=one_or_many_schema(AnonymizeItem))
 async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, caller: CallerDep) -> JSONResponse:
     """Queue the administration's answer to one experience, or to an array of them."""
-    limits = Limits(max_prompt_chars=settings.MAX_PROMPT_CHARS, max_messages=1, max_tokens=settings.MAX_TOKENS_LIMIT)
-    items, many = parse_one_or_many(
-        await request.body(), AnonymizeItem, max_items=settings.MAX_JOBS_PER_REQUEST, limit_name="MAX_JOBS_PER_REQUEST"
-    )
-    params = GenerationParams(
-        max_tokens=settings.SPP_MAX_TOKENS, temperature=settings.SPP_TEMPERATURE, top_p=settings.SPP_TOP_P
-    )
-    jobs = [
-        JobCreate.model_validate(
-            {"id": item.id, "prompt": item.text, "template": settings.SPP_TEMPLATE, "params": params},
-            context={"limits": limits},
-        )
-        for item in items
-    ]
+    raw = await request.body()
+    jobs, many = await off_loop(len(raw), functools.partial(_anonymize_jobs, raw, settings))
     submitted = await store.submit(caller.owner, jobs, policy=caller.policy, replace=True)
     ids = [{"id": item.record["id"]} for item in submitted]
     return JSONResponse({"body": ids if many else ids[0]})
+
+
+def _anonymize_jobs(raw: bytes, settings: Settings) -> tuple[list[JobCreate], bool]:
+    """The SPP jobs of an `/anonymize` body, and whether it was an array."""
+    limits = Limits(max_prompt_chars=settings.MAX_PROMPT_CHARS, max_messages=1, max_tokens=settings.MAX_TOKENS_LIMIT)
+    items, many = parse_items(raw, AnonymizeItem, settings.MAX_JOBS_PER_REQUEST, "MAX_JOBS_PER_REQUEST", None, {})
+    params = GenerationParams(
+        max_tokens=settings.SPP_MAX_TOKENS, temperature=settings.SPP_TEMPERATURE, top_p=settings.SPP_TOP_P
+    )
+    jobs = []
+    for index, item in enumerate(items):
+        try:
+            job = {"id": item.id, "prompt": item.text, "template": settings.SPP_TEMPLATE, "params": params}
+            jobs.append(JobCreate.model_validate(job, context={"limits": limits}))
+        except ValidationError as exc:  # the text is over MAX_PROMPT_CHARS
+            raise validation_error(exc, ("body", index, "text") if many else ("body", "text")) from None
+    return jobs, many
 
 
 def _answer(record: dict[str, str] | None, job_id: str) -> dict[str, Any]:
@@ -90,7 +97,7 @@ def _answer(record: dict[str, str] | None, job_id: str) -> dict[str, Any]:
 )
 async def get_answers(request: Request, settings: SettingsDep, store: StoreDep, owner: OwnerDep) -> JSONResponse:
     """The generated answer of one id, or of an array of ids (null where there is none)."""
-    queries, many = parse_one_or_many(
+    queries, many = await parse_one_or_many(
         await request.body(), AnswerQuery, max_items=settings.MAX_JOBS_PER_REQUEST, limit_name="MAX_JOBS_PER_REQUEST"
     )
     records = await store.get_many(owner, [query.id for query in queries])

@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from api.auth import Caller
-from api.deps import CallerDep, HubDep, SettingsDep, StoreDep
+from api.body import off_loop, openai_request
+from api.deps import CallerDep, HubDep, SettingsDep, StoreDep, resources
+from api.leases import UNLIMITED, Lease
 from api.responses import JSONResponse
 from api.streams import StreamHub
 from shared import keys
@@ -40,7 +41,6 @@ from shared.openai_shapes import (
     ParsedRequest,
     finished_response,
     job_failure,
-    parse_request,
     sse,
 )
 from shared.policy import MAX_PRIORITY
@@ -143,7 +143,7 @@ def _store_errors() -> Iterator[None]:
     try:
         yield
     except (QueueFull, QuotaExceeded) as exc:
-        raise OpenAIError(429, str(exc)) from None
+        raise OpenAIError(429, str(exc)) from exc  # the cause gives its Retry-After (api/errors.py)
     except PriorityNotAllowed as exc:
         raise OpenAIError(400, str(exc), param=PRIORITY_HEADER) from None
     except REDIS_ERRORS as exc:
@@ -171,23 +171,25 @@ async def _serve(
     endpoint: Endpoint, request: Request, settings: Settings, store: JobStore, hub: StreamHub, caller: Caller
 ) -> Response:
     owner = caller.owner
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise OpenAIError(400, f"JSON decode error: {exc}") from None
     limits = Limits(
         max_prompt_chars=settings.MAX_PROMPT_CHARS,
         max_messages=settings.MAX_MESSAGES,
         max_tokens=settings.MAX_TOKENS_LIMIT,
     )
-    parsed = parse_request(endpoint, body, models=settings.models, limits=limits)
+    raw = await request.body()
+    parsed = await off_loop(len(raw), lambda: openai_request(endpoint, raw, settings.models, limits))
     job = parsed.job.model_copy(update={"priority": _priority(request)})
     with _store_errors():
-        (submitted,) = await store.submit(owner, [job], policy=caller.policy)
+        lease = await _stream_lease(request, caller) if parsed.stream else UNLIMITED
+        try:
+            (submitted,) = await store.submit(owner, [job], policy=caller.policy)
+        except BaseException:
+            lease.release()
+            raise
     record = submitted.record
     if parsed.stream:
         return StreamingResponse(
-            _chunks(parsed, record, store, hub, owner),
+            _chunks(parsed, record, store, hub, owner, lease),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -204,6 +206,11 @@ async def _serve(
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     status, answer = finished_response(endpoint, record)
     return JSONResponse(answer, status_code=status)
+
+
+async def _stream_lease(request: Request, caller: Caller) -> Lease:
+    """A lease on one more open event stream of the caller: QuotaExceeded past its `max_streams`."""
+    return await resources(request)["leases"].acquire(caller.owner, caller.policy.max_streams)
 
 
 def _stream_key(owner: str, job_id: str) -> str:
@@ -261,9 +268,10 @@ def _reset_error(job_id: str, attempt: str) -> OpenAIError:
 
 
 async def _chunks(
-    parsed: ParsedRequest, record: dict[str, str], store: JobStore, hub: StreamHub, owner: str
+    parsed: ParsedRequest, record: dict[str, str], store: JobStore, hub: StreamHub, owner: str, lease: Lease
 ) -> AsyncIterator[bytes]:
-    """vLLM's chunks of the job's stream; any exit before the job finished cancels it."""
+    """vLLM's chunks of the job's stream; any exit before the job finished cancels it. The stream's lease is
+    given back at the end."""
     job_id = record["id"]
     encoder = ChunkEncoder.for_record(parsed.endpoint, record)
     finished = False
@@ -304,5 +312,6 @@ async def _chunks(
         yield sse(OpenAIError(503, "the job store (Redis) is unavailable; retry later").body())
         yield SSE_DONE
     finally:
+        lease.release()
         if not finished:
             await _abandon(store, owner, job_id)

@@ -74,11 +74,11 @@ def test_the_metadata_cap_counts_bytes_not_characters() -> None:
         JobCreate.model_validate({"prompt": "a", "metadata": metadata})
 
 
-def test_an_array_names_the_item_and_the_key() -> None:
+async def test_an_array_names_the_item_and_the_key() -> None:
     settings = make_settings()
     body = orjson.dumps([{"prompt": "a"}, {"prompt": "b", "metadata": {"note": "x" * 600}}])
     with pytest.raises(RequestValidationError) as caught:
-        _parse_submission(body, settings)
+        await _parse_submission(body, settings)
     [(loc, message)] = errors_of(caught.value)
     assert loc == ("body", 1, "metadata", "note")
     assert "METADATA_VALUE_CHARS=512" in message
