@@ -22,7 +22,7 @@ from api.limits import BodyLimits, RateLimiter
 from api.observability import RequestMetrics, report_redis_memory
 from api.queue_events import QueueWatch
 from api.responses import JSONResponse
-from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models
+from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models, usage
 from api.routes import openai as openai_compatible
 from api.streams import StreamHub
 from shared.batches import BatchStore
@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_compatible.router)
     app.include_router(legacy.router)
     app.include_router(models.router)
+    app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(dashboard.router)

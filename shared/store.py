@@ -479,6 +479,7 @@ class JobStore:
                     keys.client_jobs(""),
                     keys.tokens("", "").removesuffix(":"),
                     keys.virtual_finish(model),
+                    keys.queue(model),
                 ],
             )
         )

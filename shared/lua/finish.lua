@@ -3,7 +3,8 @@
 -- ARGV: run, status, field ('result' or 'error'), JSON payload, now_ms, result ttl s, stream ttl s,
 --       key id, final text chunk ('' for none), activity stream length, tokens used (prompt + generated; 0 for
 --       a failure), the key prefixes of clients' unfinished jobs and of their daily token counts, the model's
---       virtual finish tags.
+--       virtual finish tags, the model's queue (the job leaves it here rather than when arq ends its task: queue
+--       positions are counted from it).
 -- The tokens reserved at submission (the record's `cost`, on its `day`) are settled with the tokens used, and so
 -- is the client's finish tag in the model's fair queue.
 -- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
@@ -35,6 +36,7 @@ redis.call('XADD', KEYS[2], '*', 't', 'done', 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[8])
+redis.call('ZREM', ARGV[15], redis.call('HGET', KEYS[1], 'arq'))
 local owner = string.match(ARGV[8], '^([^:]*):')
 redis.call('ZREM', ARGV[12] .. owner, ARGV[8])
 local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day', 'weight', 'batch')

@@ -8,7 +8,8 @@
 --       (YYYYMMDD), the key prefixes of records, queues, running sets, streams, arq job definitions, cancel
 --       channels, wake channels, virtual clocks, virtual finish tags and clients' queues (model and owner follow),
 --       the step between priorities in a client's queue, the client's hash and its set of unfinished jobs, its
---       max_stored_bytes (0: none), its stored bytes (keys.stored), until when the jobs' metadata is charged (ms), the number n of extra fields stored in every record, their n field/value pairs,
+--       max_stored_bytes (0: none), its stored bytes (keys.stored), until when the jobs' metadata is charged (ms;
+--       interactive jobs only: a batch is charged its input), the number n of extra fields stored in every record, their n field/value pairs,
 --       then 8 per job: key id, arq job id, model, fingerprint, request, metadata ('' for none), cost (tokens),
 --       priority.
 -- Fair share: a job's score is its tier's band plus its start tag (start-time fair queuing): the later of the
@@ -65,7 +66,7 @@ for i = 1, #KEYS do
     fresh[ARGV[p + 2]] = (fresh[ARGV[p + 2]] or 0) + 1
     n_fresh = n_fresh + 1
     cost = cost + tonumber(ARGV[p + 6])
-    metadata_bytes = metadata_bytes + #ARGV[p + 5]
+    if tier == 'interactive' then metadata_bytes = metadata_bytes + #ARGV[p + 5] end -- a batch's input pays for its
   end
 end
 

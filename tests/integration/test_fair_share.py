@@ -236,3 +236,22 @@ def test_a_reload_of_the_keys_file_changes_a_weight(one: Stack, keys_file: Path)
         assert Counter(job_id.split("-")[0] for job_id in first) == {"light2": 6, "heavy2": 2}, first
     finally:
         write_keys(keys_file, POLICIES)
+
+
+def test_a_client_sees_its_policy_and_its_usage(one: Stack) -> None:
+    before = one.http.get("/v1/usage", headers=auth("small")).json()
+    assert before["client"] == "small"
+    assert (before["policy"]["max_queued_jobs"], before["policy"]["tokens_per_day"]) == (3, 1000)
+    assert before["policy"]["weight"] == 1.0, "the defaults fill what the keys file leaves out"
+    block(one)
+
+    jobs = submit(one, "small", short_jobs(f"usage-{time.monotonic_ns()}", 2))
+
+    queued = one.http.get("/v1/usage", headers=auth("small")).json()["usage"]
+    assert queued["queued_jobs"] == before["usage"]["queued_jobs"] + 2
+    assert queued["tokens_today"] == before["usage"]["tokens_today"] + 2 * (2 + 20), "reserved: prompt and max_tokens"
+    done = finished(one, "small", [job["id"] for job in jobs])
+    used = sum(job["result"]["usage"]["total_tokens"] for job in done)
+    after = one.http.get("/v1/usage", headers=auth("small")).json()["usage"]
+    assert after["queued_jobs"] == before["usage"]["queued_jobs"]
+    assert after["tokens_today"] == before["usage"]["tokens_today"] + used, "settled with the real usage"
