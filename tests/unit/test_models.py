@@ -176,7 +176,7 @@ def submission(metadata: dict[str, MetadataValue] | None = None, **changes: Any)
 
 def digest(job: JobCreate, settings: Settings | None = None) -> str:
     """The fingerprint the store gives a submission."""
-    return fingerprint(request_json(job, settings or SETTINGS)[1], job.metadata)
+    return fingerprint(request_json(job, settings or SETTINGS).request, job.metadata)
 
 
 def test_fingerprint_equal_for_equal_bodies() -> None:
@@ -270,7 +270,8 @@ def test_fingerprint_differs_when_metadata_differs(
 def test_request_json_is_the_generation_request_with_defaults_applied(
     body: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    model, request, _ = request_json(JobCreate.model_validate(body), make_settings(DEFAULT_MAX_TOKENS=512))
+    prepared = request_json(JobCreate.model_validate(body), make_settings(DEFAULT_MAX_TOKENS=512))
+    model, request = prepared.model, prepared.request
 
     assert model == MODEL
     assert GenerationRequest.model_validate_json(request) == GenerationRequest(model=MODEL, **expected)
@@ -280,7 +281,7 @@ def test_request_json_is_the_generation_request_with_defaults_applied(
 def test_request_json_renders_the_template_as_the_user_message() -> None:
     job = JobCreate.model_validate({"prompt": "Ma carte grise n'arrive pas.", "template": "spp"})
 
-    _, request, _ = request_json(job, SETTINGS)
+    request = request_json(job, SETTINGS).request
 
     parsed = GenerationRequest.model_validate_json(request)
     assert parsed.prompt is None

@@ -111,13 +111,13 @@ async def commands(redis: fakeredis.FakeAsyncRedis, store: JobStore, monkeypatch
         return await execute(*args, **options)  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(redis, "execute_command", spy)
-    shared_execute = SharedConnection.execute
+    shared_call = SharedConnection._call
 
-    async def shared_spy(self: SharedConnection, *args: Any) -> Any:
+    async def shared_spy(self: SharedConnection, args: tuple[Any, ...], packed: bytes | None) -> Any:
         sent.append(str(args[0]).upper())
-        return await shared_execute(self, *args)
+        return await shared_call(self, args, packed)
 
-    monkeypatch.setattr(SharedConnection, "execute", shared_spy)
+    monkeypatch.setattr(SharedConnection, "_call", shared_spy)
     return sent
 
 
