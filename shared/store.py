@@ -133,7 +133,18 @@ async def request_jsons(jobs: list[JobCreate], settings: Settings) -> list[Prepa
     every other request meanwhile (150 prompts of 200,000 characters held it up to a second)."""
     if sum(len(job.prompt or "") for job in jobs) <= OFF_LOOP_PROMPT_CHARS:
         return [request_json(job, settings) for job in jobs]
-    return await anyio.to_thread.run_sync(lambda: [request_json(job, settings) for job in jobs])
+    return await anyio.to_thread.run_sync(_prepare_yielding, jobs, settings)
+
+
+def _prepare_yielding(jobs: list[JobCreate], settings: Settings) -> list[Prepared]:
+    """`request_json` of each job, giving the GIL away after each: a CPU-bound thread otherwise keeps the event loop
+    waiting for the interpreter's switch interval at each of its turns (20 to 60 ms gaps measured with 1,000
+    prompts of 32,000 characters)."""
+    prepared = []
+    for job in jobs:
+        prepared.append(request_json(job, settings))
+        time.sleep(0)
+    return prepared
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:

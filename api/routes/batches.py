@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from api.body import object_schema, parse_object
 from api.deps import BatchesDep, CallerDep, OwnerDep
 from api.responses import JSONResponse
 from shared.batch_format import BatchStatus, CompletionWindow, public_batch
@@ -72,6 +73,7 @@ class BatchList(BaseModel):
 @router.post(
     "",
     response_model=BatchObject,
+    openapi_extra=object_schema(BatchCreate),
     responses={
         404: {"description": "Unknown input file"},
         429: {
@@ -80,9 +82,10 @@ class BatchList(BaseModel):
         },
     },
 )
-async def create_batch(body: BatchCreate, caller: CallerDep, batches: BatchesDep) -> JSONResponse:
+async def create_batch(request: Request, caller: CallerDep, batches: BatchesDep) -> JSONResponse:
     """Create a batch: answered `validating`; the whole input is then validated (any problem: `failed`, with
     `errors` naming the lines, and nothing queued), then every request is queued (`in_progress`)."""
+    body = await parse_object(await request.body(), BatchCreate)
     owner, policy = caller.owner, caller.policy
     record = await batches.create(
         owner, body.input_file_id, body.endpoint, body.completion_window, body.metadata, policy

@@ -9,6 +9,7 @@ import pytest
 
 from shared.models import JobError, JobResult, Limits, Message, Usage
 from shared.openai_shapes import (
+    MAX_TEXT_PARTS,
     SSE_DONE,
     ChunkEncoder,
     Endpoint,
@@ -89,6 +90,16 @@ def test_text_parts_of_a_message_are_joined() -> None:
     body = {**CHAT, "messages": [{"role": "user", "content": content, "name": "citoyen"}]}
 
     assert parse(Endpoint.CHAT, body).job.messages == [Message(role="user", content="Bonjour\nMerci")]
+
+
+def test_more_text_parts_than_max_text_parts_are_refused_before_validation() -> None:
+    content = [{"type": "text", "text": ""}] * (MAX_TEXT_PARTS // 2 + 1)
+    body = {**CHAT, "messages": [{"role": "user", "content": content}, {"role": "user", "content": content}]}
+
+    error = refusal(Endpoint.CHAT, body)
+
+    assert (error.status, error.param) == (400, "messages")
+    assert f"over the limit of MAX_TEXT_PARTS={MAX_TEXT_PARTS}" in error.message
 
 
 def test_unknown_fields_are_ignored() -> None:
