@@ -12,7 +12,7 @@ probe held up by a stall is late, and the probes it delays are counted late too,
 - metadata: 1,000 jobs, each with metadata at its caps (32 keys of 64 characters, 8 KiB);
 - openai-chat: `POST /v1/chat/completions` (streamed: the answer's head comes once the job is queued; the
   connection is then closed, which cancels it): 200,000 characters and a 32 MiB body of ignored fields;
-- openai-parts: the same with the text as MAX_TEXT_PARTS (1,000) text parts that fill the prompt's cap (the most allowed);
+- openai-parts: the same as MAX_TEXT_PARTS (1,000) text parts that fill the prompt's cap (the most allowed);
 - anonymize-1000, anonymize-200k: `POST /anonymize`, as the two job cases;
 - batch-valid: `POST /v1/files` of a 200 MiB input of 50,000 valid lines (BATCH_MAX_BYTES, BATCH_MAX_LINES),
   then `POST /v1/batches` and polling until it is queued (validation of 50,000 lines, then the jobs);
