@@ -187,13 +187,15 @@ def stack_env(
     redis_url: str, sim_url: str, model: str = MODEL, api_key: str | None = None, /, **settings: str | int
 ) -> dict[str, str]:
     """The environment of the workers and the API: quiet logs, one model served by `sim_url`, with
-    LLM_API_KEY when the server wants a key."""
+    LLM_API_KEY when the server wants a key. The benchmarks' one client may queue any number of jobs (its
+    default CLIENT_MAX_QUEUED_JOBS would refuse the floods they measure); `settings` win."""
     env = {
         "ENV": "dev",
         "REDIS_URL": redis_url,
         "LLM_TABLE": json.dumps([[model, sim_url]]),
         "LOG_LEVEL": "WARNING",
         "API_KEYS": API_KEY,
+        "CLIENT_MAX_QUEUED_JOBS": "0",
     }
     if api_key is not None:
         env["LLM_API_KEY"] = api_key
