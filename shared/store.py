@@ -412,10 +412,10 @@ class JobStore:
 
     async def take(
         self, model: str, candidates: list[str], slots: int, *, lease_ms: int, definition_ttl_ms: int
-    ) -> tuple[list[tuple[str, float]], bool]:
+    ) -> list[tuple[str, float]]:
         """take.lua: up to `slots` of the model's queued jobs among `candidates` (arq job ids, head of the queue
         first), marked in progress for `lease_ms` with arq's definition written. Returns their (arq job id,
-        score), and whether a client's `max_running_jobs` held one back."""
+        score)."""
         reply: list[str] = await self._take(
             keys=[keys.queue(model), keys.running(model), keys.virtual_clock(model)],
             args=[
@@ -435,9 +435,7 @@ class JobStore:
                 *candidates,
             ],
         )
-        capped = bool(reply) and reply[-1] == "capped"
-        pairs = reply[:-1] if capped else reply
-        return [(pairs[i], float(pairs[i + 1])) for i in range(0, len(pairs), 2)], capped
+        return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def start(self, kid: str, arq_id: str, model: str, worker_id: str) -> Started | None:
         """Mark the job running for a new attempt; None when it must not run (anymore)."""

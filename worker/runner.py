@@ -62,8 +62,6 @@ class ModelWorker(Worker):
         self.model = model
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
-        self._capped = False
-        """Whether the last take left a job of a client at its max_running_jobs: the end of a job then polls again."""
         self._background: list[asyncio.Task[None]] = []
         self._metrics_server: web.AppRunner | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -150,7 +148,7 @@ class ModelWorker(Worker):
             return
         await self.sem.acquire()  # a free slot, as arq waits for one
         try:
-            taken, capped = await self._store.take(
+            taken = await self._store.take(
                 self.model,
                 [job_id.decode() for job_id in job_ids],
                 self.max_jobs - self.job_counter,
@@ -160,7 +158,6 @@ class ModelWorker(Worker):
         except BaseException:
             self.sem.release()
             raise
-        self._capped = capped
         if not taken:
             self.sem.release()
             return
@@ -173,10 +170,10 @@ class ModelWorker(Worker):
             self.tasks[job_id] = task
 
     def _job_done(self, _: asyncio.Task[None]) -> None:
-        """A job of this worker ended: its slot is free; a job its client's cap held back may now run."""
+        """A job of this worker ended: its slot is free, to fill at once from the queue (a full worker does not poll,
+        and nothing else would wake it before WORKER_IDLE_POLL), with a job a client's cap may have held back too."""
         self._release_sem_dec_counter_on_complete()
-        if self._capped:
-            self._wake.set()
+        self._wake.set()
 
     def handle_sig(self, signum: signal.Signals) -> None:
         """SIGTERM or SIGINT: stop taking jobs, let the running ones finish for up to WORKER_SHUTDOWN_GRACE

@@ -11,7 +11,7 @@
 -- priority, then the oldest tag) runs instead, and the two swap places in the queue: the fair queue decides when
 -- the client's turn comes, the client's own order which of its jobs takes it.
 -- The model's virtual clock of the tier moves to the tag of each job taken (start-time fair queuing, submit.lua).
--- Returns {arq id, score, arq id, score, ...} of the jobs taken, then 'capped' when a client's cap held one back.
+-- Returns {arq id, score, arq id, score, ...} of the jobs taken.
 local now, slots, lease, ttl, fn = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local progress_prefix, definition_prefix, job_prefix = ARGV[6], ARGV[7], ARGV[8]
 local client_prefix, client_queue_prefix = ARGV[9], ARGV[10]
@@ -57,7 +57,7 @@ local function best(owner, arq_id, score)
   return arq_id, score
 end
 
-local taken, capped, clock = {}, false, {}
+local taken, clock = {}, {}
 for i = 14, #ARGV do
   if #taken >= 2 * slots then break end
   local arq_id = ARGV[i]
@@ -66,9 +66,7 @@ for i = 14, #ARGV do
     local kid = kid_of(arq_id)
     local owner = string.match(kid, '^([^:]*):')
     local cap = tonumber(redis.call('HGET', client_prefix .. owner, 'max_running') or '0')
-    if cap > 0 and running_of(owner) >= cap then
-      capped = true
-    else
+    if cap == 0 or running_of(owner) < cap then
       if state[1] == 'queued' and score < boundary then
         local chosen, chosen_score = best(owner, arq_id, score)
         if chosen ~= arq_id then
@@ -94,5 +92,4 @@ for tier, tag in pairs(clock) do
   local current = tonumber(redis.call('HGET', KEYS[3], tier) or '0')
   if tag > current then redis.call('HSET', KEYS[3], tier, tag) end
 end
-if capped then taken[#taken + 1] = 'capped' end
 return taken

@@ -7,6 +7,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def start(start_stack: Callable[..., Stack], sim: Sim, keys_file: Path, model: s
         API_KEYS_FILE=str(keys_file),
         WORKER_MAX_JOBS=slots,
         STREAM_FLUSH_MS=0,
+        WORKER_IDLE_POLL=30,  # a worker must take the next job as one ends, not at its next idle poll
     )
 
 
@@ -149,6 +151,11 @@ def test_a_latecomer_runs_before_a_flood_queued_earlier(one: Stack) -> None:
     jobs = finished(one, "light", [job["id"] for job in flood]) + finished(one, "prio", [late[0]["id"]])
 
     assert start_order(jobs).index("late-0") <= 1, "the latecomer's turn comes within the flood's first jobs"
+    spans = sorted(
+        (datetime.fromisoformat(job["started_at"]), datetime.fromisoformat(job["finished_at"])) for job in jobs
+    )
+    gaps = [(spans[n + 1][0] - spans[n][1]).total_seconds() for n in range(len(spans) - 1)]
+    assert max(gaps) < 1, f"the full worker took the next job as soon as its one slot was free: {gaps}"
 
 
 def test_a_batch_never_holds_back_an_interactive_job(one: Stack) -> None:

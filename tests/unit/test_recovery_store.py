@@ -197,9 +197,9 @@ async def test_requeue_with_a_delay_keeps_the_place_of_a_fresh_arq_job_not_taken
     assert before + 5000 <= int(stored["not_before"]) <= now_ms() + 5000
     assert not await redis.exists(keys.arq_job(old))
     assert await woken(wake)
-    assert await store.take(MODEL, [new], 1, lease_ms=1000, definition_ttl_ms=1000) == ([], False), "not yet"
+    assert await store.take(MODEL, [new], 1, lease_ms=1000, definition_ttl_ms=1000) == [], "not yet"
     await redis.hset(keys.job(kid("j1")), "not_before", str(now_ms() - 1))  # type: ignore[misc]
-    assert (await store.take(MODEL, [new], 1, lease_ms=1000, definition_ttl_ms=1000))[0] == [(new, score)]
+    assert await store.take(MODEL, [new], 1, lease_ms=1000, definition_ttl_ms=1000) == [(new, score)]
 
 
 async def test_requeue_on_shutdown_keeps_the_place_and_refunds_the_attempt(
