@@ -18,11 +18,14 @@ from types import ModuleType
 from bench import (
     commands,
     common,
+    eta,
+    fairness,
     fanout,
     latency,
     memory,
     polling,
     scaleout,
+    stalls,
     streaming,
     submission,
     throughput,
@@ -31,7 +34,20 @@ from bench.common import Result, machine, print_table, save
 
 BENCHMARKS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (throughput, latency, commands, submission, polling, streaming, fanout, memory, scaleout)
+    for module in (
+        throughput,
+        latency,
+        commands,
+        submission,
+        polling,
+        streaming,
+        fanout,
+        memory,
+        scaleout,
+        stalls,
+        fairness,
+        eta,
+    )
 }
 BACKEND_READY = [throughput.NAME, latency.NAME]
 """The benchmarks that run against --backend; the others need our simulator's own options."""
