@@ -169,7 +169,25 @@ def openai_request(endpoint: Endpoint, raw: bytes, models: Collection[str], limi
         body = loads(raw)
     except orjson.JSONDecodeError as exc:
         raise OpenAIError(400, f"JSON decode error: {exc}") from None
-    return parse_request(endpoint, body, models=models, limits=limits)
+    try:
+        return parse_request(endpoint, body, models=models, limits=limits)
+    except OpenAIError:
+        _let_go_of_parts(body)
+        raise
+
+
+FREED_AT_ONCE = 10_000
+"""Text parts of a refused request freed in one step: a million took 60 ms, in one call that holds the GIL."""
+
+
+def _let_go_of_parts(body: Any) -> None:
+    """Empty the text-part lists of a refused request a slice at a time, so that the event loop's thread gets the
+    GIL between two slices instead of waiting for the whole body to be freed at once."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        while isinstance(content, list) and content:
+            del content[-FREED_AT_ONCE:]
 
 
 def validation_error(exc: ValidationError, loc: tuple[str | int, ...] = ("body",)) -> RequestValidationError:

@@ -1,14 +1,15 @@
 """Fair share (issue 14): a client's flood does not slow another client down, weights share the tokens, and
 fairness costs nothing.
 
-Setup: the simulator with --max-num-seqs 64 --prefill-ms 50 --ms-per-token 20 (50 tokens/s a sequence, 3,200
+Setup: the simulator with --max-num-seqs 64 --prefill-ms 50 --ms-per-token 10 (100 tokens/s a sequence, 6,400
 completion tokens/s in all) and one worker with WORKER_MAX_JOBS=64, the server's slots, as WORKER_MAX_JOBS=256 for
 vLLM's max_num_seqs of 256: a job the worker starts starts on the server, so the fair order, not the server's FIFO,
 decides what runs next. Jobs draw max_tokens from {32, 128, 512} and prompts of 1 to 8 paragraphs (140 to 1,100
-characters): 4.5 s a job on average, 14 jobs/s, 420 jobs a 30 s window. The simulator generates exactly max_tokens
-tokens (finish_reason "length") unless a `stop` string comes first (or --early-stop-rate, not used here); a job
-whose generation stops early used fewer tokens than the scheduler's estimate at submission, prompt characters / 4 +
-max_tokens, and finish.lua corrects its client's finish tag with the tokens used. Clients are named in an
+characters): 2.3 s a job on average, 28 jobs/s, 840 jobs a 30 s window (a 512-token job lasts a sixth of it). The
+simulator generates exactly max_tokens tokens (finish_reason "length") unless a `stop` string comes first (or
+--early-stop-rate, not used here); a job whose generation stops early used fewer tokens than the scheduler's
+estimate at submission, prompt characters / 4 + max_tokens, and finish.lua corrects its client's finish tag with the
+tokens used. Clients are named in an
 API_KEYS_FILE with their weights; none has a queue limit.
 
 1. isolation: client B submits one job at a time (max_tokens 32, POST -> `done` event of /events), alone, then
@@ -52,7 +53,7 @@ from shared.store import CHARS_PER_TOKEN
 
 NAME = "fairness"
 SLOTS = 64
-SIM = {"max_num_seqs": SLOTS, "prefill_ms": 50, "ms_per_token": 20}
+SIM = {"max_num_seqs": SLOTS, "prefill_ms": 50, "ms_per_token": 10}
 LENGTHS = (32, 128, 512)
 PARAGRAPH = (
     "Bonjour, j'ai déposé ma demande de carte grise sur le site de l'ANTS il y a trois semaines et le suivi "
@@ -61,7 +62,7 @@ PARAGRAPH = (
 BACKLOG = 200
 """Jobs each client keeps queued beyond the slots, topped up every second: seconds of work even for short jobs."""
 WARMUP_S = 15.0
-"""Before the first window: longer than the longest job (50 ms + 512 x 20 ms), so that the jobs a worker took before
+"""Before the first window: longer than the longest job (50 ms + 512 x 10 ms), so that the jobs a worker took before
 every client had submitted have ended (a client alone may take every slot)."""
 ISOLATION_TARGET, SHARE_TOLERANCE, JAIN_TARGET, THROUGHPUT_TARGET = 1.5, 0.05, 0.98, 0.97
 

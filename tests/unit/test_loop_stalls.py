@@ -20,8 +20,8 @@ from api.routes.jobs import _parse_submission
 from shared import batch_format, batches
 from shared.batches import BatchStore
 from shared.files import FileStore
-from shared.models import JobCreate
-from shared.openai_shapes import Endpoint
+from shared.models import JobCreate, Limits
+from shared.openai_shapes import MAX_TEXT_PARTS, Endpoint, OpenAIError
 from tests.unit.conftest import batch_stores, make_settings
 from tests.unit.test_batches import chat, raw, upload
 
@@ -181,3 +181,22 @@ async def test_batch_validation_lets_the_loop_run_between_lines(
 
     assert (await store.get(OWNER, record["id"]))["status"] == "in_progress"
     assert turns >= 900
+
+
+def test_a_refused_request_s_parts_are_freed_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = [{"type": "text", "text": "é"}] * (MAX_TEXT_PARTS + body.FREED_AT_ONCE)
+    request = {"model": "m", "messages": [{"role": "user", "content": parts}]}
+    seen: list[Any] = []
+    loads = body.loads
+
+    def keep(raw: bytes, max_items: int | None = None) -> Any:
+        seen.append(loads(raw, max_items))
+        return seen[-1]
+
+    monkeypatch.setattr(body, "loads", keep)
+    limits = Limits(max_prompt_chars=10**6, max_messages=8, max_tokens=100)
+
+    with pytest.raises(OpenAIError, match="MAX_TEXT_PARTS"):
+        body.openai_request(Endpoint.CHAT, orjson.dumps(request), ["m"], limits)
+
+    assert seen[0]["messages"][0]["content"] == [], "emptied where it was refused, in the worker thread"
