@@ -114,14 +114,15 @@ class Estimator:
 
     async def rate(self, model: str) -> float | None:
         """The model's measured jobs per second (None: nothing measured), read at most once per CACHE_SECONDS by
-        all callers together."""
+        all callers together; until something is measured, at each call (the first jobs of a model may end within
+        the second, and reading an empty stream costs little)."""
         now = self._clock()
         cached = self._rates.get(model)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             measured = cached[1]
             if not measured.done():
                 return await asyncio.shield(measured)
-            if measured.exception() is None:
+            if measured.exception() is None and measured.result() is not None:
                 return measured.result()
         measured = asyncio.ensure_future(self._measure(model))
         self._rates[model] = (now, measured)

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
 import pytest
 from openai import OpenAI
@@ -262,3 +263,23 @@ def test_a_client_sees_its_policy_and_its_usage(one: Stack) -> None:
     after = one.http.get("/v1/usage", headers=auth("small")).json()["usage"]
     assert after["queued_jobs"] == before["usage"]["queued_jobs"]
     assert after["tokens_today"] == before["usage"]["tokens_today"] + used, "settled with the real usage"
+
+
+def test_the_openai_client_sets_a_priority_and_meets_the_quotas(one: Stack) -> None:
+    with OpenAI(base_url=one.url + "/v1", api_key="key-prio", max_retries=0) as client:
+        messages: list[Any] = [{"role": "user", "content": "Bonjour"}]
+        answer = client.chat.completions.create(
+            model=ONE, messages=messages, max_tokens=5, extra_headers={"X-Job-Priority": "3"}
+        )
+        job = one.http.get(f"/v1/jobs/{answer.id.removeprefix('chatcmpl-')}", headers=auth("prio")).json()
+        assert (job["status"], job["priority"]) == ("succeeded", 3)
+
+        with pytest.raises(openai.BadRequestError, match="max_priority=5"):
+            client.chat.completions.create(
+                model=ONE, messages=messages, max_tokens=5, extra_headers={"X-Job-Priority": "6"}
+            )
+
+    with OpenAI(base_url=one.url + "/v1", api_key="key-small", max_retries=0) as client:
+        with pytest.raises(openai.RateLimitError, match="tokens_per_day") as refused:
+            client.completions.create(model=ONE, prompt="Bonjour", max_tokens=1200)
+        assert refused.value.response.headers["Retry-After"].isdigit()
