@@ -122,8 +122,19 @@ def read_events(
     """(event, id, data) of the job's SSE stream, until it closes (or after `stop_after` events); a
     `last_event_id` is sent as it is, an empty one too."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
-    events: list[tuple[str, str, Any]] = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=30) as response:
+    return [
+        (fields["event"], fields["id"], orjson.loads(fields["data"]))
+        for fields in sse_fields(client, job_id, headers, stop_after)
+    ]
+
+
+def sse_fields(
+    client: httpx.Client, job_id: str, headers: dict[str, str] | None = None, stop_after: int | None = None
+) -> list[dict[str, str]]:
+    """The fields of each event of the job's SSE stream (`id` only where the event has one), until it closes (or
+    after `stop_after` events)."""
+    events: list[dict[str, str]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers or {}, timeout=30) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         fields: dict[str, str] = {}
@@ -135,7 +146,7 @@ def read_events(
                 fields[name] = value
                 continue
             if fields:
-                events.append((fields["event"], fields["id"], orjson.loads(fields["data"])))
+                events.append(fields)
                 fields = {}
                 if stop_after is not None and len(events) >= stop_after:
                     break

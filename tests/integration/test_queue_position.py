@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.integration.conftest import Sim, Stack, wait_for
+from tests.integration.conftest import Sim, Stack, sse_fields, wait_for
 
 MODEL = "queue/model"
 IDLE = "queue/no-worker"
@@ -112,28 +112,10 @@ def test_a_job_of_a_model_that_never_ran_has_a_position_but_no_estimate(stack: S
             stack.http.delete(f"/v1/jobs/{job_id}")
 
 
-def raw_events(client: httpx.Client, job_id: str) -> list[dict[str, str]]:
-    """The fields of each event of the job's stream, until it closes (`id` only where the event has one)."""
-    events: list[dict[str, str]] = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=30) as response:
-        assert response.status_code == 200
-        fields: dict[str, str] = {}
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                continue
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-            elif fields:
-                events.append(fields)
-                fields = {}
-    return events
-
-
 def test_the_event_stream_of_a_queued_job_sends_its_position_as_it_moves(stack: Stack) -> None:
     wait_drained(stack)
     jobs = submit(stack, 12)
-    events = raw_events(stack.http, jobs[-1]["id"])
+    events = sse_fields(stack.http, jobs[-1]["id"])
     kinds = [event["event"] for event in events]
     queued = [orjson.loads(event["data"]) for event in events if event["event"] == "queued"]
     assert len(queued) >= 2, kinds

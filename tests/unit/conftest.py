@@ -258,3 +258,18 @@ async def batch_stores(settings: Settings) -> AsyncIterator[tuple[FileStore, Bat
         await store.aclose()
         await redis.aclose()
         await raw_redis.aclose()
+
+
+class Clock:
+    """A monotonic clock a test moves by hand (`clock.now`), for what reads one."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

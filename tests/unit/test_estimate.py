@@ -12,9 +12,9 @@ from api.estimate import CACHE_SECONDS, Activity, Estimator, Place, estimated_st
 from shared import keys
 from shared.models import now_ms
 from shared.multiplex import SharedConnection
+from tests.unit.conftest import Clock
 
 MODEL = "m"
-
 
 Job = tuple[int, int, int]
 """A finished job: (end ms, run ms, queued ms)."""
@@ -82,19 +82,6 @@ def test_a_job_starts_when_position_plus_one_jobs_have_ended_and_not_before_its_
 
 def test_the_estimate_is_written_as_the_jobs_dates_are() -> None:
     assert iso_utc(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

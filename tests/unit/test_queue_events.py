@@ -14,21 +14,9 @@ from api.queue_events import QueueWatch
 from shared import keys
 from shared.models import now_ms
 from shared.multiplex import SharedConnection
+from tests.unit.conftest import Clock
 
 MODEL = "m"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
