@@ -22,6 +22,7 @@ from shared.errors import (
     JobConflict,
     JobFinished,
     JobNotFound,
+    LimitReached,
     PriorityNotAllowed,
     QueueFull,
     QuotaExceeded,
@@ -74,7 +75,7 @@ async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
         return _error_response(429, str(exc), retry_after=str(exc.retry_after), extra=exc.limit)
     status = _STATUS.get(type(exc), 400)
     retry_after = RETRY_AFTER_SECONDS
-    if isinstance(exc, QueueFull | QuotaExceeded):
+    if isinstance(exc, LimitReached):
         extra |= exc.body()
         retry_after = await _retry_after(request, exc)
     route = request.scope.get("route")
@@ -84,26 +85,20 @@ async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(status, str(exc), retry_after=retry_after, extra=extra)
 
 
-async def _retry_after(request: Request, exc: QueueFull | QuotaExceeded) -> str:
+async def _retry_after(request: Request, exc: LimitReached) -> str:
     """Retry-After of a limit reached: when the limit should have room (known, or estimated), else 1 second."""
     seconds = exc.retry_after if exc.retry_after is not None else await _until_room(request, exc)
     return str(max(1, seconds)) if seconds is not None else RETRY_AFTER_SECONDS
 
 
-async def _until_room(request: Request, exc: QueueFull | QuotaExceeded) -> int | None:
+async def _until_room(request: Request, exc: LimitReached) -> int | None:
     """Seconds until enough jobs of the model have finished to make room for the refused submission, at the
-    model's measured rate (api/estimate.py): for a full queue, or the client's `max_queued_jobs`. None otherwise,
-    or when the rate is unknown."""
-    model: str | None
-    excess: float
-    if isinstance(exc, QueueFull):
-        model, excess = exc.model, exc.usage + exc.requested - exc.limit
-    elif exc.limit == "max_queued_jobs":
-        model, excess = exc.model, exc.usage + exc.requested - exc.value
-    else:
+    model's measured rate (api/estimate.py): for a limit on queued jobs (a full queue, or the client's
+    `max_queued_jobs`), which names its model. None otherwise, or when the rate is unknown."""
+    model = exc.model
+    if model is None or not (isinstance(exc, QueueFull) or exc.limit == "max_queued_jobs"):
         return None
-    if model is None:
-        return None
+    excess = exc.usage + exc.requested - exc.value
     try:
         return await resources(request)["estimator"].seconds_until_room(model, excess)
     except REDIS_ERRORS as error:
@@ -118,7 +113,7 @@ async def _openai_error(request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if exc.status in (429, 503):
         limit = exc.__cause__
-        retry_after = await _retry_after(request, limit) if isinstance(limit, QueueFull | QuotaExceeded) else None
+        retry_after = await _retry_after(request, limit) if isinstance(limit, LimitReached) else None
         headers = {"Retry-After": retry_after or RETRY_AFTER_SECONDS}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 

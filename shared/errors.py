@@ -33,7 +33,40 @@ class JobFinished(SppError):
         self.status = status
 
 
-class QueueFull(SppError):
+def _number(value: float) -> str:
+    """A figure of a message: whole numbers in full (bytes, tokens), others as short as they go."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+class LimitReached(SppError):
+    """A request that would pass a limit, refused whole: answered 429 with the limit's name and value, the usage and
+    what the request asked, and Retry-After: `retry_after` when known, else estimated by api/errors.py for a limit
+    on queued jobs (`model` names the queue that must drain), else 1 second."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        value: float,
+        usage: float,
+        requested: float,
+        model: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.usage = usage
+        self.requested = requested
+        self.model = model
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, object]:
+        return {"limit": self.limit, "value": self.value, "usage": self.usage, "requested": self.requested}
+
+
+class QueueFull(LimitReached):
     """The model's queue holds `limit` jobs of the submission's kind: `setting` (MAX_QUEUE_DEPTH for interactive
     jobs, MAX_BATCH_QUEUE_DEPTH for batch jobs) names the limit."""
 
@@ -41,28 +74,18 @@ class QueueFull(SppError):
         kind = "batch" if setting == "MAX_BATCH_QUEUE_DEPTH" else "interactive"
         super().__init__(
             f"the queue of model {model!r} is full: {setting}={limit} {kind} jobs, {usage} queued or running, "
-            f"{requested} more asked; retry later"
+            f"{requested} more asked; retry later",
+            limit=setting,
+            value=limit,
+            usage=usage,
+            requested=requested,
+            model=model,
         )
-        self.model = model
-        self.setting = setting
-        self.limit = limit
-        self.usage = usage
-        self.requested = requested
-        self.retry_after: int | None = None
-        """Seconds until the queue should have room, when estimated (api/errors.py answers 1 otherwise)."""
-
-    def body(self) -> dict[str, object]:
-        return {"limit": self.setting, "value": self.limit, "usage": self.usage, "requested": self.requested}
 
 
-def _number(value: float) -> str:
-    """A figure of a message: whole numbers in full (bytes, tokens), others as short as they go."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-class QuotaExceeded(SppError):
-    """A request would take a client past one of its limits (its policy, shared/policy.py): answered 429 with the
-    limit's name and value, the client's usage and what the request asked; nothing of the request was stored."""
+class QuotaExceeded(LimitReached):
+    """A request would take a client past one of its limits (its policy, shared/policy.py); `what` is the limit's
+    unit in the message."""
 
     def __init__(
         self,
@@ -77,19 +100,14 @@ class QuotaExceeded(SppError):
     ) -> None:
         super().__init__(
             f"quota exceeded: this client's {limit} is {_number(value)} {what}; it has {_number(usage)} and this "
-            f"request asks {_number(requested)} more"
+            f"request asks {_number(requested)} more",
+            limit=limit,
+            value=value,
+            usage=usage,
+            requested=requested,
+            model=model,
+            retry_after=retry_after,
         )
-        self.limit = limit
-        self.value = value
-        self.usage = usage
-        self.requested = requested
-        self.retry_after = retry_after
-        """Seconds until the quota should have room, when known (api/errors.py answers 1 otherwise)."""
-        self.model = model
-        """The model whose queue must drain for room, for a limit on queued jobs."""
-
-    def body(self) -> dict[str, object]:
-        return {"limit": self.limit, "value": self.value, "usage": self.usage, "requested": self.requested}
 
 
 class PriorityNotAllowed(SppError):

@@ -30,7 +30,7 @@ from api.responses import JSONResponse
 from api.streams import StreamHub
 from shared import keys
 from shared.connection import REDIS_ERRORS
-from shared.errors import JobFinished, JobNotFound, PriorityNotAllowed, QueueFull, QuotaExceeded
+from shared.errors import JobFinished, JobNotFound, LimitReached, PriorityNotAllowed
 from shared.models import JobError, JobResult, JobStatus, Limits
 from shared.openai_shapes import (
     REQUEST_MODELS,
@@ -142,7 +142,7 @@ def _store_errors() -> Iterator[None]:
     """The store's refusals, in OpenAI's shape."""
     try:
         yield
-    except (QueueFull, QuotaExceeded) as exc:
+    except LimitReached as exc:
         raise OpenAIError(429, str(exc)) from exc  # the cause gives its Retry-After (api/errors.py)
     except PriorityNotAllowed as exc:
         raise OpenAIError(400, str(exc), param=PRIORITY_HEADER) from None

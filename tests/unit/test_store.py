@@ -771,7 +771,7 @@ async def test_queued_batch_jobs_leave_interactive_jobs_their_whole_limit(
     assert [item.created for item in submitted] == [True, True]
     with pytest.raises(QueueFull) as info:
         await store.submit(OWNER, [job("i3")])
-    assert (info.value.model, info.value.setting, info.value.limit) == (MODEL, "MAX_QUEUE_DEPTH", 2)
+    assert (info.value.model, info.value.limit, info.value.value) == (MODEL, "MAX_QUEUE_DEPTH", 2)
     assert "MAX_QUEUE_DEPTH=2" in str(info.value)
     assert not await redis.exists(keys.job(kid("i3")))
 
