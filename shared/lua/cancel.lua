@@ -7,8 +7,9 @@
 -- running one keeps them (its use is unknown).
 -- Returns 'ok', the job's status when it had already finished, or false when the job is unknown.
 --#include batch_end
-local state = redis.call('HMGET', KEYS[1], 'status', 'arq')
-local status, arq_id = state[1], state[2]
+--#include settle
+local job = redis.call('HMGET', KEYS[1], 'status', 'arq', 'cost', 'day', 'weight', 'batch')
+local status, arq_id, batch = job[1], job[2], job[6]
 if not status then return false end
 if status ~= 'queued' and status ~= 'running' then return status end
 redis.call('ZREM', KEYS[3], arq_id)
@@ -20,14 +21,8 @@ end
 local owner = string.match(ARGV[4], '^([^:]*):')
 redis.call('ZREM', ARGV[7] .. owner, ARGV[4])
 redis.call('ZREM', ARGV[9] .. owner, arq_id)
-local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day', 'weight', 'batch')
-if status == 'queued' and reserved[1] and reserved[2] then
-  local day_key = ARGV[8] .. owner .. ':' .. reserved[2]
-  if redis.call('EXISTS', day_key) == 1 then redis.call('DECRBY', day_key, reserved[1]) end
-  if reserved[3] then
-    local field = (reserved[4] and 'batch:' or 'interactive:') .. owner
-    redis.call('HINCRBYFLOAT', ARGV[10], field, -tonumber(reserved[1]) / tonumber(reserved[3]))
-  end
+if status == 'queued' and job[3] then
+  settle(owner, {job[3], job[4], job[5], job[6]}, -tonumber(job[3]), ARGV[8], ARGV[10])
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'request')
@@ -35,7 +30,6 @@ redis.call('XADD', KEYS[2], '*', 't', 'done', 'd', 'cancelled')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 -- A job of a batch counts in its batch's counters; the batch ends with its last job.
-local batch = redis.call('HGET', KEYS[1], 'batch')
 if batch then
   redis.call('HINCRBY', batch, 'cancelled', 1)
   end_batch_when_done(batch, ARGV[1], ARGV[2])

@@ -10,6 +10,7 @@
 -- Returns 1 (also when this run already recorded this outcome: a call resent after its reply was lost),
 -- or 0 when the run no longer owns the job (then nothing is written).
 --#include batch_end
+--#include settle
 
 -- The first bytes of UTF-8 `text`, at most `limit`, cut on a character boundary: a cut before a continuation
 -- byte (0x80-0xBF) moves back to its character's first byte. Readers decode the activity stream as UTF-8.
@@ -24,9 +25,11 @@ local function utf8_prefix(text, limit)
   return string.sub(text, 1, cut)
 end
 
-local state = redis.call('HMGET', KEYS[1], 'status', 'run')
-if state[1] == ARGV[2] and state[2] == ARGV[1] then return 1 end
-if state[1] ~= 'running' or state[2] ~= ARGV[1] then return 0 end
+-- The record, read once: its state, queue entry, reservation (settle.lua), times and batch.
+local job = redis.call('HMGET', KEYS[1], 'status', 'run', 'arq', 'cost', 'day', 'weight', 'batch', 'created_at',
+  'started_at', 'id', 'attempts')
+if job[1] == ARGV[2] and job[2] == ARGV[1] then return 1 end
+if job[1] ~= 'running' or job[2] ~= ARGV[1] then return 0 end
 if ARGV[9] ~= '' then
   redis.call('XADD', KEYS[2], '*', 't', 'token', 'd', ARGV[9])
 end
@@ -36,31 +39,23 @@ redis.call('XADD', KEYS[2], '*', 't', 'done', 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[8])
-redis.call('ZREM', ARGV[15], redis.call('HGET', KEYS[1], 'arq'))
+redis.call('ZREM', ARGV[15], job[3])
 local owner = string.match(ARGV[8], '^([^:]*):')
 redis.call('ZREM', ARGV[12] .. owner, ARGV[8])
-local reserved = redis.call('HMGET', KEYS[1], 'cost', 'day', 'weight', 'batch')
-if reserved[1] and reserved[2] then
-  local delta = tonumber(ARGV[11]) - tonumber(reserved[1])
-  local day_key = ARGV[13] .. owner .. ':' .. reserved[2]
-  if delta ~= 0 and redis.call('EXISTS', day_key) == 1 then redis.call('INCRBY', day_key, delta) end
-  if delta ~= 0 and reserved[3] then
-    -- The client's share is counted in the tokens the job used, not in its estimate (submit.lua).
-    local field = (reserved[4] and 'batch:' or 'interactive:') .. owner
-    redis.call('HINCRBYFLOAT', ARGV[14], field, delta / tonumber(reserved[3]))
-  end
+if job[4] then
+  settle(owner, {job[4], job[5], job[6], job[7]}, tonumber(ARGV[11]) - tonumber(job[4]), ARGV[13], ARGV[14])
 end
-local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at', 'id', 'attempts')
-local fact = {'s', ARGV[2], 'j', times[3] or '', 'a', times[4] or '0',
-              'q', tonumber(times[2] or ARGV[5]) - tonumber(times[1] or ARGV[5]),
-              'd', tonumber(ARGV[5]) - tonumber(times[2] or ARGV[5])}
+local created, started = job[8], job[9]
+local fact = {'s', ARGV[2], 'j', job[10] or '', 'a', job[11] or '0',
+              'q', tonumber(started or ARGV[5]) - tonumber(created or ARGV[5]),
+              'd', tonumber(ARGV[5]) - tonumber(started or ARGV[5])}
 if ARGV[3] == 'error' then
   local error = cjson.decode(ARGV[4])
   fact[#fact + 1], fact[#fact + 2] = 'e', error['type'] .. ': ' .. utf8_prefix(error['message'], 300)
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', unpack(fact))
 -- A job of a batch counts in its batch's counters; the batch ends with its last job.
-local batch = redis.call('HGET', KEYS[1], 'batch')
+local batch = job[7]
 if batch then
   redis.call('HINCRBY', batch, ARGV[2] == 'succeeded' and 'completed' or 'failed', 1)
   end_batch_when_done(batch, ARGV[5], ARGV[6])

@@ -9,7 +9,8 @@
 --       channels, wake channels, virtual clocks, virtual finish tags and clients' queues (model and owner follow),
 --       the step between priorities in a client's queue, the client's hash and its set of unfinished jobs, its
 --       max_stored_bytes (0: none), its stored bytes (keys.stored), until when the jobs' metadata is charged (ms;
---       interactive jobs only: a batch is charged its input), the number n of extra fields stored in every record, their n field/value pairs,
+--       interactive jobs only: a batch is charged its input), the number n of extra fields stored in every
+--       record, their n field/value pairs,
 --       then 8 per job: key id, arq job id, model, fingerprint, request, metadata ('' for none), cost (tokens),
 --       priority.
 -- Fair share: a job's score is its tier's band plus its start tag (start-time fair queuing): the later of the
@@ -200,8 +201,9 @@ for model, members in pairs(queued) do
   redis.call('PUBLISH', wake_prefix .. model, '1')
 end
 for model, members in pairs(best) do
+  local mine = client_queue_prefix .. model .. ':' .. owner
   for from = 1, #members, SLICE do
-    redis.call('ZADD', client_queue_prefix .. model .. ':' .. owner, unpack(members, from, math.min(from + SLICE - 1, #members)))
+    redis.call('ZADD', mine, unpack(members, from, math.min(from + SLICE - 1, #members)))
   end
 end
 for from = 1, #unfinished, SLICE do
