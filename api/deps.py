@@ -12,6 +12,7 @@ from api.auth import Caller, KeyRing
 from api.estimate import Estimator
 from api.leases import StreamLeases
 from api.limits import RateLimiter
+from api.listing import JobIndex
 from api.queue_events import QueueWatch
 from api.streams import StreamHub
 from shared.batches import BatchStore
@@ -27,6 +28,7 @@ class State(TypedDict):
 
     settings: Settings
     store: JobStore
+    index: JobIndex
     hub: StreamHub
     keyring: KeyRing
     limiter: RateLimiter

@@ -19,6 +19,7 @@ from api.deps import State
 from api.estimate import Estimator
 from api.leases import StreamLeases
 from api.limits import BodyLimits, RateLimiter
+from api.listing import JobIndex
 from api.observability import RequestMetrics, report_redis_memory
 from api.queue_events import QueueWatch
 from api.responses import JSONResponse
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield State(
                 settings=settings,
                 store=store,
+                index=JobIndex(redis, store, settings),
                 hub=hub,
                 keyring=keyring,
                 limiter=RateLimiter(store.shared),

@@ -33,6 +33,24 @@ class JobFinished(SppError):
         self.status = status
 
 
+class JobNotRetryable(SppError):
+    """Only a failed or cancelled job runs again under its id; not one still queued or running, nor a succeeded
+    one, nor one of a batch."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        if status == "batch":
+            why = "it belongs to a batch (create a new batch for its requests)"
+        else:
+            why = f"it is {status}; only failed or cancelled jobs can be retried"
+        super().__init__(f"job {job_id!r} cannot be retried: {why}")
+        self.job_id = job_id
+        self.status = status
+
+
+class FilterRequired(SppError):
+    """A request over many jobs that names none of them."""
+
+
 def _number(value: float) -> str:
     """A figure of a message: whole numbers in full (bytes, tokens), others as short as they go."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -6,7 +6,10 @@ the owner is a digest naming the client (api/auth.py), never its key.
 
 from __future__ import annotations
 
+import hashlib
 import random
+
+import orjson
 
 PREFIX = "spp"
 
@@ -211,3 +214,89 @@ def stream_leases(owner: str) -> str:
     """Sorted set: leases on the client's open event streams, of every API process, scored by when each expires
     (ms) unless its process refreshes it: the client's `max_streams` usage (api/leases.py)."""
     return f"{PREFIX}:stream-leases:{owner}"
+
+
+# ---- jobs as a resource: listing, counts, expiry (shared/lua/index.lua, list.lua, reap.lua) -----------------------
+
+
+def index_prefix(owner: str) -> str:
+    """The prefix of a client's job indexes, `<prefix>:<scope>:<status>` (see `index`); of every client's, the scripts'
+    argument, for "" (the owner follows)."""
+    return f"{PREFIX}:idx:{owner}"
+
+
+def index(owner: str, scope: str, status: str) -> str:
+    """Sorted set: ids of the client's jobs of one scope in one status, scored by their rank (creation time in ms ×
+    1024 plus their place in the submission: `store.RANK_SLOTS`), newest last. Scopes: `model:<model>` (every job),
+    `batch:<batch id>` and `meta:<digest of a metadata pair>` (`store.metadata_scope`). A job is in one status set
+    of each of its scopes; it moves between them as its status changes, and leaves them when it is erased or
+    reaped. Listing reads these (newest first), counting is their ZCARD."""
+    return f"{index_prefix(owner)}:{scope}:{status}"
+
+
+def model_scope(model: str) -> str:
+    """The index scope of a client's jobs of `model`: every job is in one."""
+    return f"model:{model}"
+
+
+def batch_scope(batch_id: str) -> str:
+    """The index scope of a batch's jobs."""
+    return f"batch:{batch_id}"
+
+
+def metadata_text(value: object) -> str:
+    """A metadata value as `metadata.<key>=<value>` filters match it: a string as it is, anything else as JSON
+    (`3`, `1.5`, `true`, `null`)."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value) if isinstance(value, int) else orjson.dumps(value).decode()
+
+
+def metadata_scope(key: str, value: object) -> str:
+    """The index scope of a client's jobs whose metadata has `key` = `value` (as `metadata_text`): a digest, so that
+    any key and value (spaces, colons, 512 characters) make a short name without separators."""
+    digest = hashlib.sha256(f"{key}\0{metadata_text(value)}".encode()).hexdigest()[:24]
+    return f"meta:{digest}"
+
+
+def expiring() -> str:
+    """Sorted set: key ids of finished jobs, scored by when they expire (ms): RESULT_TTL after their end. The
+    reaper (worker/sweeper.py, reap.lua) erases them then, index entries included; their records' own TTL, a day
+    later, is the safety net of a deployment that runs no worker."""
+    return f"{PREFIX}:expiring"
+
+
+def webhook_events() -> str:
+    """Stream: ends of jobs (and batches) that have a webhook, for the delivery process (`python -m webhooks`):
+    fields `k` (key id) or `b` (batch key), `e` (the event), `t` (ms)."""
+    return f"{PREFIX}:webhook-events"
+
+
+# ---- webhook deliveries (webhooks/, shared/lua/webhook_outcome.lua, webhook_take.lua) ---------------------------
+
+
+def webhook_retries() -> str:
+    """Sorted set: ids (`webhook-id`) of webhook events waiting for their next delivery attempt, scored by when it
+    is due (ms); an event a delivery process has taken is scored by the end of its lease instead, so that it comes
+    back if that process dies."""
+    return f"{PREFIX}:webhook-retries"
+
+
+def webhook_pending() -> str:
+    """Hash: the state of each event of `webhook_retries` (JSON: its job or batch, event, time, attempts so far and
+    first attempt), removed with it once the event is delivered or given up."""
+    return f"{PREFIX}:webhook-pending"
+
+
+def webhook_consumers() -> str:
+    """Sorted set: the delivery processes (their consumer name in the events stream's group, `<hostname>:<pid>`),
+    scored by their last heartbeat (ms): their health check."""
+    return f"{PREFIX}:webhook-consumers"
+
+
+def webhook_stats() -> str:
+    """Hash: counters of the delivery processes since the data began (`delivered`, `failed_attempts`, `given_up`,
+    `dropped`), for the dashboard."""
+    return f"{PREFIX}:webhook-stats"

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from shared.webhooks import WebhookSpec
+
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,199}$"
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
@@ -125,6 +127,9 @@ class JobCreate(BaseModel):
         description="0 (the default) to 9, at most the client's max_priority: a higher priority runs first among the "
         "client's own queued jobs; it does not take GPU time from other clients.",
     )
+    webhook: WebhookSpec | None = Field(
+        None, description="Called (Standard Webhooks) when the job ends; default: the client's own, if it has one."
+    )
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> JobCreate:
@@ -196,6 +201,16 @@ class JobError(BaseModel):
     message: str
 
 
+class WebhookState(BaseModel):
+    """A job's webhook and how its delivery goes."""
+
+    url: str
+    events: list[str]
+    delivery: dict[str, Any] | None = Field(
+        None, description="Written by the delivery process: status (pending, delivered, failed), attempts, ..."
+    )
+
+
 class Job(BaseModel):
     """A job as clients see it."""
 
@@ -215,6 +230,7 @@ class Job(BaseModel):
         description="While the job is queued (`GET /v1/jobs/{id}`): the jobs of its model that will start before "
         "it, 0 when it is next; null otherwise.",
     )
+    webhook: WebhookState | None = None
     estimated_start_at: datetime | None = Field(
         None,
         description="While the job is queued: when it should start, from its position and the jobs its model "
@@ -254,4 +270,11 @@ def public_job(record: dict[str, str]) -> dict[str, Any]:
         "error": orjson.loads(record["error"]) if "error" in record else None,
         "metadata": orjson.loads(record["metadata"]) if "metadata" in record else None,
         "priority": int(record.get("priority", 0)),
+        "webhook": _webhook(record) if "webhook" in record else None,
     }
+
+
+def _webhook(record: dict[str, str]) -> dict[str, Any]:
+    webhook: dict[str, Any] = orjson.loads(record["webhook"])
+    webhook["delivery"] = orjson.loads(record["webhook_delivery"]) if "webhook_delivery" in record else None
+    return webhook

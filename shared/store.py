@@ -17,7 +17,15 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.errors import JobConflict, JobFinished, JobNotFound, PriorityNotAllowed, QueueFull, QuotaExceeded
+from shared.errors import (
+    JobConflict,
+    JobFinished,
+    JobNotFound,
+    JobNotRetryable,
+    PriorityNotAllowed,
+    QueueFull,
+    QuotaExceeded,
+)
 from shared.models import (
     GenerationRequest,
     JobCreate,
@@ -32,7 +40,8 @@ from shared.policy import ClientPolicy, default_policy
 from shared.scripts import load_script
 from shared.settings import Settings
 from shared.stored import over_stored_bytes
-from shared.templates import render_prompt
+from shared.templates import render_prompt, template_tag
+from shared.webhooks import WebhookSpec
 
 JOB_FUNCTION = "generate"
 """The name of the arq function every job runs (worker/generate.py)."""
@@ -54,6 +63,18 @@ BATCH_BAND = -(2**47)
 PRIORITY_STEP = 2**44
 """How far apart two priorities are in a client's queue (`keys.client_queue`), scored by fair-share tag minus
 priority × step: far more than the tags of a client's queued jobs ever span (tokens over weight)."""
+
+RANK_SLOTS = 1024
+"""A job's rank (its score in its client's indexes, keys.index) is its creation time in ms × RANK_SLOTS plus its
+place in its submission modulo RANK_SLOTS: the jobs of an array keep their order, and ranks stay exact in a
+double (2**53) until the year 2248."""
+
+REAP_GRACE = 86_400
+"""Seconds a finished job's record outlives RESULT_TTL by its own TTL: the reaper (reap.lua) erases it, index
+entries included, at RESULT_TTL; the TTL only frees a deployment that runs no worker."""
+
+REAP_BATCH = 1000
+"""Expired jobs one call of reap.lua erases at most."""
 
 TOKENS_KEY_TTL = 3 * 86_400
 """Seconds a client's daily token count is kept: its day, and long enough for the jobs of the day to settle."""
@@ -147,6 +168,15 @@ def _prepare_yielding(jobs: list[JobCreate], settings: Settings) -> list[Prepare
     return prepared
 
 
+def index_scopes(job: JobCreate, batch_id: str | None) -> str:
+    """The index scopes of a job besides its model's (keys.index), as its record's `index` field keeps them:
+    its batch, then a scope per metadata pair, space-separated; '' for none."""
+    scopes = [keys.batch_scope(batch_id)] if batch_id else []
+    if job.metadata:
+        scopes += [keys.metadata_scope(key, value) for key, value in job.metadata.items()]
+    return " ".join(scopes)
+
+
 def _pairs(flat: list[Any]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -158,6 +188,25 @@ class Chunk(NamedTuple):
     run: int
     text: str
     entry_id: str
+
+
+class Entry(NamedTuple):
+    """A job as submit.lua stores it: a prepared submission, or a retried job's record."""
+
+    job_id: str
+    model: str
+    request: str
+    cost: int
+    digest: str
+    metadata: str
+    """JSON; '' for none."""
+    priority: int
+    scopes: str
+    """Its index scopes besides its model's (`index_scopes`)."""
+    webhook: str
+    """Its WebhookSpec as JSON; '' for none."""
+    template: str
+    """Its template's tag (`template_tag`); '' for none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +249,7 @@ class JobStore:
         self._requeue = load_script(redis, "requeue")
         self._heartbeat = load_script(redis, "heartbeat")
         self._take = load_script(redis, "take")
+        self._reap = load_script(redis, "reap")
 
     async def aclose(self) -> None:
         """Close the store's shared connection (not the client it was given)."""
@@ -216,6 +266,9 @@ class JobStore:
         replace: bool = False,
         background: bool = False,
         extra: dict[str, str] | None = None,
+        batch_id: str | None = None,
+        default_webhook: WebhookSpec | None = None,
+        webhook_secret: str = "",
     ) -> list[Submitted]:
         """Store and queue the jobs of one client in one round trip: all of them, or none (conflict, full queue,
         a limit of the client's `policy`, by default the CLIENT_* settings).
@@ -225,12 +278,68 @@ class JobStore:
         `background` jobs (batches) run after every interactive job of the model. Each kind has its own
         limit per model, against which the other kind does not count: MAX_QUEUE_DEPTH for interactive
         jobs, MAX_BATCH_QUEUE_DEPTH for batch jobs; only interactive jobs count against the client's
-        `max_queued_jobs`. `extra` fields are stored in every record (e.g. `batch`).
+        `max_queued_jobs`. `extra` fields are stored in every record (e.g. `batch`); the jobs of batch `batch_id`
+        are indexed under it. A job without a webhook gets `default_webhook` (the client's); `webhook_secret`, the
+        client's signing secret, is stored for the delivery process when a job has one.
         """
         policy = policy or self.default_policy
         for index, job in enumerate(jobs):
             if job.priority > policy.max_priority:
                 raise PriorityNotAllowed(index if len(jobs) > 1 else None, job.priority, policy.max_priority)
+        prepared = await request_jsons(jobs, self.settings)
+        default_hook = "" if default_webhook is None else default_webhook.model_dump_json()
+        entries = [
+            Entry(
+                job.id or keys.new_job_id(),
+                model,
+                request,
+                cost,
+                digest,
+                "" if job.metadata is None else orjson.dumps(job.metadata).decode(),
+                job.priority,
+                index_scopes(job, batch_id),
+                default_hook if job.webhook is None else job.webhook.model_dump_json(),
+                "" if job.template is None else template_tag(job.template),
+            )
+            for job, (model, request, cost, digest) in zip(jobs, prepared, strict=True)
+        ]
+        large = sum(len(item.request) for item in prepared) > OFF_LOOP_PROMPT_CHARS
+        mode = "replace" if replace else "keep"
+        return await self._store(owner, entries, policy, mode, background, extra, webhook_secret, large)
+
+    async def retry(self, owner: str, job_id: str, *, policy: ClientPolicy | None = None) -> dict[str, str]:
+        """Run a failed or cancelled job again under its id, as it was submitted (its request, template version,
+        metadata, priority and webhook), against the client's limits of now. Returns its record."""
+        record = await self.get(owner, job_id)
+        if record["status"] not in (JobStatus.FAILED, JobStatus.CANCELLED) or "batch" in record:
+            raise JobNotRetryable(job_id, "batch" if "batch" in record else record["status"])
+        entry = Entry(
+            job_id,
+            record["model"],
+            record["request"],
+            int(record.get("cost", 0)),
+            record["hash"],
+            record.get("metadata", ""),
+            int(record.get("priority", 0)),
+            record.get("index", ""),
+            record.get("webhook", ""),
+            record.get("template", ""),
+        )
+        await self._store(owner, [entry], policy or self.default_policy, "retry", False, None, "", False)
+        return await self.get(owner, job_id)
+
+    async def _store(
+        self,
+        owner: str,
+        entries: list[Entry],
+        policy: ClientPolicy,
+        mode: str,
+        background: bool,
+        extra: dict[str, str] | None,
+        webhook_secret: str,
+        large: bool,
+    ) -> list[Submitted]:
+        """submit.lua on prepared jobs (`mode`: keep, replace or retry); raises the error of a refusal."""
         now = now_ms()
         day = utc_day(now)
         extra_pairs = [value for pair in (extra or {}).items() for value in pair]
@@ -238,12 +347,13 @@ class JobStore:
             setting, max_depth = "MAX_BATCH_QUEUE_DEPTH", self.settings.MAX_BATCH_QUEUE_DEPTH
         else:
             setting, max_depth = "MAX_QUEUE_DEPTH", self.settings.MAX_QUEUE_DEPTH
+        secret = webhook_secret if any(entry.webhook for entry in entries) else ""
         args: list[str | int | float] = [
             now,
             max_depth,
             *depth_range(background=background),
             owner,
-            "replace" if replace else "keep",
+            mode,
             "batch" if background else "interactive",
             BATCH_BAND if background else INTERACTIVE_BAND,
             policy.weight,
@@ -270,41 +380,50 @@ class JobStore:
             keys.stored(owner),
             # A job's metadata lives until RESULT_TTL after it ends: charged as if it ended by its deadline.
             now + int((self.settings.JOB_DEADLINE + self.settings.RESULT_TTL) * 1000),
+            keys.index_prefix(""),
+            keys.expiring(),
+            secret,
             len(extra or ()),
             *extra_pairs,
         ]
         records: list[str] = []
         fresh: list[dict[str, str]] = []
         created_at = str(now)
-        prepared = await request_jsons(jobs, self.settings)
-        for job, (model, request, cost, digest) in zip(jobs, prepared, strict=True):
-            job_id = job.id or keys.new_job_id()
-            kid = keys.key_id(owner, job_id)
+        for place, entry in enumerate(entries):
+            kid = keys.key_id(owner, entry.job_id)
             arq_id = keys.arq_id(kid)
-            metadata = "" if job.metadata is None else orjson.dumps(job.metadata).decode()
             records.append(keys.job(kid))
-            args += [kid, arq_id, model, digest, request, metadata, cost, job.priority]
+            args += [kid, arq_id, entry.model, entry.digest, entry.request, entry.metadata, entry.cost, entry.priority]
+            args += [entry.scopes, entry.webhook, entry.template]
             record = {
-                "id": job_id,
-                "model": model,
+                "id": entry.job_id,
+                "model": entry.model,
                 "status": JobStatus.QUEUED.value,
                 "arq": arq_id,
-                "request": request,
-                "hash": digest,
+                "request": entry.request,
+                "hash": entry.digest,
                 "created_at": created_at,
-                "cost": str(cost),
+                "cost": str(entry.cost),
                 "weight": str(policy.weight),
                 "day": day,
+                "rank": str(now * RANK_SLOTS + place % RANK_SLOTS),
             }
-            if metadata:
-                record["metadata"] = metadata
-            if job.priority:
-                record["priority"] = str(job.priority)
+            if entry.priority:
+                record["priority"] = str(entry.priority)
+            for name, value in (
+                ("metadata", entry.metadata),
+                ("index", entry.scopes),
+                ("webhook", entry.webhook),
+                ("template", entry.template),
+            ):
+                if value:
+                    record[name] = value
             fresh.append(record | extra if extra else record)
-        large = sum(len(item.request) for item in prepared) > OFF_LOOP_PROMPT_CHARS
         reply = await self.shared.evalsha(self._submit, records, args, pack_off_loop=large)
         if reply[0] == "conflict":
             raise JobConflict(keys.split_key_id(reply[1])[1])
+        if reply[0] == "state":
+            raise JobNotRetryable(keys.split_key_id(reply[1])[1], reply[2] or "unknown")
         if reply[0] == "full":
             raise QueueFull(reply[1].removeprefix(keys.queue("")), setting, max_depth, int(reply[2]), int(reply[3]))
         if reply[0] == "quota" and reply[1] == "max_stored_bytes":
@@ -354,8 +473,9 @@ class JobStore:
             raise JobNotFound(job_id)
         if outcome != "ok":
             raise JobFinished(job_id, outcome)
-        # What cancel.lua wrote (status, finish time, request dropped), without reading the record again.
-        record.pop("request", None)
+        # What cancel.lua wrote (status, finish time; a batch's job's request dropped), without reading it again.
+        if "batch" in record:
+            record.pop("request", None)
         return record | {"status": JobStatus.CANCELLED.value, "finished_at": str(now)}
 
     async def cancel_many(self, owner: str, jobs: list[tuple[str, str]]) -> None:
@@ -380,6 +500,10 @@ class JobStore:
                 keys.tokens("", "").removesuffix(":"),
                 keys.client_queue(model, ""),
                 keys.virtual_finish(model),
+                keys.index_prefix(""),
+                keys.expiring(),
+                keys.webhook_events(),
+                self.settings.RESULT_TTL + REAP_GRACE,
             ],
             client=client,
         )
@@ -443,7 +567,7 @@ class JobStore:
         deadline = now + int(self.settings.worker_lease * 1000)
         reply = await self._start(
             keys=[keys.job(kid), keys.stream(kid), keys.running(model), keys.queue(model)],
-            args=[now, worker_id, deadline, kid, arq_id],
+            args=[now, worker_id, deadline, kid, arq_id, keys.index_prefix("")],
         )
         if not reply:
             return None
@@ -467,8 +591,21 @@ class JobStore:
         written: list[str | None] = await self._append(keys=job_keys, args=args)
         return written
 
-    async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
-        """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens)."""
+    async def finish(
+        self,
+        kid: str,
+        model: str,
+        run: int,
+        outcome: JobResult | JobError,
+        tail: str = "",
+        *,
+        provenance: str = "",
+        attempt: str = "",
+    ) -> bool:
+        """Store the attempt's result or error, and close the stream (after `tail`, unflushed tokens).
+
+        `provenance` (JSON) is what produced the answer, kept in the record; `attempt` (JSON) is the attempt's line
+        of the record's `attempt_log`."""
         succeeded = isinstance(outcome, JobResult)
         status, field = (JobStatus.SUCCEEDED, "result") if succeeded else (JobStatus.FAILED, "error")
         used = 0
@@ -493,14 +630,23 @@ class JobStore:
                     keys.tokens("", "").removesuffix(":"),
                     keys.virtual_finish(model),
                     keys.queue(model),
+                    provenance,
+                    attempt,
+                    keys.index_prefix(""),
+                    keys.expiring(),
+                    keys.webhook_events(),
+                    self.settings.RESULT_TTL + REAP_GRACE,
                 ],
             )
         )
 
-    async def requeue(self, kid: str, model: str, run: int, *, refund: bool, delay: float = 0.0) -> bool:
+    async def requeue(
+        self, kid: str, model: str, run: int, *, refund: bool, delay: float = 0.0, attempt: str = ""
+    ) -> bool:
         """Give this run's job back to the queue, in its place, to run again after `delay` seconds (0: at once);
-        `refund` un-counts the attempt (a shutdown, not a failure)."""
-        handed = await self._hand_back(model, "run", {kid: run}, refund=refund, delay=delay)
+        `refund` un-counts the attempt (a shutdown, not a failure). `attempt` (JSON) is the ended attempt's line
+        of the record's `attempt_log`."""
+        handed = await self._hand_back(model, "run", {kid: (run, attempt)}, refund=refund, delay=delay)
         return bool(handed)
 
     async def sweep(self, model: str) -> list[str]:
@@ -509,10 +655,14 @@ class JobStore:
         expired: list[str] = await self.redis.zrangebyscore(keys.running(model), "-inf", now_ms(), 0, SWEEP_BATCH)
         if not expired:
             return []
-        return await self._hand_back(model, "expired", dict.fromkeys(expired, 0), refund=False, delay=0.0)
+        lost = orjson.dumps({"error": {"type": "worker_lost"}, "ended_at": now_ms()}).decode()
+        return await self._hand_back(model, "expired", dict.fromkeys(expired, (0, lost)), refund=False, delay=0.0)
 
-    async def _hand_back(self, model: str, mode: str, runs: dict[str, int], *, refund: bool, delay: float) -> list[str]:
-        """requeue.lua: each job of `runs` (key id: run) moves to a fresh arq job id in the model's queue."""
+    async def _hand_back(
+        self, model: str, mode: str, runs: dict[str, tuple[int, str]], *, refund: bool, delay: float
+    ) -> list[str]:
+        """requeue.lua: each job of `runs` (key id: (run, attempt log line)) moves to a fresh arq job id in the
+        model's queue."""
         now = now_ms()
         args: list[str | int] = [
             mode,
@@ -525,13 +675,26 @@ class JobStore:
             keys.wake_channel(model),
             keys.client_queue(model, ""),
             BATCH_BAND,
+            keys.index_prefix(""),
         ]
-        for kid, run in runs.items():
-            args += [kid, run, keys.arq_id(kid)]
+        for kid, (run, attempt) in runs.items():
+            args += [kid, run, keys.arq_id(kid), attempt]
         handed: list[str] = await self._requeue(
             keys=[keys.running(model), keys.queue(model), *(keys.job(kid) for kid in runs)], args=args
         )
         return handed
+
+    async def reap(self) -> int:
+        """Erase the finished jobs whose RESULT_TTL has passed, with their index entries (reap.lua), REAP_BATCH a
+        call until none is left. Returns how many were due."""
+        due = total = REAP_BATCH
+        while due == REAP_BATCH:
+            due = await self._reap(
+                keys=[keys.expiring()],
+                args=[now_ms(), REAP_BATCH, keys.job(""), keys.stream(""), keys.index_prefix(""), keys.activity("")],
+            )
+            total += due
+        return total - REAP_BATCH
 
     async def heartbeat(self, model: str, worker_id: str, runs: dict[str, int]) -> list[str]:
         """Record that the worker and its runs (key id: run) are alive; returns the key ids it must stop."""

@@ -6,6 +6,7 @@ Known French public-administration acronyms in the text are expanded first (shar
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib import resources
 
 import jinja2
@@ -16,13 +17,27 @@ _SUFFIX = ".jinja2"
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
+def _sources() -> dict[str, str]:
+    """Each template's text, by name: the package's files, read once."""
     folder = resources.files("shared").joinpath("templates")
-    sources = {
+    return {
         item.name.removesuffix(_SUFFIX): item.read_text(encoding="utf-8")
         for item in folder.iterdir()
         if item.name.endswith(_SUFFIX)
     }
+
+
+@functools.cache
+def template_tag(template: str) -> str:
+    """`<name>@<the first 12 hex digits of the SHA-256 of its text>`: which template, in which version, a job's
+    prompt was rendered with (its provenance); KeyError for an unknown name."""
+    digest = hashlib.sha256(_sources()[template].encode()).hexdigest()[:12]
+    return f"{template}@{digest}"
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    sources = _sources()
     # Plain text, not HTML: no autoescape; a missing variable is an error, not an empty string.
     return jinja2.Environment(
         loader=jinja2.DictLoader(sources),

@@ -3,7 +3,8 @@
 Every worker of a model runs one, every WORKER_HEARTBEAT seconds: a job whose heartbeat deadline (three
 heartbeats ahead, `Settings.worker_lease`) has passed is handed back at once (requeue.lua, atomic per job,
 so that two sweepers never hand back the same run twice), and the model's workers are woken to take it.
-Its attempt counts: a job whose worker keeps dying fails once JOB_MAX_ATTEMPTS are spent.
+Its attempt counts: a job whose worker keeps dying fails once JOB_MAX_ATTEMPTS are spent. It also reaps: finished
+jobs whose RESULT_TTL has passed are erased with their index entries (`JobStore.reap`; any worker's will do).
 
 Deadlines go by while nobody can beat: after losing Redis, the sweeper waits for a lease and a heartbeat
 before sweeping again, so that the live workers first beat their jobs again; a sweeper that starts while
@@ -41,6 +42,7 @@ async def sweep_forever(store: JobStore, settings: Settings, model: str) -> None
             if time.monotonic() - reachable_since < settle:
                 continue
             swept = await store.sweep(model)
+            reaped = await store.reap()
         except REDIS_ERRORS as exc:
             if reachable_since is not None:
                 logger.warning("sweeper paused, Redis unavailable: %s", exc)
@@ -51,3 +53,5 @@ async def sweep_forever(store: JobStore, settings: Settings, model: str) -> None
             continue
         if swept:
             logger.warning("%d job(s) of %s handed back to the queue: their worker stopped", len(swept), model)
+        if reaped:
+            logger.info("%d finished job(s) erased: their RESULT_TTL has passed", reaped)

@@ -15,12 +15,14 @@
 -- Returns the key ids handed back: the others are no longer running under that run or deadline.
 local mode, now, refund, not_before = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local job_prefix, progress_prefix, retry_prefix, channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local client_queue_prefix, boundary = ARGV[9], tonumber(ARGV[10])
+local client_queue_prefix, boundary, index_prefix = ARGV[9], tonumber(ARGV[10]), ARGV[11]
+--#include index
+--#include attempt_log
 local done = {}
 for i = 3, #KEYS do
-  local p = 11 + 3 * (i - 3)
+  local p = 12 + 4 * (i - 3)
   local kid, run, arq_id = ARGV[p], ARGV[p + 1], ARGV[p + 2]
-  local state = redis.call('HMGET', KEYS[i], 'status', 'run', 'arq', 'place')
+  local state = redis.call('HMGET', KEYS[i], 'status', 'run', 'arq', 'place', 'id', 'model', 'index', 'rank')
   local owned
   if mode == 'run' then
     owned = state[1] == 'running' and state[2] == run
@@ -43,6 +45,9 @@ for i = 3, #KEYS do
       redis.call('ZADD', client_queue_prefix .. owner, 'NX', -1e300, arq_id)
     end
     redis.call('HSET', KEYS[i], 'status', 'queued', 'arq', arq_id)
+    index_move(index_scopes(index_prefix, string.match(kid, '^([^:]*):'), state[6], state[7]), state[5], 'running',
+      'queued', state[8])
+    append_attempt(KEYS[i], ARGV[p + 3])
     if not_before ~= '0' then redis.call('HSET', KEYS[i], 'not_before', not_before) end
     done[#done + 1] = kid
   end

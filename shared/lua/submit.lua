@@ -10,15 +10,22 @@
 --       the step between priorities in a client's queue, the client's hash and its set of unfinished jobs, its
 --       max_stored_bytes (0: none), its stored bytes (keys.stored), until when the jobs' metadata is charged (ms;
 --       interactive jobs only: a batch is charged its input), the number n of extra fields stored in every
---       record, their n field/value pairs,
---       then 8 per job: key id, arq job id, model, fingerprint, request, metadata ('' for none), cost (tokens),
---       priority.
+--       record, their n field/value pairs, the prefix of clients' job indexes, the set of expiring jobs, the
+--       client's webhook signing secret ('' when no job has a webhook),
+--       then 11 per job: key id, arq job id, model, fingerprint, request, metadata ('' for none), cost (tokens),
+--       priority, the job's extra index scopes (index.lua; '' for none), its webhook (JSON, '' for none), its
+--       template tag ('' for none).
+-- Mode 'retry' (POST /v1/jobs/{id}/retry) runs a failed or cancelled job again under its id: its record is
+-- written anew but keeps its creation time, rank, metadata and attempt log; attempts start again from 0 and its
+-- stream starts again with a `reset` event. A job in another state, or of a batch, is not retried: {"state", key
+-- id, status}.
 -- Fair share: a job's score is its tier's band plus its start tag (start-time fair queuing): the later of the
 -- model's virtual clock (the tag of the last job taken) and the client's finish tag, which then grows by the
 -- job's cost over the client's weight (finish.lua corrects it with the tokens the job really used). Workers take
 -- the lowest scores first: while several clients have jobs queued, each gets tokens in proportion to its
 -- weight; a client alone gets everything.
 -- The arq job definition is not written here: the worker that takes the job writes it (take.lua).
+-- A job's rank (its score in its indexes) is its creation time in ms × 1024 plus its place in the submission.
 -- Returns {"conflict", key id} | {"full", queue, depth, asked} | {"quota", limit, value, usage, asked[, when the
 -- earliest stored bytes stop counting (ms), for max_stored_bytes]}
 -- | {"ok", r1, r2, ...}: ri is 0 for a stored job and the flat HGETALL of the existing record for an identical
@@ -32,10 +39,13 @@ local arq_prefix, cancel_prefix, wake_prefix = ARGV[20], ARGV[21], ARGV[22]
 local clock_prefix, finish_prefix, client_queue_prefix = ARGV[23], ARGV[24], ARGV[25]
 local priority_step, client_key, client_jobs = tonumber(ARGV[26]), ARGV[27], ARGV[28]
 local max_stored, stored_key, metadata_until = tonumber(ARGV[29]), ARGV[30], ARGV[31]
-local n_extra = tonumber(ARGV[32])
-local extra = {unpack(ARGV, 33, 32 + 2 * n_extra)}
-local first, PER_JOB = 33 + 2 * n_extra, 8
+local index_prefix, expiring, webhook_secret = ARGV[32], ARGV[33], ARGV[34]
+local n_extra = tonumber(ARGV[35])
+local extra = {unpack(ARGV, 36, 35 + 2 * n_extra)}
+local first, PER_JOB = 36 + 2 * n_extra, 11
+local RANK_SLOTS = 1024
 --#include stored_buckets
+--#include index
 local SLICE = 4000 -- values a call: Lua's unpack takes at most 8,000
 local HEAL_EVERY_MS = 10000
 
@@ -49,7 +59,13 @@ end
 -- existing[i]: nil for a new job, true for an identical resubmission, false for a job to replace.
 -- One EXISTS tells the usual case, where no record exists, without a look at each.
 local existing = {}
-if any_exists(KEYS) then
+if mode == 'retry' then
+  local old = redis.call('HMGET', KEYS[1], 'status', 'batch')
+  if (old[1] ~= 'failed' and old[1] ~= 'cancelled') or old[2] then
+    return {'state', ARGV[first], old[2] and 'batch' or old[1] or false}
+  end
+  existing[1] = false
+elseif any_exists(KEYS) then
   for i = 1, #KEYS do
     local p = first + PER_JOB * (i - 1)
     local hash = redis.call('HGET', KEYS[i], 'hash')
@@ -115,6 +131,7 @@ if cost > 0 then
   redis.call('EXPIRE', tokens_key, tokens_ttl)
 end
 redis.call('HSET', client_key, 'max_running', max_running)
+if webhook_secret ~= '' then redis.call('HSET', client_key, 'webhook_secret', webhook_secret) end
 
 -- The virtual clock and the client's finish tag of each model, read once and written back at the end.
 local clocks, finishes = {}, {}
@@ -132,10 +149,10 @@ end
 -- A new record holds no `attempts` nor `run` (0 until start.lua counts them), nor anything its key tells;
 -- `...`: the fields it has but not every record (metadata, priority, the extra fields).
 local id_from = #owner + 2
-local function store_record(i, p, ...)
+local function store_record(i, p, created, rank, ...)
   redis.call('HSET', KEYS[i], 'id', string.sub(ARGV[p], id_from), 'model', ARGV[p + 2], 'status', 'queued',
-    'arq', ARGV[p + 1], 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', now, 'cost', ARGV[p + 6],
-    'weight', ARGV[9], 'day', day, ...)
+    'arq', ARGV[p + 1], 'request', ARGV[p + 4], 'hash', ARGV[p + 3], 'created_at', created, 'cost', ARGV[p + 6],
+    'weight', ARGV[9], 'day', day, 'rank', rank, ...)
 end
 
 -- The client's order of its own interactive jobs: a sequence number each (finish.lua may move the client's finish
@@ -143,17 +160,20 @@ end
 local seq = 0
 if tier == 'interactive' and n_fresh > 0 then seq = redis.call('HINCRBY', client_key, 'seq', n_fresh) - n_fresh end
 
-local out, queued, unfinished, best = {'ok'}, {}, {}, {}
+local out, queued, unfinished, best, indexed = {'ok'}, {}, {}, {}, {}
+local base_rank = tonumber(now) * RANK_SLOTS
 for i = 1, #KEYS do
   local p = first + PER_JOB * (i - 1)
   local kid, arq_id, model, metadata, priority = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 5], ARGV[p + 7]
+  local job_id = string.sub(kid, id_from)
   if existing[i] then
     out[i + 1] = redis.call('HGETALL', KEYS[i])
   else
-    local run = 0
+    local run, created, rank, log = 0, now, string.format('%.0f', base_rank + (i - 1) % RANK_SLOTS), false
     if existing[i] == false then
-      -- Stop the old generation; its worker loses the job (fenced by `run`), its stream gets a reset.
-      local old = redis.call('HMGET', KEYS[i], 'status', 'arq', 'model', 'run')
+      -- Stop the old generation (a replacement); its worker loses the job (fenced by `run`), its stream gets a reset.
+      local old = redis.call('HMGET', KEYS[i], 'status', 'arq', 'model', 'run', 'index', 'created_at', 'rank',
+        'attempt_log')
       if old[1] == 'queued' or old[1] == 'running' then
         redis.call('ZREM', queue_prefix .. old[3], old[2])
         redis.call('ZREM', client_queue_prefix .. old[3] .. ':' .. owner, old[2])
@@ -163,15 +183,36 @@ for i = 1, #KEYS do
           redis.call('PUBLISH', cancel_prefix .. old[3], kid)
         end
       end
+      index_move(index_scopes(index_prefix, owner, old[3], old[5]), job_id, old[1], false)
+      redis.call('ZREM', expiring, kid)
       run = tonumber(old[4] or '0')
       redis.call('DEL', KEYS[i])
-      redis.call('PERSIST', stream_prefix .. kid)
+      if mode == 'retry' then
+        created, rank, log = old[6], old[7] or rank, old[8]
+        redis.call('DEL', stream_prefix .. kid)
+        redis.call('XADD', stream_prefix .. kid, '*', 't', 'reset', 'd', '0')
+      else
+        redis.call('PERSIST', stream_prefix .. kid)
+      end
     end
     local fields = {}
-    if metadata ~= '' then fields[#fields + 1], fields[#fields + 2] = 'metadata', metadata end
-    if priority ~= '0' then fields[#fields + 1], fields[#fields + 2] = 'priority', priority end
+    local function field(name, value)
+      if value and value ~= '' then fields[#fields + 1], fields[#fields + 2] = name, value end
+    end
+    field('metadata', metadata)
+    if priority ~= '0' then field('priority', priority) end
+    field('index', ARGV[p + 8])
+    field('webhook', ARGV[p + 9])
+    field('template', ARGV[p + 10])
+    field('attempt_log', log)
     for j = 1, #extra do fields[#fields + 1] = extra[j] end
-    store_record(i, p, unpack(fields))
+    store_record(i, p, created, rank, unpack(fields))
+    for _, scope in ipairs(index_scopes(index_prefix, owner, model, ARGV[p + 8])) do
+      local members = indexed[scope] or {}
+      indexed[scope] = members
+      members[#members + 1] = rank
+      members[#members + 1] = job_id
+    end
     -- The fence only grows: the replaced generation's worker must not write into the new one.
     if run > 0 then redis.call('HSET', KEYS[i], 'run', run) end
     local tag = start_tag(model, tonumber(ARGV[p + 6]))
@@ -204,6 +245,11 @@ for model, members in pairs(best) do
   local mine = client_queue_prefix .. model .. ':' .. owner
   for from = 1, #members, SLICE do
     redis.call('ZADD', mine, unpack(members, from, math.min(from + SLICE - 1, #members)))
+  end
+end
+for scope, members in pairs(indexed) do
+  for from = 1, #members, SLICE do
+    redis.call('ZADD', scope .. 'queued', unpack(members, from, math.min(from + SLICE - 1, #members)))
   end
 end
 for from = 1, #unfinished, SLICE do

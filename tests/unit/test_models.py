@@ -325,6 +325,7 @@ def test_public_job_of_a_finished_record() -> None:
         "error": None,
         "metadata": {"k": "v", "n": 3},
         "priority": 0,
+        "webhook": None,
     }
 
 
@@ -359,6 +360,7 @@ def test_public_job_of_a_fresh_record_has_none_for_missing_fields() -> None:
         "error": None,
         "metadata": None,
         "priority": 0,
+        "webhook": None,
     }
 
 

@@ -16,7 +16,7 @@ from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
 from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
 from shared.multiplex import SharedConnection
-from shared.store import BATCH_BAND, INTERACTIVE_BAND, JobStore, utc_day
+from shared.store import BATCH_BAND, INTERACTIVE_BAND, REAP_GRACE, JobStore, utc_day
 from tests.unit.conftest import MODEL, StoreFactory, make_settings
 
 OWNER = "owner1"
@@ -27,9 +27,11 @@ BOOKKEEPING = [
     keys.client_queue(MODEL, OWNER),
     keys.stored(OWNER),
     keys.virtual_finish(MODEL),
+    keys.index(OWNER, keys.model_scope(MODEL), "queued"),
 ]
 """What a submission writes besides records and queues, its daily token count aside: the client's policy, its
-unfinished jobs and its queue on the model, its stored bytes (metadata), its fair-share tag."""
+unfinished jobs and its queue on the model, its stored bytes (metadata), its fair-share tag, its index of queued
+jobs."""
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -260,7 +262,14 @@ async def test_different_body_under_the_same_id_conflicts_and_stores_nothing_of_
     assert info.value.job_id == "j1"
     assert await record(redis, kid("j1")) == before
     assert sorted(await redis.keys("*")) == sorted(
-        [keys.job(kid("j1")), keys.queue(MODEL), *BOOKKEEPING, keys.tokens(OWNER, utc_day(now_ms()))], key=str
+        [
+            keys.job(kid("j1")),
+            keys.queue(MODEL),
+            *BOOKKEEPING,
+            keys.tokens(OWNER, utc_day(now_ms())),
+            keys.index(OWNER, keys.metadata_scope("a", 1), "queued"),
+        ],
+        key=str,
     ), "nothing of the refused submission"
 
 
@@ -455,7 +464,9 @@ async def test_finish_with_a_result_closes_the_job(redis: fakeredis.FakeAsyncRed
     assert "request" not in stored
     assert int(stored["finished_at"]) >= int(stored["started_at"])
     assert await events(redis, kid("j1")) == [("token", "Bon"), ("token", "jour."), ("done", "succeeded")]
-    assert 4990 <= await redis.ttl(keys.job(kid("j1"))) <= 5000
+    expires = await redis.zscore(keys.expiring(), kid("j1"))
+    assert expires == int(stored["finished_at"]) + 5000 * 1000, "the reaper erases it RESULT_TTL after its end"
+    assert 5000 + REAP_GRACE - 10 <= await redis.ttl(keys.job(kid("j1"))) <= 5000 + REAP_GRACE
     assert 290 <= await redis.ttl(keys.stream(kid("j1"))) <= 300
     assert await running(redis) == []
 
@@ -553,12 +564,14 @@ async def test_cancel_of_a_queued_job_removes_it_from_the_queue(
 
     assert cancelled["status"] == "cancelled"
     assert "finished_at" in cancelled
-    assert "request" not in cancelled
+    assert "request" in cancelled, "kept for a retry"
     assert cancelled == await record(redis, kid("j1"))
     assert await queued(redis) == [kid("j2")]
     assert not await redis.exists(definition)
     assert await events(redis, kid("j1")) == [("done", "cancelled")]
-    assert 4990 <= await redis.ttl(keys.job(kid("j1"))) <= 5000
+    expires = await redis.zscore(keys.expiring(), kid("j1"))
+    assert expires == int(cancelled["finished_at"]) + 5000 * 1000, "the reaper erases it RESULT_TTL after its end"
+    assert 5000 + REAP_GRACE - 10 <= await redis.ttl(keys.job(kid("j1"))) <= 5000 + REAP_GRACE
     assert 290 <= await redis.ttl(keys.stream(kid("j1"))) <= 300
 
 
