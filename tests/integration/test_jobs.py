@@ -166,7 +166,6 @@ def test_cancel_a_queued_job_at_once(stack: Stack, sim: Sim) -> None:
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
     assert stack.http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
-    assert stack.http.delete(f"/v1/jobs/{job_id}").status_code == 409
     events = read_events(stack.http, job_id)
     assert [event for event, _, _ in events] == ["done"]
     assert events[0][2]["status"] == "cancelled"
@@ -190,13 +189,14 @@ def test_cancel_a_running_job_closes_the_model_request(stack: Stack, sim: Sim) -
     assert job["result"] is None
 
 
-def test_finished_job_cannot_be_cancelled(stack: Stack) -> None:
+def test_a_finished_job_is_erased_not_cancelled(stack: Stack) -> None:
     job_id = unique()
     stack.http.post("/v1/jobs", json={"id": job_id, "prompt": "Vite", "params": {"max_tokens": 2}})
     stack.wait_job(job_id)
     response = stack.http.delete(f"/v1/jobs/{job_id}")
-    assert response.status_code == 409
-    assert "succeeded" in response.json()["detail"]
+    assert response.json() == {"id": job_id, "object": "job.deleted", "deleted": True}
+    assert stack.http.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert stack.http.delete(f"/v1/jobs/{job_id}").status_code == 404
 
 
 @pytest.mark.parametrize(
