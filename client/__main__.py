@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from albert_spp import config
 from client import batch
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_URL = config.DEFAULT_URL
 
 
 def _positive_int(text: str) -> int:
@@ -35,7 +36,7 @@ def _positive_float(text: str) -> float:
 
 
 def default_api_key() -> str:
-    return os.environ.get("ALBERT_SPP_API_KEY") or os.environ.get("OPENAI_API_KEY") or "dev"
+    return os.environ.get(config.KEY_VARIABLE) or os.environ.get("OPENAI_API_KEY") or "dev"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT", help="the JSONL file of results")
     run.add_argument(
         "--url",
-        default=os.environ.get("ALBERT_SPP_URL") or DEFAULT_URL,
+        default=os.environ.get(config.URL_VARIABLE) or DEFAULT_URL,
         help=f"the server (default: $ALBERT_SPP_URL or {DEFAULT_URL})",
     )
     run.add_argument(

@@ -21,8 +21,9 @@ import orjson
 from openai import OpenAI
 from openai.types import Batch
 
+from albert_spp import config
+from albert_spp.progress import Counts, Progress
 from client.lines import MISSING, BatchInput, InputError, Kind, read_input, result_of, write_requests
-from client.progress import Counts, Progress
 
 DEFAULT_MAX_TOKENS = 1024  # SPP_MAX_TOKENS
 DEFAULT_TEMPERATURE = 0.2  # SPP_TEMPERATURE
@@ -91,8 +92,7 @@ def save_state(path: Path, state: State) -> None:
 
 def normalized_url(url: str) -> str:
     """The server's root URL: no trailing slash, no `/v1` (the client adds it)."""
-    url = url.rstrip("/")
-    return url.removesuffix("/v1")
+    return config.root(url)
 
 
 class BatchCommand:
@@ -102,6 +102,8 @@ class BatchCommand:
         self.url = normalized_url(options.url)
         self.state_file = state_path(options.output)
         self.batch_id: str | None = None
+        if (danger := config.insecure(self.url, options.api_key)) is not None:
+            self.say(f"warning: {danger}")
         # A few retries with backoff for a server restarting; timeouts long enough for large uploads.
         self.client = OpenAI(base_url=self.url + "/v1", api_key=options.api_key, max_retries=3, timeout=120)
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from albert_spp.progress import Counts, Progress, RateMeter, format_duration, format_progress
 from client import batch
 from client.__main__ import default_api_key, main, parser
 from client.lines import (
@@ -23,7 +24,6 @@ from client.lines import (
     spp_request,
     write_requests,
 )
-from client.progress import Counts, Progress, RateMeter, format_duration, format_progress
 from shared.templates import render_prompt
 
 CHAT = "/v1/chat/completions"

@@ -1,4 +1,5 @@
-"""The progress of a batch on stderr: a line redrawn with `\\r` on a terminal, else a line every few seconds."""
+"""Progress on stderr (`wait_all`, `albert-spp batch`): a line redrawn with `\\r` on a terminal, else a line every few
+seconds."""
 
 from __future__ import annotations
 
