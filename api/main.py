@@ -25,6 +25,7 @@ from api.queue_events import QueueWatch
 from api.responses import JSONResponse
 from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models, usage
 from api.routes import openai as openai_compatible
+from api.routes import provenance as job_provenance
 from api.streams import StreamHub
 from shared.batches import BatchStore
 from shared.connection import redis_client
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Busiest first: FastAPI tries the routers in this order, ~4 µs each, on every request.
     app.include_router(jobs.router)
+    app.include_router(job_provenance.router)
     app.include_router(health.router)
     app.include_router(openai_compatible.router)
     app.include_router(legacy.router)

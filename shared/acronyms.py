@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import re
 from collections.abc import Iterable, Mapping
@@ -49,6 +50,13 @@ def load_acronyms() -> dict[str, str]:
             raise ValueError(f"{DATA_FILE}, line {reader.line_num}: acronym {acronym!r} is not a word")
         acronyms[acronym] = expansion
     return acronyms
+
+
+@functools.cache
+def acronyms_version() -> str:
+    """The first 12 hex digits of the SHA-256 of the packaged list's bytes: which version of the list expanded a
+    job's text (its provenance), read once."""
+    return hashlib.sha256(resources.files("shared").joinpath(DATA_FILE).read_bytes()).hexdigest()[:12]
 
 
 @functools.lru_cache(maxsize=16)

@@ -242,10 +242,11 @@ def now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
 
-def _iso(ms: str | None) -> str | None:
-    if not ms:
+def iso_time(ms: int | str | None) -> str | None:
+    """ISO 8601 in UTC, to the ms, of a record's timestamp (ms since the epoch); None for none."""
+    if ms is None or ms == "":
         return None
-    return _iso_of(ms)
+    return _iso_of(str(ms))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -263,9 +264,9 @@ def public_job(record: dict[str, str]) -> dict[str, Any]:
         "model": record["model"],
         "status": record["status"],
         "attempts": int(record.get("attempts", 0)),
-        "created_at": _iso(record["created_at"]),
-        "started_at": _iso(record.get("started_at")),
-        "finished_at": _iso(record.get("finished_at")),
+        "created_at": iso_time(record["created_at"]),
+        "started_at": iso_time(record.get("started_at")),
+        "finished_at": iso_time(record.get("finished_at")),
         "result": orjson.loads(record["result"]) if "result" in record else None,
         "error": orjson.loads(record["error"]) if "error" in record else None,
         "metadata": orjson.loads(record["metadata"]) if "metadata" in record else None,

@@ -11,7 +11,7 @@ from importlib import resources
 
 import jinja2
 
-from shared.acronyms import expand_acronyms
+from shared.acronyms import acronyms_version, expand_acronyms
 
 _SUFFIX = ".jinja2"
 
@@ -27,12 +27,16 @@ def _sources() -> dict[str, str]:
     }
 
 
+ACRONYMS_SEPARATOR = " acronyms@"
+
+
 @functools.cache
 def template_tag(template: str) -> str:
-    """`<name>@<the first 12 hex digits of the SHA-256 of its text>`: which template, in which version, a job's
-    prompt was rendered with (its provenance); KeyError for an unknown name."""
+    """`<name>@<12 hex digits of the SHA-256 of its text> acronyms@<acronyms_version()>`: which template, in which
+    version, and which acronym list a job's prompt was rendered with at its submission (its provenance); KeyError
+    for an unknown name."""
     digest = hashlib.sha256(_sources()[template].encode()).hexdigest()[:12]
-    return f"{template}@{digest}"
+    return f"{template}@{digest}{ACRONYMS_SEPARATOR}{acronyms_version()}"
 
 
 @functools.cache

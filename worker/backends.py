@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import ssl
 import uuid
@@ -24,9 +25,15 @@ import orjson
 
 from shared.models import GenerationRequest, Usage
 from shared.settings import Backend, Settings
-from worker.replicas import Replicas
+from worker.provenance import ModelCard, ModelCards, Trace, card_of
+from worker.replicas import Replica, Replicas
+
+logger = logging.getLogger(__name__)
 
 _DRAIN_SECONDS = 1.0
+
+_CARD_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+"""A /v1/models question that takes longer is given up: the provenance then lacks the model's revision."""
 
 
 class BackendError(Exception):
@@ -151,17 +158,17 @@ def _chat_as_text(request: GenerationRequest) -> str:
 
 
 def _sampling(request: GenerationRequest) -> dict[str, Any]:
-    body: dict[str, Any] = {
+    """The generation parameters of a request body."""
+    sampling: dict[str, Any] = {
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,
-        "stream": True,
     }
     if request.stop:
-        body["stop"] = request.stop
+        sampling["stop"] = request.stop
     if request.seed is not None:
-        body["seed"] = request.seed
-    return body
+        sampling["seed"] = request.seed
+    return sampling
 
 
 class ModelClient:
@@ -173,6 +180,8 @@ class ModelClient:
         if not self.backends:
             raise ValueError(f"model {model!r} is not in LLM_TABLE")
         self.replicas = Replicas(settings, self.backends)
+        self.cards = ModelCards(self._card)
+        """What each replica says it serves, for the provenance of its answers."""
         self._first_token_timeout = settings.FIRST_TOKEN_TIMEOUT
         self._read_timeout = settings.BACKEND_READ_TIMEOUT
         self._timeout = aiohttp.ClientTimeout(
@@ -193,6 +202,7 @@ class ModelClient:
         return self._session
 
     async def aclose(self) -> None:
+        await self.cards.aclose()
         if self._session is not None:
             await self._session.close()
 
@@ -204,18 +214,25 @@ class ModelClient:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    async def stream(self, request: GenerationRequest, request_id: str) -> AsyncGenerator[Event, None]:
+    async def stream(
+        self, request: GenerationRequest, request_id: str, trace: Trace | None = None
+    ) -> AsyncGenerator[Event, None]:
         """The generation's events from the next replica; raises BackendUnavailable or BackendRejected.
 
         The first event must come within FIRST_TOKEN_TIMEOUT of sending the request (a server that accepts
-        requests but never starts them); after it, BACKEND_READ_TIMEOUT bounds each silence.
+        requests but never starts them); after it, BACKEND_READ_TIMEOUT bounds each silence. A `trace` is told
+        what answers (the replica, the sampling sent, the model id reported), and the replica's card is asked for
+        in the background when it is missing or stale.
         """
         replica = self.replicas.pick()
         backend = replica.backend
+        if trace is not None:
+            trace.replica = replica.rank
+            self.cards.refresh(replica.rank)
         if backend.protocol == "generate":
-            events = self._stream_generate(backend, request, request_id)
+            events = self._stream_generate(backend, request, request_id, trace)
         else:
-            events = self._stream_openai(backend, request, request_id)
+            events = self._stream_openai(backend, request, request_id, trace)
         first_token = asyncio.timeout(self._first_token_timeout)
         try:
             async with contextlib.aclosing(events), first_token:
@@ -223,7 +240,7 @@ class ModelClient:
                     first_token.reschedule(None)
                     yield event
         except TimeoutError as exc:
-            self.replicas.failed(replica)
+            self._failed(replica)
             if first_token.expired():
                 reason = f"no first token within FIRST_TOKEN_TIMEOUT={self._first_token_timeout:g}s"
             else:
@@ -232,12 +249,12 @@ class ModelClient:
                 )
             raise BackendUnavailable(reason, backend.public_url) from exc
         except aiohttp.ClientError as exc:
-            self.replicas.failed(replica)
+            self._failed(replica)
             # aiohttp's messages name the host (and, for TLS, the certificate's details): internal only.
             public = f"the connection to the model server failed ({type(exc).__name__})"
             raise BackendUnavailable(public, backend.public_url, str(exc)) from exc
         except BackendUnavailable:
-            self.replicas.failed(replica)
+            self._failed(replica)
             raise
         except BackendRejected:
             self.replicas.succeeded(replica)
@@ -245,10 +262,32 @@ class ModelClient:
         else:
             self.replicas.succeeded(replica)
 
+    def _failed(self, replica: Replica) -> None:
+        self.replicas.failed(replica)
+        self.cards.forget(replica.rank)
+
+    async def _card(self, rank: int) -> ModelCard | None:
+        """What the replica of `rank` says it serves (`GET /v1/models`); None when it cannot tell."""
+        backend = self.replicas.replicas[rank].backend
+        url = backend.url + "/v1/models"
+        try:
+            headers = self._headers(backend, str(uuid.uuid4()))
+            async with self.session.get(url, headers=headers, timeout=_CARD_TIMEOUT) as response:
+                if response.status != 200:
+                    logger.debug("model server %s/v1/models answered HTTP %d", backend.public_url, response.status)
+                    return None
+                return card_of(orjson.loads(await response.read()), self.model)
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            logger.debug("model server %s/v1/models unanswered: %s", backend.public_url, type(exc).__name__)
+            return None
+
     async def _stream_openai(
-        self, backend: Backend, request: GenerationRequest, request_id: str
+        self, backend: Backend, request: GenerationRequest, request_id: str, trace: Trace | None
     ) -> AsyncGenerator[Event, None]:
-        body = {"model": request.model, **_sampling(request), "stream_options": {"include_usage": True}}
+        sampling = _sampling(request)
+        if trace is not None:
+            trace.sampling = sampling
+        body = {"model": request.model, **sampling, "stream": True, "stream_options": {"include_usage": True}}
         if request.messages is not None:
             path, chat = "/v1/chat/completions", True
             body["messages"] = [m.model_dump() for m in request.messages]
@@ -277,6 +316,8 @@ class ModelClient:
                 except orjson.JSONDecodeError:
                     unreadable = "the model server sent an unreadable chunk"
                     raise BackendUnavailable(unreadable, where, repr(data[:200])) from None
+                if trace is not None and trace.served_model is None:
+                    trace.read_chunk(chunk)
                 if "error" in chunk:
                     message = f"the model server failed during the stream: {public_text(_error_message(chunk))}"
                     code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
@@ -303,10 +344,13 @@ class ModelClient:
         yield Final(finish_reason, usage or Usage(completion_tokens=pieces))
 
     async def _stream_generate(
-        self, backend: Backend, request: GenerationRequest, request_id: str
+        self, backend: Backend, request: GenerationRequest, request_id: str, trace: Trace | None
     ) -> AsyncGenerator[Event, None]:
         prompt = _chat_as_text(request)
-        body = {"prompt": prompt, **_sampling(request)}
+        sampling = _sampling(request)
+        if trace is not None:
+            trace.sampling = sampling
+        body = {"prompt": prompt, **sampling, "stream": True}
         url = backend.url + "/generate"
         where = backend.public_url + "/generate"
         sent = 0

@@ -19,10 +19,12 @@ from arq import Retry
 from redis import exceptions as redis_errors
 
 from shared.models import GenerationRequest, JobError, JobResult, now_ms
+from shared.provenance import StoredProvenance
 from shared.store import Chunk, Started
 from shared.streams import next_id
 from worker.backends import BackendError, BackendRejected, Delta, request_id
 from worker.context import Running, WorkerContext
+from worker.provenance import CARD_WAIT, Trace
 
 logger = logging.getLogger(__name__)
 
@@ -175,15 +177,18 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
             f"the worker running attempt {attempt - 1} stopped (killed, crashed or cut off from Redis), "
             f"and JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS} attempts were made"
         )
-        await persist(lambda: store.finish(kid, model, run, JobError(type="worker_lost", message=message)))
+        error = JobError(type="worker_lost", message=message)
+        await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp)))
         _failed(spp, kid, attempt, "worker_lost", 0.0)
         return
     if attempt > 1 and now_ms() > started.created_at + settings.JOB_DEADLINE * 1000:
         message = f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed since the job was created: no attempt {attempt}"
-        await persist(lambda: store.finish(kid, model, run, JobError(type="deadline", message=message)))
+        error = JobError(type="deadline", message=message)
+        await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp)))
         _failed(spp, kid, attempt, "deadline", 0.0)
         return
-    queue_ms = max(0, now_ms() - started.created_at)
+    trace = Trace(started_at=now_ms())
+    queue_ms = max(0, trace.started_at - started.created_at)
     spp.metrics.started.labels(model).inc()
     spp.metrics.queue_seconds.labels(model).observe(queue_ms / 1000)
     sent_as = request_id(kid, run)
@@ -192,9 +197,11 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
     spp.metrics.running.labels(model).inc()
     writer = TokenWriter(spp, kid, run)
     try:
-        result = await _stream(spp, sent_as, started.request, writer)
+        result = await _stream(spp, sent_as, started.request, writer, trace)
         tail = await writer.settle()
-        stored = await persist(lambda: store.finish(kid, model, run, result, tail=tail))
+        # No attempt line: the record and the provenance hold the succeeded attempt's (shared/provenance.py).
+        provenance = await _provenance(spp, trace)
+        stored = await persist(lambda: store.finish(kid, model, run, result, tail=tail, provenance=provenance))
         seconds = time.monotonic() - began
         if stored:
             spp.metrics.succeeded.labels(model).inc()
@@ -218,44 +225,61 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
         if arq_id not in spp.aborting:
             # A shutdown, not a cancellation: give the job back without counting the attempt.
             try:
-                await asyncio.shield(store.requeue(kid, model, run, refund=True))
+                line = trace.line(attempt, run, "shutdown")
+                await asyncio.shield(store.requeue(kid, model, run, refund=True, attempt=line))
                 _log(logging.INFO, spp, kid, attempt, "job_handed_back", "handed back on shutdown")
             except REDIS_WRITE_ERRORS as exc:
                 logger.warning("job %s model=%s attempt=%d left to the sweeper: %s", *log_args, exc)
         raise
     except (BackendError, TimeoutError) as exc:
-        await _retry_or_fail(spp, kid, started, exc, time.monotonic() - began)
+        await _retry_or_fail(spp, kid, started, exc, time.monotonic() - began, trace)
     except REDIS_WRITE_ERRORS:
         raise  # not a failure of the job: generate() leaves it to the sweeper
     except Exception as exc:
         logger.exception("job %s model=%s attempt=%d crashed", *log_args)
         # The traceback is in the worker's log; the client learns only that the fault is ours.
         error = JobError(type="internal", message=f"internal error of the worker ({type(exc).__name__})")
-        await persist(lambda: store.finish(kid, model, run, error))
+        provenance, line = await _provenance(spp, trace), trace.line(attempt, run, "failed", "internal")
+        await persist(lambda: store.finish(kid, model, run, error, provenance=provenance, attempt=line))
         _failed(spp, kid, attempt, "internal", time.monotonic() - began)
     finally:
         spp.metrics.running.labels(model).dec()
 
 
-async def _stream(spp: WorkerContext, sent_as: str, request: GenerationRequest, writer: TokenWriter) -> JobResult:
+async def _stream(
+    spp: WorkerContext, sent_as: str, request: GenerationRequest, writer: TokenWriter, trace: Trace
+) -> JobResult:
     """The generation from the model server (asked under request id `sent_as`), its tokens written to the job's
-    stream as they come."""
+    stream as they come; `trace` learns what answered."""
     result: JobResult | None = None
     async with (
         asyncio.timeout(spp.settings.BACKEND_TIMEOUT),
-        contextlib.aclosing(spp.client.stream(request, sent_as)) as events,
+        contextlib.aclosing(spp.client.stream(request, sent_as, trace)) as events,
     ):
         asked = time.monotonic()
         async for event in events:
             if isinstance(event, Delta):
                 if not writer.parts:
-                    spp.metrics.first_token_seconds.labels(spp.model).observe(time.monotonic() - asked)
+                    waited = time.monotonic() - asked
+                    trace.first_token_ms = round(waited * 1000)
+                    spp.metrics.first_token_seconds.labels(spp.model).observe(waited)
                 await writer.add(event.text)
             else:
                 result = JobResult(text=writer.text, finish_reason=event.finish_reason, usage=event.usage)
     if result is None:
         raise RuntimeError("the model client ended without a final event")
     return result
+
+
+def _unsent(spp: WorkerContext) -> str:
+    """The provenance of a job failed before its attempt sent any request (nor has a line in the attempt log)."""
+    return StoredProvenance(app_version=spp.settings.APP_VERSION).stored(spp.model)
+
+
+async def _provenance(spp: WorkerContext, trace: Trace) -> str:
+    """The job's provenance, its attempt `trace` being its last: with its replica's card, if it comes in time."""
+    card = None if trace.replica is None else await spp.client.cards.get(trace.replica, CARD_WAIT)
+    return trace.provenance(spp.model, card, spp.settings.APP_VERSION)
 
 
 def _failed(spp: WorkerContext, kid: str, attempt: int, kind: str, seconds: float, reason: str = "") -> None:
@@ -277,20 +301,22 @@ def _failed(spp: WorkerContext, kid: str, attempt: int, kind: str, seconds: floa
 
 
 async def _retry_or_fail(
-    spp: WorkerContext, kid: str, started: Started, exc: BackendError | TimeoutError, seconds: float
+    spp: WorkerContext, kid: str, started: Started, exc: BackendError | TimeoutError, seconds: float, trace: Trace
 ) -> None:
     """After a failed attempt: back to the queue after a backoff, or `failed` with the reason (a 4xx, the last
     attempt, or JOB_DEADLINE passed before the next one could start)."""
     store, settings, model = spp.store, spp.settings, spp.model
     attempt, run = started.attempt, started.run
     kind = exc.kind if isinstance(exc, BackendError) else "timeout"
+    attempt_error = kind
     spp.metrics.backend_errors.labels(model, kind).inc()
     message = str(exc) or f"no result within BACKEND_TIMEOUT={settings.BACKEND_TIMEOUT:g}s"
     internal = exc.internal if isinstance(exc, BackendError) else message
     if not isinstance(exc, BackendRejected) and attempt < settings.JOB_MAX_ATTEMPTS:
         delay = backoff_delay(settings.RETRY_BACKOFF, attempt)
         if now_ms() + delay * 1000 <= started.created_at + settings.JOB_DEADLINE * 1000:
-            if await persist(lambda: store.requeue(kid, model, run, refund=False, delay=delay)):
+            line = trace.line(attempt, run, "retry", attempt_error)
+            if await persist(lambda: store.requeue(kid, model, run, refund=False, delay=delay, attempt=line)):
                 spp.metrics.retried.labels(model).inc()
                 _log(
                     logging.WARNING,
@@ -307,5 +333,7 @@ async def _retry_or_fail(
             "deadline",
             f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed, after attempt {attempt}: {message}",
         )
-    await persist(lambda: store.finish(kid, model, run, JobError(type=kind, message=message)))
+    error = JobError(type=kind, message=message)
+    provenance, line = await _provenance(spp, trace), trace.line(attempt, run, "failed", attempt_error)
+    await persist(lambda: store.finish(kid, model, run, error, provenance=provenance, attempt=line))
     _failed(spp, kid, attempt, kind, seconds, internal)

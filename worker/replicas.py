@@ -25,6 +25,8 @@ MAX_COOLDOWN_DOUBLINGS = 5
 @dataclass
 class Replica:
     backend: Backend
+    rank: int = 0
+    """Its place among the model's servers in LLM_TABLE, 0 first: how provenance names it, without its URL."""
     failures: int = 0
     """Transient failures in a row."""
     trips: int = 0
@@ -41,7 +43,7 @@ class Replicas:
     ) -> None:
         if not backends:
             raise ValueError("a model needs at least one server")
-        self.replicas = [Replica(backend) for backend in backends]
+        self.replicas = [Replica(backend, rank) for rank, backend in enumerate(backends)]
         self._clock = clock
         self._max_failures = settings.REPLICA_MAX_FAILURES
         self._cooldown = settings.REPLICA_COOLDOWN

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conformance.proxy import TcpProxy
 from tests.conformance.servers import RealServer
-from tests.integration.conftest import Stack, read_events, wait_for
+from tests.integration.conftest import Stack, assert_no_internal_details, read_events, wait_for
 
 #: The first test of a server waits for its install, the first time on a machine: 4 to 6 minutes on 2 cores for
 #: each llama.cpp build, 1 to 3 for transformers; nothing later. Every wait inside a test has its own deadline.
@@ -67,6 +67,25 @@ def test_a_job_succeeds_with_the_servers_text_and_usage(stack: Stack, real_serve
     else:
         # No usage chunk: the job still succeeds, with the number of streamed pieces the worker counted.
         assert usage["prompt_tokens"] is None, f"a usage chunk came from a server that declares none: {usage}"
+
+
+def test_the_provenance_names_what_the_server_reported(stack: Stack, real_server: RealServer) -> None:
+    """The model id the server reports (in its chunks, else its /v1/models), and the sampling sent; the weights'
+    revision where its /v1/models reports a `root` (vLLM does; the others may not)."""
+    job_id = submit(stack, messages=MESSAGES, params=GREEDY)
+    assert stack.wait_job(job_id, timeout=JOB_TIMEOUT)["status"] == "succeeded"
+
+    response = stack.http.get(f"/v1/jobs/{job_id}/provenance")
+
+    assert response.status_code == 200, response.text
+    assert_no_internal_details(response.text)
+    answer = response.json()
+    assert [(line["outcome"], line["replica"]) for line in answer["attempts"]] == [("succeeded", 0)]
+    found = answer["provenance"]
+    assert found["served_model"], f"{real_server.name} reported no model id: {found}"
+    assert found["model_revision"] is None or isinstance(found["model_revision"], str)
+    assert found["sampling"]["max_tokens"] == GREEDY["max_tokens"]
+    assert found["sampling"]["temperature"] == GREEDY["temperature"]
 
 
 def test_jobs_in_flight_together_each_run_to_their_end(stack: Stack) -> None:

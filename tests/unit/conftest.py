@@ -143,15 +143,22 @@ async def forever() -> None:
     await asyncio.Event().wait()
 
 
+MODEL_ROOT = "/models/test-model-weights"
+"""The weights the mock servers' /v1/models reports for MODEL (vLLM's `root`)."""
+
+
 class MockServer:
     """A model server on 127.0.0.1: records every request and answers each with the next of `answers`
-    (the last one repeats)."""
+    (the last one repeats). `GET /v1/models`, which the worker asks alongside generations for their provenance,
+    is answered apart with `models`, its headers kept in `listings`, not in `requests`."""
 
     def __init__(self, answers: tuple[Answer, ...]) -> None:
         if not answers:
             raise ValueError("a mock server needs at least one answer")
         self.answers = answers
         self.requests: list[Received] = []
+        self.models: dict[str, Any] = {"object": "list", "data": [{"id": MODEL, "object": "model", "root": MODEL_ROOT}]}
+        self.listings: list[CIMultiDictProxy[str]] = []
         self.url = ""
         self._handling: set[asyncio.Task[Any]] = set()
         app = web.Application()
@@ -176,6 +183,9 @@ class MockServer:
         return self.requests[-1].json()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path.endswith("/v1/models"):
+            self.listings.append(request.headers)
+            return web.json_response(self.models)
         assert request.transport is not None
         host, port = request.transport.get_extra_info("peername")[:2]
         received = Received(

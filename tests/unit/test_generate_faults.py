@@ -74,8 +74,10 @@ class FlakyStore(JobStore):
         added: list[str | None] = await self._maybe_fail("append", lambda: super(FlakyStore, self).append_many(chunks))
         return added
 
-    async def finish(self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "") -> bool:
-        call = lambda: super(FlakyStore, self).finish(kid, model, run, outcome, tail)  # noqa: E731
+    async def finish(
+        self, kid: str, model: str, run: int, outcome: JobResult | JobError, tail: str = "", **written: str
+    ) -> bool:
+        call = lambda: super(FlakyStore, self).finish(kid, model, run, outcome, tail, **written)  # noqa: E731
         return bool(await self._maybe_fail("finish", call))
 
 
