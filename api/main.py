@@ -23,7 +23,7 @@ from api.listing import JobIndex
 from api.observability import RequestMetrics, report_redis_memory
 from api.queue_events import QueueWatch
 from api.responses import JSONResponse
-from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models, usage
+from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models, usage, webhooks
 from api.routes import openai as openai_compatible
 from api.routes import provenance as job_provenance
 from api.streams import StreamHub
@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(webhooks.router)
     app.include_router(dashboard.router)
     app.include_router(metrics.router)
     _complete_openapi(app)

@@ -45,6 +45,7 @@ from shared.policy import ClientPolicy
 from shared.scripts import load_script
 from shared.store import JobStore
 from shared.stored import over_stored_bytes
+from shared.webhooks import BatchWebhookSpec
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,12 @@ class BatchStore:
         window: str,
         metadata: dict[str, str] | None,
         policy: ClientPolicy | None = None,
+        webhook: BatchWebhookSpec | None = None,
+        webhook_secret: str = "",
     ) -> dict[str, str]:
-        """Record a batch as `validating`; `process` then validates and queues it.
+        """Record a batch as `validating`; `process` then validates and queues it. A batch with a `webhook` has its
+        end delivered (batch_end.lua writes the event), signed with `webhook_secret`, the client's, which is kept for
+        the delivery process.
 
         Refused (QuotaExceeded, nothing stored) when the client (`policy`, by default the CLIENT_* settings) has
         `max_active_batches` unfinished batches, or when the batch would take it past its `max_stored_bytes`: a
@@ -112,6 +117,9 @@ class BatchStore:
         }
         if metadata:
             record["metadata"] = orjson.dumps(metadata).decode()
+        if webhook is not None:
+            record["webhook"] = webhook.model_dump_json()
+            record["webhook_stream"] = keys.webhook_events()
         # What batch_end.lua needs to settle the client's counts when the batch ends.
         accounts = {
             "client_batches": keys.client_batches(owner),
@@ -144,6 +152,8 @@ class BatchStore:
             raise QuotaExceeded(outcome[0], limit, outcome[1], 1, what="unfinished batches")
         if outcome[0] == "max_stored_bytes":
             raise over_stored_bytes(policy, outcome[1], size, outcome[2], now)
+        if webhook is not None and webhook_secret:
+            await self.redis.hset(keys.client(owner), "webhook_secret", webhook_secret)  # type: ignore[misc]
         return record
 
     async def process(self, owner: str, batch_id: str, policy: ClientPolicy | None = None) -> None:

@@ -253,6 +253,42 @@ class Settings(BaseSettings):
         3_600.0, gt=0, description="Seconds from a job's creation after which it is not retried anymore."
     )
 
+    # Webhooks (`python -m webhooks`, Standard Webhooks deliveries of jobs' and batches' ends)
+    WEBHOOK_SECRET_KEY: str = Field(
+        "",
+        repr=False,
+        description="Server key each client's webhook signing secret is derived from (HMAC-SHA256 of the client), "
+        "unless its policy sets `webhook_secret`: at least 32 characters, required in staging and prod. Changing it "
+        "changes every derived secret.",
+    )
+    WEBHOOK_ALLOWED_HOSTS: str = Field(
+        "",
+        description="Comma-separated hosts whose webhook URLs may be or resolve to private, loopback or link-local "
+        "addresses (a receiver on an internal network); any other such URL is refused.",
+    )
+    WEBHOOK_TIMEOUT: float = Field(
+        15.0, gt=0, description="Seconds one delivery attempt may take, from resolving the host to the answer."
+    )
+    WEBHOOK_RETRY_HOURS: float = Field(
+        24.0, gt=0, description="Hours from an event's first delivery attempt during which failed attempts are retried."
+    )
+    WEBHOOK_RETRY_SCHEDULE: str = Field(
+        "5,300,1800,7200,18000,36000",
+        pattern=r"^\s*[0-9]+(\.[0-9]+)?(\s*,\s*[0-9]+(\.[0-9]+)?)*\s*$",
+        description="Seconds before each retry of a failed delivery, the last one repeating (up to "
+        "WEBHOOK_RETRY_HOURS): Standard Webhooks' schedule, 5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h.",
+    )
+    WEBHOOK_CONCURRENCY: int = Field(256, ge=1, description="Deliveries one delivery process sends at once.")
+    WEBHOOK_CONCURRENCY_PER_CLIENT: int = Field(
+        16,
+        ge=1,
+        description="Deliveries of one client in flight at once, so that a slow or failing receiver of one client "
+        "delays no other client's.",
+    )
+    WEBHOOK_METRICS_PORT: int = Field(
+        0, ge=0, le=65535, description="Port of the delivery process's /metrics (on WORKER_METRICS_HOST); 0: none."
+    )
+
     # Files and batches (the OpenAI Files and Batch API)
     BATCH_MAX_LINES: int = Field(50_000, ge=1, description="Lines (blank ones too) of one batch input file.")
     BATCH_MAX_LINE_BYTES: int = Field(
@@ -306,6 +342,11 @@ class Settings(BaseSettings):
             self.STREAM_TTL = self.RESULT_TTL
         if self.ENV in ("staging", "prod") and not (self.API_KEYS_FILE or self.API_KEYS.strip()):
             raise ValueError(f"ENV={self.ENV} needs API keys: set API_KEYS_FILE (a JSON file) or API_KEYS")
+        if self.ENV in ("staging", "prod") and len(self.WEBHOOK_SECRET_KEY.strip()) < 32:
+            raise ValueError(
+                f"ENV={self.ENV} needs WEBHOOK_SECRET_KEY: at least 32 random characters (the clients' webhook "
+                "signing secrets are derived from it)"
+            )
         _ = self.sentinels  # validates REDIS_SENTINELS
         for index, backend in enumerate(self.LLM_TABLE):
             if (backend.api_key or self.LLM_API_KEY) and backend.public_url != backend.url:
@@ -346,6 +387,25 @@ class Settings(BaseSettings):
         if self.RATE_LIMIT is not None:
             return self.RATE_LIMIT
         return 0.0 if self.open_access else 20.0
+
+    @property
+    def webhook_secret_key(self) -> str:
+        """WEBHOOK_SECRET_KEY; in dev and unittest, when unset, a fixed development key (staging and prod require
+        one: `_check`)."""
+        return self.WEBHOOK_SECRET_KEY.strip() or "albert-spp development webhook key, not a secret"
+
+    @property
+    def webhook_allowed_hosts(self) -> frozenset[str]:
+        """WEBHOOK_ALLOWED_HOSTS as host names in lower case (IPv6 addresses without brackets)."""
+        hosts = (
+            host.strip().lower().removeprefix("[").removesuffix("]") for host in self.WEBHOOK_ALLOWED_HOSTS.split(",")
+        )
+        return frozenset(host for host in hosts if host)
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """WEBHOOK_RETRY_SCHEDULE in seconds: before the first retry, the second, ..., the last one repeating."""
+        return tuple(float(item) for item in self.WEBHOOK_RETRY_SCHEDULE.split(","))
 
     @property
     def dashboard_clients(self) -> set[str]:

@@ -5,7 +5,7 @@
   REDIS_PORT when it is set and free, else on 6379 when free, else on a free port.
 - Models: the servers of LLM_TABLE when it is set (to other than the default); otherwise the vLLM simulator on
   127.0.0.1:SIM_PORT serving the default model.
-- One worker per model, and the API on API_HOST:API_PORT.
+- One worker per model, the webhooks' delivery process (`python -m webhooks`), and the API on API_HOST:API_PORT.
 
 Every port a service of ours will listen on is checked first: one taken stops the stack before anything starts,
 with a line saying which and how to change it.
@@ -13,9 +13,10 @@ with a line saying which and how to change it.
 Ctrl-C (or SIGTERM, SIGHUP) stops every process started here, in order: the children run in sessions of their
 own, so that the terminal's Ctrl-C (sent to the whole foreground process group) reaches only this process. The
 API stops first, then the workers, which let their running jobs finish for up to WORKER_SHUTDOWN_GRACE seconds
-and hand the others back to the queue without counting the attempt; then the simulator, and Redis last, once
-nothing writes to it any more (it writes its append-only file out as it stops). A second Ctrl-C makes the
-workers hand their jobs back at once.
+and hand the others back to the queue without counting the attempt, and the delivery process, which lets its
+deliveries in flight end (WEBHOOK_TIMEOUT at most: what it leaves is delivered at the next start); then the
+simulator, and Redis last, once nothing writes to it any more (it writes its append-only file out as it stops). A
+second Ctrl-C makes the workers hand their jobs back at once.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ REDIS_SETTINGS = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD")
 WORKER_STOP_MARGIN = 15.0
 # Seconds the API gets to exit before it is killed: its graceful stop waits for every request, SSE streams too.
 API_STOP_TIMEOUT = 5.0
+# Seconds the delivery process gets beyond WEBHOOK_TIMEOUT to record its last deliveries and exit.
+WEBHOOKS_STOP_MARGIN = 5.0
 # Seconds the simulator, then Redis (writing out its append-only file), get to exit.
 SIM_STOP_TIMEOUT = 10.0
 REDIS_STOP_TIMEOUT = 60.0
@@ -131,6 +134,7 @@ class Stack:
         self.redis: Service | None = None
         self.sim: Service | None = None
         self.workers: list[Service] = []
+        self.webhooks: Service | None = None
         self.api: Service | None = None
         self.stopping = False
         self.draining = False  # the workers were sent their first signal
@@ -177,6 +181,11 @@ class Stack:
             planned.append(
                 Listener(s.WORKER_METRICS_PORT, s.WORKER_METRICS_HOST, what, "WORKER_METRICS_PORT", count, hint)
             )
+        if s.WEBHOOK_METRICS_PORT:
+            what, hint = "the webhooks' metrics", " (0: no metrics)"
+            planned.append(
+                Listener(s.WEBHOOK_METRICS_PORT, s.WORKER_METRICS_HOST, what, "WEBHOOK_METRICS_PORT", hint=hint)
+            )
         planned.append(Listener(s.API_PORT, s.API_HOST, "the API", "API_PORT"))
         return planned
 
@@ -217,13 +226,15 @@ class Stack:
             worker_env = {**self.env, "WORKER_METRICS_PORT": str(port)}
             worker = spawn_python(f"worker {model}", ["worker", "--model", model], env=worker_env, own_session=True)
             self.workers.append(worker)
+        self.webhooks = spawn_python("webhooks", ["webhooks"], env=self.env, own_session=True)
+        say("Webhooks: delivery process started (python -m webhooks)")
         api_url = f"http://{s.API_HOST}:{s.API_PORT}"
         self.api = spawn_python("api", ["api"], env=self.env, own_session=True)
         wait_http(self.api, f"{api_url}/health", self.interrupted)
         say(f"API: {api_url}  (docs: {api_url}/docs)  Ctrl-C stops everything.")
 
     def services(self) -> list[Service]:
-        started = [self.redis, self.sim, *self.workers, self.api]
+        started = [self.redis, self.sim, *self.workers, self.webhooks, self.api]
         return [service for service in started if service is not None]
 
     def serve(self) -> int:
@@ -237,7 +248,7 @@ class Stack:
         return 0
 
     def stop(self) -> None:
-        """API, then workers (after their hand-back), then simulator, then Redis."""
+        """API, then workers (after their hand-back) and the delivery process, then simulator, then Redis."""
         self.stopping = True
         if self.api is not None:
             self.api.stop(API_STOP_TIMEOUT)
@@ -250,6 +261,8 @@ class Stack:
             )
         for worker in self.workers:
             worker.signal(signal.SIGTERM)
+        if self.webhooks is not None:
+            self.webhooks.signal(signal.SIGTERM)
         self.draining = True
         if self.hurried:  # a second Ctrl-C came before: the second signal, once the first is taken in
             deadline = time.monotonic() + SECOND_SIGNAL_DELAY
@@ -259,6 +272,8 @@ class Stack:
         deadline = time.monotonic() + grace + WORKER_STOP_MARGIN
         for worker in self.workers:
             worker.finish(max(0.0, deadline - time.monotonic()))
+        if self.webhooks is not None:
+            self.webhooks.finish(self.settings.WEBHOOK_TIMEOUT + WEBHOOKS_STOP_MARGIN)
         if self.sim is not None:
             self.sim.stop(SIM_STOP_TIMEOUT)
         if self.redis is not None:

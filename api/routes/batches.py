@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from api.body import object_schema, parse_object
-from api.deps import BatchesDep, CallerDep, OwnerDep
+from api.body import invalid, object_schema, parse_one_or_many
+from api.deps import BatchesDep, CallerDep, OwnerDep, SettingsDep
 from api.responses import JSONResponse
 from shared.batch_format import BatchStatus, CompletionWindow, public_batch
-from shared.models import StringMetadata
+from shared.models import StringMetadata, WebhookState
 from shared.openai_shapes import Endpoint
+from shared.webhooks import BatchWebhookSpec, allowed_hosts_context, signing_secret
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -30,6 +32,9 @@ class BatchCreate(BaseModel):
     )
     metadata: StringMetadata | None = Field(
         None, max_length=16, description="Strings of at most 512 characters, 8 KiB in all (as compact JSON)."
+    )
+    webhook: BatchWebhookSpec | None = Field(
+        None, description="Called (Standard Webhooks, `batch.<event>`, the batch as `data`) when the batch ends."
     )
 
 
@@ -60,6 +65,7 @@ class BatchObject(BaseModel):
     cancelled_at: int | None
     request_counts: RequestCounts
     metadata: dict[str, str] | None
+    webhook: WebhookState | None = Field(None, description="The batch's webhook and its delivery, if it has one.")
 
 
 class BatchList(BaseModel):
@@ -68,6 +74,16 @@ class BatchList(BaseModel):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+def shown(record: dict[str, str]) -> dict[str, Any]:
+    """The batch object (OpenAI's), with its webhook and that webhook's delivery when it has one."""
+    batch = public_batch(record)
+    if record.get("webhook"):
+        webhook: dict[str, Any] = orjson.loads(record["webhook"])
+        delivery = record.get("webhook_delivery")
+        batch["webhook"] = webhook | {"delivery": orjson.loads(delivery) if delivery else None}
+    return batch
 
 
 @router.post(
@@ -82,17 +98,23 @@ class BatchList(BaseModel):
         },
     },
 )
-async def create_batch(request: Request, caller: CallerDep, batches: BatchesDep) -> JSONResponse:
+async def create_batch(request: Request, caller: CallerDep, batches: BatchesDep, settings: SettingsDep) -> JSONResponse:
     """Create a batch: answered `validating`; the whole input is then validated (any problem: `failed`, with
     `errors` naming the lines, and nothing queued), then every request is queued (`in_progress`)."""
-    body = await parse_object(await request.body(), BatchCreate)
-    owner, policy = caller.owner, caller.policy
+    context = allowed_hosts_context(settings.webhook_allowed_hosts)
+    items, many = await parse_one_or_many(
+        await request.body(), BatchCreate, max_items=1, limit_name="one object", context=context
+    )
+    if many:
+        raise invalid((), "expected a JSON object, not an array", "model_type")
+    body, owner, policy = items[0], caller.owner, caller.policy
+    secret = signing_secret(policy, owner, settings) if body.webhook is not None else ""
     record = await batches.create(
-        owner, body.input_file_id, body.endpoint, body.completion_window, body.metadata, policy
+        owner, body.input_file_id, body.endpoint, body.completion_window, body.metadata, policy, body.webhook, secret
     )
     # After the answer, still inside the request: a graceful shutdown waits for it.
     task = BackgroundTask(batches.process, owner, record["id"], policy)
-    return JSONResponse(public_batch(record), background=task)
+    return JSONResponse(shown(record), background=task)
 
 
 @router.get("", response_model=BatchList)
@@ -104,7 +126,7 @@ async def list_batches(
 ) -> JSONResponse:
     """The caller's batches, newest first, a page at a time."""
     records, has_more = await batches.page(owner, after, limit)
-    data = [public_batch(record) for record in records]
+    data = [shown(record) for record in records]
     first_id, last_id = (data[0]["id"], data[-1]["id"]) if data else (None, None)
     return JSONResponse(
         {"object": "list", "data": data, "first_id": first_id, "last_id": last_id, "has_more": has_more}
@@ -114,7 +136,7 @@ async def list_batches(
 @router.get("/{batch_id}", response_model=BatchObject, responses={404: {"description": "Unknown batch"}})
 async def retrieve_batch(batch_id: BatchIdPath, owner: OwnerDep, batches: BatchesDep) -> JSONResponse:
     """The batch: status, request counts, and its output and error files once it has ended."""
-    return JSONResponse(public_batch(await batches.get(owner, batch_id)))
+    return JSONResponse(shown(await batches.get(owner, batch_id)))
 
 
 @router.post(
@@ -126,4 +148,4 @@ async def cancel_batch(batch_id: BatchIdPath, owner: OwnerDep, batches: BatchesD
     """Cancel a batch: `cancelling` at once, `cancelled` when its last unfinished request is cancelled."""
     status = await batches.cancel(owner, batch_id)
     task = BackgroundTask(batches.cancel_jobs, owner, batch_id) if status == BatchStatus.CANCELLING else None
-    return JSONResponse(public_batch(await batches.get(owner, batch_id)), background=task)
+    return JSONResponse(shown(await batches.get(owner, batch_id)), background=task)

@@ -2,7 +2,8 @@
 
 Per model: queue depth, running jobs, throughput and latency percentiles over the last minutes (from
 the model's activity stream, written by finish.lua), live workers with their last heartbeat, recent
-failures with their reasons; the batches in progress; and Redis's used memory against its maxmemory.
+failures with their reasons; the batches in progress; the webhooks' deliveries; and Redis's used memory against its
+maxmemory.
 In dev any token sees it; in staging and prod only the clients named in DASHBOARD_CLIENTS.
 """
 
@@ -69,7 +70,12 @@ async def dashboard_data(
             )
             pipe.zrange(keys.workers(model), 0, -1, withscores=True)
         pipe.zrange(keys.active_batches(), 0, 49)
+        pipe.hgetall(keys.webhook_stats())
+        pipe.zcard(keys.webhook_retries())
+        pipe.xlen(keys.webhook_events())
         replies = await pipe.execute()
+    webhook_counts, retrying, backlog = replies[-3:]
+    replies = replies[:-3]
     models = []
     for index, model in enumerate(settings.models):
         entries, workers = _decoded(replies[2 * index]), replies[2 * index + 1]
@@ -79,7 +85,18 @@ async def dashboard_data(
         "window_seconds": WINDOW_MS // 1000,
         "models": models,
         "batches": await _batches(store, replies[-1]),
+        "webhooks": _webhooks_view(webhook_counts, retrying, backlog),
         "redis": await state_of(request)["metrics"].redis_memory(store.redis),
+    }
+
+
+def _webhooks_view(counts: dict[str, str], retrying: int, backlog: int) -> dict[str, int]:
+    """The delivery processes' counters since the data began, the events waiting for a retry, and those not yet
+    taken in (`backlog`: a figure that grows while no delivery process runs)."""
+    return {
+        **{name: int(counts.get(name, 0)) for name in ("delivered", "failed_attempts", "given_up", "dropped")},
+        "retrying": retrying,
+        "backlog": backlog,
     }
 
 

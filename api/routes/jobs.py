@@ -36,6 +36,7 @@ from shared.models import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Limits, pub
 from shared.settings import Settings
 from shared.streams import StreamEvent, checked_stream_id
 from shared.templates import template_names
+from shared.webhooks import allowed_hosts_context, job_webhook, signing_secret
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -157,7 +158,7 @@ async def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCre
         JobCreate,
         max_items=settings.MAX_JOBS_PER_REQUEST,
         limit_name="MAX_JOBS_PER_REQUEST",
-        context={"limits": limits},
+        context={"limits": limits, **allowed_hosts_context(settings.webhook_allowed_hosts)},
         max_lengths={"messages": settings.MAX_MESSAGES},
     )
     seen: dict[str, int] = {}
@@ -196,8 +197,15 @@ async def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCre
 async def submit_jobs(request: Request) -> Response:
     """Queue a job, or an array of jobs stored in one round trip."""
     state, caller = resources(request), await caller_of(request)
-    jobs, many = await _parse_submission(await request.body(), state["settings"])
-    submitted = await state["store"].submit(caller.owner, jobs, policy=caller.policy)
+    settings = state["settings"]
+    jobs, many = await _parse_submission(await request.body(), settings)
+    submitted = await state["store"].submit(
+        caller.owner,
+        jobs,
+        policy=caller.policy,
+        default_webhook=job_webhook(None, caller.policy),
+        webhook_secret=signing_secret(caller.policy, caller.owner, settings),
+    )
     if many:
         return JSONResponse([public_job(item.record) for item in submitted], status_code=202)
     item = submitted[0]

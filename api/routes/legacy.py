@@ -23,6 +23,7 @@ from api.deps import PUBLIC, CallerDep, OwnerDep, SettingsDep, StoreDep
 from api.responses import JSONResponse
 from shared.models import GenerationParams, JobCreate, JobId, JobStatus, Limits
 from shared.settings import Settings
+from shared.webhooks import job_webhook, signing_secret
 
 router = APIRouter(tags=["Services Publics Plus (old API)"])
 
@@ -53,7 +54,14 @@ async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, ca
     """Queue the administration's answer to one experience, or to an array of them."""
     raw = await request.body()
     jobs, many = await off_loop(len(raw), functools.partial(_anonymize_jobs, raw, settings))
-    submitted = await store.submit(caller.owner, jobs, policy=caller.policy, replace=True)
+    submitted = await store.submit(
+        caller.owner,
+        jobs,
+        policy=caller.policy,
+        replace=True,
+        default_webhook=job_webhook(None, caller.policy),
+        webhook_secret=signing_secret(caller.policy, caller.owner, settings),
+    )
     ids = [{"id": item.record["id"]} for item in submitted]
     return JSONResponse({"body": ids if many else ids[0]})
 

@@ -3,11 +3,22 @@
 
 -- A batch that ends leaves its client's unfinished batches (max_active_batches), and its charge (max_stored_bytes:
 -- its input's bytes, copied into its jobs) is settled: kept until its jobs' records may expire, `ttl` s after now
--- (as the batch itself), or given back when no job was queued (no `total` yet, or 0). Fields written by
--- batch_create.lua; a batch ends once (its end states are final).
+-- (as the batch itself), or given back when no job was queued (no `total` yet, or 0). A batch whose `webhook` asks
+-- for its end (its new status) has it delivered: an entry `b` (the batch's key), `e`, `t` of the webhook events
+-- stream (`webhook_stream`), for `python -m webhooks`. Fields written by batch_create.lua; a batch ends once (its
+-- end states are final).
 local function batch_ended(batch, now, ttl)
-  local b = redis.call('HMGET', batch, 'id', 'client_batches', 'stored', 'charged', 'charged_until', 'total')
+  local b = redis.call('HMGET', batch, 'id', 'client_batches', 'stored', 'charged', 'charged_until', 'total',
+    'webhook', 'webhook_stream', 'status')
   if b[2] then redis.call('ZREM', b[2], b[1]) end
+  if b[7] and b[8] then
+    for _, wanted in ipairs(cjson.decode(b[7])['events'] or {}) do
+      if wanted == b[9] then
+        redis.call('XADD', b[8], '*', 'b', batch, 'e', b[9], 't', now)
+        break
+      end
+    end
+  end
   if not (b[3] and b[4]) then return end
   local charge = tonumber(b[4])
   stored_add(b[3], now, b[5], -charge)

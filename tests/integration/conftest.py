@@ -227,6 +227,7 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
             "LOG_LEVEL": "INFO",
             "RATE_LIMIT": "0",  # tests poll fast; test_limits.py sets its own
             "WORKER_METRICS_PORT": "0",  # several workers per machine; test_observability.py sets one
+            "WEBHOOK_SECRET_KEY": "integration tests' webhook secret key, 32+ characters",
             **{name: str(value) for name, value in settings.items()},
         }
         models = list(dict.fromkeys(entry[0] for entry in llm_table))

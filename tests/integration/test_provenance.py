@@ -118,7 +118,7 @@ def test_a_template_job_names_the_template_and_acronym_list(stack: Stack, sims: 
 
     found = provenance(stack, job_id)["provenance"]
 
-    assert f'{found["template"]} acronyms@{found["acronyms"]}' == template_tag("spp")
+    assert f"{found['template']} acronyms@{found['acronyms']}" == template_tag("spp")
     assert found["acronyms"] == acronyms_version()
     assert found["model_revision"] == KEYED, "asked of /v1/models with the entry's key"
     assert found["sampling"] == _sampling(received(sims[KEYED], job_id, stack)[-1])

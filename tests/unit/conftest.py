@@ -30,7 +30,11 @@ BACKEND_URL = "http://backend.test"
 
 def make_settings(**overrides: Any) -> Settings:
     """Settings for one test: no `.env` file, one model on a fake backend unless overridden."""
-    values: dict[str, Any] = {"ENV": "unittest", "LLM_TABLE": f'[["{MODEL}", "{BACKEND_URL}"]]'}
+    values: dict[str, Any] = {
+        "ENV": "unittest",
+        "LLM_TABLE": f'[["{MODEL}", "{BACKEND_URL}"]]',
+        "WEBHOOK_SECRET_KEY": "unit tests' webhook secret key, 32+ characters",
+    }
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
