@@ -49,7 +49,8 @@ async def test_a_new_array_costs_one_hset_a_job_and_a_few_commands_in_all(store:
     # ZCOUNT: the queue's interactive jobs against MAX_QUEUE_DEPTH (batch jobs are counted apart); ZCARD: the client's
     # unfinished jobs against its max_queued_jobs; GET, INCRBY, EXPIRE: its tokens of the day; HGET: the model's
     # virtual clock and the client's finish tag, written back by one HSET, with one for its policy; HINCRBY: the
-    # client's sequence numbers; ZADD: the queue, the client's queue on the model and its unfinished jobs.
+    # client's sequence numbers; ZADD: the queue, the client's queue on the model, its listing index of queued jobs
+    # and its unfinished jobs.
     expected = {
         "evalsha": 1,
         "exists": 1,
@@ -61,7 +62,7 @@ async def test_a_new_array_costs_one_hset_a_job_and_a_few_commands_in_all(store:
         "hget": 2,
         "hset": 99 + 2,
         "hincrby": 1,
-        "zadd": 3,
+        "zadd": 4,
         "publish": 1,
     }
     assert await commands(store.redis) == expected
