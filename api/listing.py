@@ -19,6 +19,7 @@ from shared.settings import Settings
 from shared.store import RANK_SLOTS, JobStore
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+STATUS_NAMES: tuple[str, ...] = tuple(status.value for status in STATUSES)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 MAX_PAGE = 1000
@@ -56,6 +57,10 @@ class JobFilter:
         return found + [keys.metadata_scope(key, value) for key, value in self.metadata]
 
 
+NO_FILTER = JobFilter()
+"""Every job of the client."""
+
+
 @dataclass
 class Page:
     jobs: list[dict[str, str]] = field(default_factory=list)
@@ -91,21 +96,40 @@ class JobIndex:
         self.settings = settings
         self._list = load_script(redis, "list")
         self._erase = load_script(redis, "erase")
+        self._count = load_script(redis, "count")
 
-    def _plan(self, owner: str, where: JobFilter) -> Plan:
+    async def _plan(self, owner: str, where: JobFilter) -> Plan:
+        """Read the smallest of the filter's scopes (a batch's, a metadata pair's, the model's when one of those is
+        also asked; sized by one count when there are several), and check the others on each job's record."""
         scopes = where.scopes()
-        if scopes:
-            # The first scope's sets; a batch's (or a pair's) jobs are far fewer than the client's.
+        if not scopes:
+            models = [where.model] if where.model else self.settings.models
             return Plan(
-                [keys.index(owner, scopes[0], status) for status in where.statuses], where.model or "", scopes[1:]
+                [keys.index(owner, keys.model_scope(model), status) for model in models for status in where.statuses],
+                "",
+                [],
             )
-        models = [where.model] if where.model else self.settings.models
-        sets = [keys.index(owner, keys.model_scope(model), status) for model in models for status in where.statuses]
-        return Plan(sets, "", [])
+        candidates = scopes + ([keys.model_scope(where.model)] if where.model else [])
+        if len(candidates) > 1:
+            sizes = await self._sizes(owner, candidates, where.statuses)
+            chosen = min(range(len(candidates)), key=sizes.__getitem__)
+        else:
+            chosen = 0
+        scope = candidates[chosen]
+        model = "" if scope == keys.model_scope(where.model or "") else where.model or ""
+        others = [other for position, other in enumerate(scopes) if position != chosen]
+        return Plan([keys.index(owner, scope, status) for status in where.statuses], model, others)
+
+    async def _sizes(self, owner: str, scopes: list[str], statuses: tuple[JobStatus, ...]) -> list[int]:
+        """How many jobs of each scope are in `statuses`."""
+        sets = [keys.index(owner, scope, status) for scope in scopes for status in statuses]
+        replies: list[int] = await self.store.shared.evalsha(self._count, sets, [])
+        width = len(statuses)
+        return [sum(replies[position * width : (position + 1) * width]) for position in range(len(scopes))]
 
     async def page(self, owner: str, where: JobFilter, limit: int, after: str | None = None) -> Page:
         """Up to `limit` of the client's jobs matching `where`, newest first, after the cursor `after`."""
-        plan = self._plan(owner, where)
+        plan = await self._plan(owner, where)
         high = "+inf" if where.created_before is None else str(where.created_before * RANK_SLOTS - 1)
         low = "-inf" if where.created_after is None else str(where.created_after * RANK_SLOTS)
         member = ""
@@ -132,23 +156,20 @@ class JobIndex:
 
     async def counts(self, owner: str, where: JobFilter) -> dict[str, dict[str, int]]:
         """{scope label: {status: jobs}}: per model without a batch or metadata filter (labels: the models), else
-        of the filter's first scope (label ''), in one round trip of ZCARDs."""
+        of the filter's first scope (label ''): ZCARDs in one script call over the store's shared connection."""
         scopes = where.scopes()
         if scopes:
             labelled = [("", scopes[0])]
         else:
             models = [where.model] if where.model else self.settings.models
             labelled = [(model, keys.model_scope(model)) for model in models]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, scope in labelled:
-                for status in STATUSES:
-                    pipe.zcard(keys.index(owner, scope, status))
-            replies: list[int] = await pipe.execute()
-        counts: dict[str, dict[str, int]] = {}
-        for position, (label, _) in enumerate(labelled):
-            row = replies[position * len(STATUSES) : (position + 1) * len(STATUSES)]
-            counts[label] = {status.value: count for status, count in zip(STATUSES, row, strict=True)}
-        return counts
+        sets = [keys.index(owner, scope, status) for _, scope in labelled for status in STATUS_NAMES]
+        replies: list[int] = await self.store.shared.evalsha(self._count, sets, [])
+        width = len(STATUS_NAMES)
+        return {
+            label: dict(zip(STATUS_NAMES, replies[position * width : (position + 1) * width], strict=True))
+            for position, (label, _) in enumerate(labelled)
+        }
 
     async def erase(self, owner: str, job_ids: list[str]) -> tuple[int, list[str]]:
         """Erase the client's finished jobs among `job_ids` (records, streams, index entries); returns how many
@@ -170,7 +191,7 @@ class JobIndex:
     async def erase_where(self, owner: str, where: JobFilter) -> int:
         """Cancel, then erase, every job of the client in `where`'s scope (a batch or a metadata pair) that
         matches the rest of it; returns how many were erased."""
-        plan = self._plan(owner, where)
+        plan = await self._plan(owner, where)
         erased = 0
         for key in plan.sets:
             status = key.rpartition(":")[2]

@@ -22,6 +22,7 @@ from bench import (
     fairness,
     fanout,
     latency,
+    listing,
     memory,
     polling,
     scaleout,
@@ -29,6 +30,7 @@ from bench import (
     streaming,
     submission,
     throughput,
+    webhooks,
 )
 from bench.common import Result, machine, print_table, save
 
@@ -47,6 +49,8 @@ BENCHMARKS: dict[str, ModuleType] = {
         stalls,
         fairness,
         eta,
+        listing,
+        webhooks,
     )
 }
 BACKEND_READY = [throughput.NAME, latency.NAME]

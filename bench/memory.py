@@ -9,6 +9,14 @@ of records and of the streams still alive is measured with MEMORY USAGE, and onc
 and every stream has expired, used_memory is read again: the memory of a finished job. Baseline: the
 bytes of the job's prompt and answer (UTF-8), from a sample of the jobs; target: at most twice those
 plus 2 KiB. A warm-up array runs first and the start is taken once its streams have expired.
+
+Then the cost of the job indexes of issue 15 (keys.index, keys.expiring), same run: every `spp:idx:*` set and
+`spp:expiring` are deleted and used_memory read again; their bytes per indexed job (each finished job is in one
+status set of its model and in the expiring set) give the ratio per-job memory / (per-job memory - index bytes per
+job), target <= 1.15. Informative: the record fields issue 15 added (`rank`, `activity`, `index`, `attempt_log`,
+`provenance`, `template`, `webhook`, `webhook_delivery`) are taken out of every record too (each record rewritten
+without them, so that its hash table shrinks as well), and the ratio against what is left (the records and indexes
+of before issue 15) is shown.
 """
 
 from __future__ import annotations
@@ -26,10 +34,15 @@ import uvloop
 from bench.common import AUTH, Figure, Processes, Result, model_load, poll, sync
 from bench.submission import job_body
 from bench.throughput import fetch_jobs
+from shared import keys
 
 NAME = "memory"
 SIM = {"prefill_ms": 0, "ms_per_token": 2, "max_num_seqs": 1024}
 SLACK = 2048
+INDEX_RATIO_TARGET = 1.15
+NEW_FIELDS = ("rank", "activity", "index", "attempt_log", "provenance", "template", "webhook", "webhook_delivery")
+"""The record fields issue 15 added (its index rank, activity stream entry, index scopes, attempts, provenance,
+template tag, webhook and its delivery)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +88,49 @@ def usage(client: redis.Redis, pattern: str, sample: int = 50) -> float:
     return sum(sizes) / len(sizes) if sizes else 0.0
 
 
+def drop_indexes(client: redis.Redis) -> dict[str, int]:
+    """Delete every job index set (`spp:idx:*`) and the set of expiring jobs: the bytes they took (used_memory
+    before and after, DEL being synchronous), how many keys, entries and expiring jobs they held."""
+    names = [str(key) for key in client.scan_iter(match=keys.index_prefix("") + "*", count=5000)]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.zcard(name)
+    entries = sum(pipe.execute()) if names else 0
+    expiring = int(sync(client.zcard(keys.expiring())))
+    before = memory(client)["used_memory"]
+    for start in range(0, len(names), 1000):
+        client.delete(*names[start : start + 1000])
+    client.delete(keys.expiring())
+    after = memory(client)["used_memory"]
+    return {"bytes": before - after, "index_keys": len(names), "index_entries": entries, "expiring": expiring}
+
+
+def drop_new_fields(client: redis.Redis) -> dict[str, int]:
+    """Rewrite every job record without NEW_FIELDS (deleted, then written anew with the rest and its TTL: HDEL would
+    leave the hash table sized for the fields it had); the bytes this freed and the records."""
+    records = [str(key) for key in client.scan_iter(match=keys.job("*"), count=5000)]
+    before = memory(client)["used_memory"]
+    for start in range(0, len(records), 1000):
+        chunk = records[start : start + 1000]
+        read = client.pipeline(transaction=False)
+        for record in chunk:
+            read.hgetall(record)
+            read.pttl(record)
+        replies = read.execute()
+        write = client.pipeline(transaction=False)
+        for record, fields, ttl in zip(chunk, replies[::2], replies[1::2], strict=True):
+            kept = {name: value for name, value in fields.items() if name not in NEW_FIELDS}
+            write.delete(record)
+            if not kept:  # expired meanwhile
+                continue
+            write.hset(record, mapping=kept)
+            if ttl > 0:
+                write.pexpire(record, ttl)
+        write.execute()
+    after = memory(client)["used_memory"]
+    return {"bytes": before - after, "records": len(records)}
+
+
 def submit(http: httpx.Client, first: int, count: int, max_tokens: int) -> list[str]:
     body = [job_body(index, max_tokens) for index in range(first, first + count)]
     response = http.post("/v1/jobs", content=orjson.dumps(body))
@@ -117,6 +173,8 @@ def run(args: argparse.Namespace) -> Result:
         expired_after = time.monotonic() - wait_began
         final = memory(client)
         kinds = key_kinds(client)
+        indexes = drop_indexes(client)
+        fields = drop_new_fields(client)
         client.close()
     count = len(ids)
     texts = {job["id"]: job["result"]["text"] for job in jobs if job["status"] == "succeeded"}
@@ -126,6 +184,9 @@ def run(args: argparse.Namespace) -> Result:
     with_streams = (end["used_memory"] - start["used_memory"]) / count
     limit = 2 * payload + SLACK
     left = kinds.get("spp:stream", 0)
+    index_per_job = indexes["bytes"] / max(1, indexes["expiring"])
+    fields_per_job = fields["bytes"] / max(1, fields["records"])
+    index_ratio = finished / (finished - index_per_job)
     print(
         f"  after STREAM_TTL ({expired_after:.1f} s more): used_memory {final['used_memory'] / 2**20:.2f} MiB, "
         f"{finished:.0f} B per job; keys {dict(kinds)}",
@@ -153,6 +214,29 @@ def run(args: argparse.Namespace) -> Result:
         Figure("MEMORY USAGE of a finished job's record", "B", record_bytes, payload, "prompt + answer"),
         Figure("MEMORY USAGE of a stream before it expires", "B", stream_bytes, payload, "prompt + answer"),
         Figure("streams left after STREAM_TTL", "streams", left, target="== 0", met=left == 0),
+        Figure(
+            "job indexes per finished job (spp:idx:*, spp:expiring)",
+            "B",
+            index_per_job,
+            reference=f"{indexes['index_entries']} index entries, {indexes['expiring']} expiring jobs",
+        ),
+        Figure(
+            "Redis memory per finished job, with the indexes",
+            "B",
+            finished,
+            finished - index_per_job,
+            "without them",
+            f"ratio <= {INDEX_RATIO_TARGET}",
+            index_ratio <= INDEX_RATIO_TARGET,
+        ),
+        Figure(
+            "Redis memory per finished job, against before issue 15 (informative)",
+            "B",
+            finished,
+            finished - index_per_job - fields_per_job,
+            "no indexes, no new fields",
+            reference=f"new record fields {fields_per_job:.0f} B a job ({', '.join(NEW_FIELDS)})",
+        ),
     ]
     details = {
         "start": start,
@@ -161,6 +245,8 @@ def run(args: argparse.Namespace) -> Result:
         "after_stream_ttl": final,
         "expired_within_s": round(expired_after, 1),
         "keys_by_kind": dict(kinds),
+        "indexes": indexes,
+        "new_fields": fields,
         "mean_answer_bytes": round(sum(len(t.encode()) for t in texts.values()) / len(texts)),
         "mean_prompt_bytes": round(sum(len(prompts[i].encode()) for i in texts) / len(texts)),
     }

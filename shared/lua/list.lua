@@ -24,7 +24,8 @@ local function fill(set, key)
     for j = 1, #got, 2 do
       local member, rank = got[j], got[j + 1]
       -- Entries at the bound's rank whose member is not below the last one read came before.
-      if not (set.skip ~= '' and rank == set.high and member >= set.skip) then
+      -- Ranks compare as numbers: Redis may write a score in another form than the cursor's digits.
+      if not (set.skip ~= '' and tonumber(rank) == tonumber(set.high) and member >= set.skip) then
         entries[#entries + 1] = member
         entries[#entries + 1] = rank
       end
