@@ -13,7 +13,7 @@ import signal
 from shared.logs import configure_logging
 from shared.settings import Settings, settings_or_exit
 from webhooks.deliverer import Deliverer
-from webhooks.metrics import serve_metrics
+from worker.metrics_server import serve_metrics
 
 
 async def _run(settings: Settings) -> None:

@@ -1,14 +1,9 @@
-"""The delivery process's Prometheus metrics, on WEBHOOK_METRICS_PORT (0: none), served from its event loop."""
+"""The delivery process's Prometheus metrics, on WEBHOOK_METRICS_PORT (0: none), served by
+`worker.metrics_server.serve_metrics` from its event loop."""
 
 from __future__ import annotations
 
-import logging
-
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-logger = logging.getLogger(__name__)
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000, 86400)
 
@@ -51,25 +46,3 @@ class WebhookMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-async def serve_metrics(metrics: WebhookMetrics, host: str, port: int) -> web.AppRunner | None:
-    """Start `/metrics`; None (and a warning) when the port cannot be bound: deliveries go on without it."""
-
-    async def handler(request: web.Request) -> web.Response:
-        response = web.Response(body=metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    app = web.Application()
-    app.router.add_get("/metrics", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        logger.warning("no metrics endpoint: cannot listen on %s:%d (%s)", host, port, exc)
-        await runner.cleanup()
-        return None
-    logger.info("metrics on http://%s:%d/metrics", host, port)
-    return runner

@@ -1,18 +1,26 @@
-"""`GET /metrics` of a worker, on WORKER_METRICS_PORT (0: none), served from the worker's event loop."""
+"""`GET /metrics` of a worker (WORKER_METRICS_PORT) or of the webhooks' delivery process (WEBHOOK_METRICS_PORT), 0:
+none, served from the process's event loop."""
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from aiohttp import web
 
-from shared.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
+from shared.metrics import CONTENT_TYPE_LATEST
 
 logger = logging.getLogger(__name__)
 
 
-async def serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.AppRunner | None:
-    """Start the metrics endpoint; None (and a warning) when the port cannot be bound: a worker without
+class Exposition(Protocol):
+    def render(self) -> bytes:
+        """The metrics in Prometheus's text format."""
+        ...
+
+
+async def serve_metrics(metrics: Exposition, host: str, port: int) -> web.AppRunner | None:
+    """Start the metrics endpoint; None (and a warning) when the port cannot be bound: a process without
     metrics still does its work."""
 
     async def handler(request: web.Request) -> web.Response:

@@ -18,13 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared import keys
-from stack.processes import Service, start_python
+from stack.processes import Service, free_port, start_python
 from tests.integration.conftest import RedisServer, Sim, Stack, wait_for
 
 MODEL = "AgentPublic/fabrique-reference-2"
@@ -328,6 +329,35 @@ def test_the_delivery_process_reports_healthy_while_it_beats(stack: Stack, deliv
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_the_delivery_process_serves_its_metrics(stack: Stack, deliverer: list[Service], receiver: Receiver) -> None:
+    """With WEBHOOK_METRICS_PORT, the process (the only one running) counts its deliveries on `/metrics`."""
+    port = free_port()
+    deliverer[0].stop()
+    deliverer[0] = start_python(
+        "webhooks",
+        ["webhooks"],
+        env=stack.env | {"WEBHOOK_METRICS_PORT": str(port)},
+        log=stack.logs / f"webhooks-{uuid.uuid4().hex[:8]}.log",
+    )
+    stack.extra.append(deliverer[0])
+    path = f"/{unique('metrics')}"
+    job_id = submit(stack, receiver.url + path)
+    wait_delivery(stack, job_id, lambda state: state["status"] == "delivered")
+    found: dict[str, str] = {}
+
+    def counted() -> bool:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return False
+        found["text"] = text
+        return 'spp_webhooks_delivered_total{type="job.succeeded"} 1.0' in text
+
+    wait_for(counted, 10, "the delivery counted on /metrics")
+    assert "spp_webhooks_delivery_seconds_bucket" in found["text"]
+    assert "spp_webhooks_in_flight 0.0" in found["text"]
 
 
 # ---- batches -------------------------------------------------------------------------------------------------
