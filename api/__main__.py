@@ -6,6 +6,7 @@ import importlib.util
 
 import uvicorn
 
+from api.auth import KeyRing
 from api.main import create_app, open_access_refusal
 from shared.logs import configure_logging
 from shared.settings import settings_or_exit
@@ -16,6 +17,10 @@ def main() -> None:
     refusal = open_access_refusal(settings)
     if refusal is not None:
         raise SystemExit(f"albert-spp: {refusal}")
+    try:
+        KeyRing(settings)  # a keys file that does not load stops the API here, with its reason, not a traceback
+    except ValueError as exc:
+        raise SystemExit(f"albert-spp: {exc}") from None
     configure_logging(settings)
     uvicorn.run(
         create_app(settings),

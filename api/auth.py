@@ -6,6 +6,10 @@ when the file changes, policies too) and API_KEYS (comma-separated, clients with
 key is looked up by its SHA-256 digest: one hash a request whatever the number of keys, and the lookup's
 timing can tell at most something of a digest, which does not lead back to a key. Keys are never logged nor
 stored: a job's owner is a digest of the client name.
+
+In staging and prod every key must be 32 characters or more and not the example's (`shared.settings.weak_api_key`),
+and a keys file that cannot be read or is malformed loads no key at all, even on a reload: keeping the keys loaded
+before would undo the revocations of the save that broke it. In dev the keys loaded before stay.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import orjson
 
 from shared.errors import SppError
 from shared.policy import ClientPolicy, client_policy, default_policy
-from shared.settings import Settings
+from shared.settings import MIN_API_KEY_LENGTH, Settings, strip_bearer, weak_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +70,9 @@ def _callers(clients: dict[str, Client], default: ClientPolicy) -> dict[bytes, C
     }
 
 
-def _strip_bearer(value: str) -> str:
-    value = value.strip()
-    return value[7:].strip() if value[:7].lower() == "bearer " else value
-
-
-def read_keys_file(path: Path, default: ClientPolicy) -> dict[str, Client]:
+def read_keys_file(path: Path, default: ClientPolicy, *, strict: bool = False) -> dict[str, Client]:
     """`{"client name": "key" | {"key": "key", <policy fields>}}` → {key: client}; raises ValueError naming the
-    file, the client and the field when malformed."""
+    file, the client and the field when malformed, or (`strict`: staging and prod) when a key is weak."""
     try:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
@@ -93,8 +92,15 @@ def read_keys_file(path: Path, default: ClientPolicy) -> dict[str, Client]:
                 raise ValueError(f"API_KEYS_FILE={path}: client {name!r}: {exc}") from None
         else:
             raise ValueError(f"API_KEYS_FILE={path}: client {name!r}: expected a key or an object with a key; {shape}")
-        if _strip_bearer(key):
-            clients[_strip_bearer(key)] = Client(name, overrides)
+        key = strip_bearer(key)
+        reason = weak_api_key(key) if strict else None
+        if reason is not None:
+            raise ValueError(
+                f"API_KEYS_FILE={path}: client {name!r}: its key {reason}; use keys of {MIN_API_KEY_LENGTH} random "
+                "characters or more"
+            )
+        if key:
+            clients[key] = Client(name, overrides)
     return clients
 
 
@@ -104,14 +110,15 @@ class KeyRing:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.default_policy = default_policy(settings)
+        self._strict = not settings.open_access
         self._from_env = {
-            key: Client(f"key-{hashlib.sha256(key.encode()).hexdigest()[:8]}", {})
-            for key in (_strip_bearer(item) for item in settings.API_KEYS.split(","))
-            if key
+            key: Client(f"key-{hashlib.sha256(key.encode()).hexdigest()[:8]}", {}) for key in settings.api_keys
         }
         self._callers = _callers(self._from_env, self.default_policy)
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
+        self._broken: str | None = None
+        """Why the file last failed to load, until it loads again (logged once)."""
         self._refresh(force=True)
 
     def __len__(self) -> int:
@@ -128,21 +135,36 @@ class KeyRing:
         except OSError as exc:
             if force:
                 raise ValueError(f"API_KEYS_FILE={path}: {exc}") from None
-            logger.warning("API_KEYS_FILE unreadable, keeping the keys loaded before: %s", exc)
+            self._failed(f"API_KEYS_FILE={path}: {exc}", None)
             return
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return
         try:
-            clients = read_keys_file(path, self.default_policy)
+            clients = read_keys_file(path, self.default_policy, strict=self._strict)
         except ValueError as exc:
             if force:
                 raise
-            logger.warning("%s; keeping the keys loaded before", exc)
+            self._failed(str(exc), stamp)
             return
         self._callers = _callers({**clients, **self._from_env}, self.default_policy)
         self._stamp = stamp
+        self._broken = None
         logger.info("API keys loaded: %d clients", len(self._callers))
+
+    def _failed(self, reason: str, stamp: tuple[int, int] | None) -> None:
+        """The file could not be loaded again: in staging and prod none of its keys is accepted any more (those of
+        API_KEYS still are); in dev the keys loaded before stay. Logged once until the file changes."""
+        self._stamp = stamp
+        if self._strict:
+            self._callers = _callers(self._from_env, self.default_policy)
+        if reason == self._broken:
+            return
+        self._broken = reason
+        if self._strict:
+            logger.error("%s; no key of the file is accepted until it loads again", reason)
+        else:
+            logger.warning("%s; keeping the keys loaded before", reason)
 
     def identify(self, token: str) -> Caller | None:
         """The caller whose key is `token`, if any."""

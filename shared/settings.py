@@ -45,6 +45,26 @@ class Backend(BaseModel, frozen=True):
         return urlunsplit(parts._replace(netloc=netloc))
 
 
+MIN_API_KEY_LENGTH = 32
+EXAMPLE_API_KEYS = frozenset({"change-me-to-a-long-random-key"})
+"""The keys of api_keys.example.json (tests/unit/test_auth.py keeps them in step): refused in staging and prod."""
+
+
+def strip_bearer(value: str) -> str:
+    """An API key as configured (`Bearer <key>` or `<key>`): the key."""
+    value = value.strip()
+    return value[7:].strip() if value[:7].lower() == "bearer " else value
+
+
+def weak_api_key(key: str) -> str | None:
+    """Why `key` may not be a client's key in staging or prod (guessable), None when it may."""
+    if key in EXAMPLE_API_KEYS:
+        return "is the example's key (api_keys.example.json)"
+    if len(key) < MIN_API_KEY_LENGTH:
+        return f"is shorter than {MIN_API_KEY_LENGTH} characters"
+    return None
+
+
 _ENTRY_OPTIONS = {"protocol", "api_key"}
 
 
@@ -342,6 +362,14 @@ class Settings(BaseSettings):
             self.STREAM_TTL = self.RESULT_TTL
         if self.ENV in ("staging", "prod") and not (self.API_KEYS_FILE or self.API_KEYS.strip()):
             raise ValueError(f"ENV={self.ENV} needs API keys: set API_KEYS_FILE (a JSON file) or API_KEYS")
+        if self.ENV in ("staging", "prod"):
+            for position, key in enumerate(self.api_keys, 1):
+                reason = weak_api_key(key)
+                if reason is not None:
+                    raise ValueError(
+                        f"ENV={self.ENV}: key {position} of API_KEYS {reason}: use keys of {MIN_API_KEY_LENGTH} "
+                        "random characters or more"
+                    )
         if self.ENV in ("staging", "prod") and len(self.WEBHOOK_SECRET_KEY.strip()) < 32:
             raise ValueError(
                 f"ENV={self.ENV} needs WEBHOOK_SECRET_KEY: at least 32 random characters (the clients' webhook "
@@ -414,6 +442,11 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [origin.strip() for origin in self.CORS_ORIGINS.split(",") if origin.strip()]
+
+    @property
+    def api_keys(self) -> list[str]:
+        """The keys of API_KEYS (comma-separated, each with or without `Bearer `)."""
+        return [key for key in (strip_bearer(item) for item in self.API_KEYS.split(",")) if key]
 
     @property
     def open_access(self) -> bool:

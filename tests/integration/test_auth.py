@@ -14,14 +14,21 @@ import pytest
 from tests.integration.conftest import RedisServer, Sim, Stack, wait_for
 
 MODEL = "auth/model"
-ALICE = {"Authorization": "Bearer key-alice-0123456789"}
-BOB = {"Authorization": "Bearer key-bob-0123456789"}
+ALICE = {"Authorization": "Bearer key-alice-0123456789-0123456789abcdefghijklmnopqrstuv"}
+BOB = {"Authorization": "Bearer key-bob-0123456789-0123456789abcdefghijklmnopqrstuv"}
 
 
 @pytest.fixture(scope="module")
 def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "api_keys.json"
-    path.write_bytes(orjson.dumps({"alice": "Bearer key-alice-0123456789", "bob": "key-bob-0123456789"}))
+    path.write_bytes(
+        orjson.dumps(
+            {
+                "alice": "Bearer key-alice-0123456789-0123456789abcdefghijklmnopqrstuv",
+                "bob": "key-bob-0123456789-0123456789abcdefghijklmnopqrstuv",
+            }
+        )
+    )
     return path
 
 
@@ -48,7 +55,15 @@ def anonymous(stack: Stack) -> httpx.Client:
         ("POST", "/prod/run/ditp-get-data"),
     ],
 )
-@pytest.mark.parametrize("header", [None, "key-alice-0123456789", "Basic key-alice-0123456789", "Bearer wrong"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "key-alice-0123456789-0123456789abcdefghijklmnopqrstuv",
+        "Basic key-alice-0123456789-0123456789abcdefghijklmnopqrstuv",
+        "Bearer wrong",
+    ],
+)
 def test_every_endpoint_needs_a_valid_bearer_key(
     anonymous: httpx.Client, method: str, path: str, header: str | None
 ) -> None:
@@ -131,9 +146,9 @@ def test_keys_never_reach_redis_or_the_logs(stack: Stack, redis_server: RedisSer
 
 
 def test_the_keys_file_is_reread_without_a_restart(stack: Stack, keys_file: Path) -> None:
-    carol = {"Authorization": "Bearer key-carol-new"}
+    carol = {"Authorization": "Bearer key-carol-new-0123456789abcdefghijklmnopqrstuv"}
     assert stack.http.get("/v1/models", headers=carol).status_code == 401
-    keys = orjson.loads(keys_file.read_bytes()) | {"carol": "key-carol-new"}
+    keys = orjson.loads(keys_file.read_bytes()) | {"carol": "key-carol-new-0123456789abcdefghijklmnopqrstuv"}
     keys_file.write_bytes(orjson.dumps(keys))
     wait_for(lambda: stack.http.get("/v1/models", headers=carol).status_code == 200, 10, "carol's key accepted")
 
@@ -149,3 +164,37 @@ def test_staging_and_prod_refuse_to_start_without_keys(env: str) -> None:
     )
     assert process.returncode != 0
     assert f"ENV={env} needs API keys" in process.stderr.decode()
+
+
+def test_a_broken_save_of_the_keys_file_revokes_its_keys_until_fixed(stack: Stack, keys_file: Path) -> None:
+    """Keeping the keys loaded before would undo the revocations of the save that broke the file."""
+    saved = keys_file.read_bytes()
+    try:
+        keys_file.write_bytes(saved[: len(saved) // 2])
+        wait_for(lambda: stack.http.get("/v1/models").status_code == 401, 10, "the file's keys refused")
+    finally:
+        keys_file.write_bytes(saved)
+    wait_for(lambda: stack.http.get("/v1/models").status_code == 200, 10, "the keys accepted again")
+
+
+@pytest.mark.parametrize("key", ["short-key", "change-me-to-a-long-random-key"])
+def test_prod_refuses_to_start_with_a_short_or_example_key(key: str, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_bytes(orjson.dumps({"careless": f"Bearer {key}"}))
+    process = subprocess.run(
+        [sys.executable, "-m", "api"],
+        env={
+            "ENV": "prod",
+            "PATH": "/usr/bin:/bin",
+            "API_KEYS_FILE": str(keys_file),
+            "WEBHOOK_SECRET_KEY": "w" * 32,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode != 0
+    assert "client 'careless': its key is" in process.stderr
+    assert key not in process.stderr, "the key is never shown"
+    assert "Traceback" not in process.stderr

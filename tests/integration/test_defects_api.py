@@ -157,7 +157,7 @@ def test_open_access_warning_says_configured_keys_are_not_checked(start_api: Cal
 
 
 def test_no_open_access_warning_when_keys_are_required(start_api: Callable[..., tuple[str, Path]]) -> None:
-    url, log = start_api(ENV="staging", API_KEYS="k1", WEBHOOK_SECRET_KEY="w" * 32)
+    url, log = start_api(ENV="staging", API_KEYS="k1" * 16, WEBHOOK_SECRET_KEY="w" * 32)
     assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer other"}, timeout=10).status_code == 401
     assert not open_access_warnings(log)
 

@@ -24,12 +24,12 @@ MANY = "fair/many-slots"
 """Served by one worker running four jobs at once."""
 
 POLICIES: dict[str, Any] = {
-    "light": {"key": "key-light", "weight": 1},
-    "heavy": {"key": "key-heavy", "weight": 3},
-    "prio": {"key": "key-prio", "max_priority": 5},
-    "capped": {"key": "key-capped", "max_running_jobs": 1},
-    "small": {"key": "key-small", "max_queued_jobs": 3, "tokens_per_day": 1000},
-    "other": "key-other",
+    "light": {"key": "key-light-0123456789abcdefghijklmnopqrstuv", "weight": 1},
+    "heavy": {"key": "key-heavy-0123456789abcdefghijklmnopqrstuv", "weight": 3},
+    "prio": {"key": "key-prio-0123456789abcdefghijklmnopqrstuv", "max_priority": 5},
+    "capped": {"key": "key-capped-0123456789abcdefghijklmnopqrstuv", "max_running_jobs": 1},
+    "small": {"key": "key-small-0123456789abcdefghijklmnopqrstuv", "max_queued_jobs": 3, "tokens_per_day": 1000},
+    "other": "key-other-0123456789abcdefghijklmnopqrstuv",
 }
 
 
@@ -169,7 +169,9 @@ def test_a_batch_never_holds_back_an_interactive_job(one: Stack) -> None:
         }
         for n in range(6)
     ]
-    with OpenAI(base_url=one.url + "/v1", api_key="key-light", max_retries=0) as client:
+    with OpenAI(
+        base_url=one.url + "/v1", api_key="key-light-0123456789abcdefghijklmnopqrstuv", max_retries=0
+    ) as client:
         upload = client.files.create(
             file=("in.jsonl", b"\n".join(orjson.dumps(line) for line in lines)), purpose="batch"
         )
@@ -219,7 +221,10 @@ def test_quotas_refuse_a_submission_whole_and_name_the_limit(one: Stack) -> None
 
 
 def test_a_reload_of_the_keys_file_changes_a_weight(one: Stack, keys_file: Path) -> None:
-    swapped = {"light": {"key": "key-light", "weight": 3, "max_priority": 8}, "heavy": {"key": "key-heavy"}}
+    swapped = {
+        "light": {"key": "key-light-0123456789abcdefghijklmnopqrstuv", "weight": 3, "max_priority": 8},
+        "heavy": {"key": "key-heavy-0123456789abcdefghijklmnopqrstuv"},
+    }
     write_keys(keys_file, POLICIES | swapped)
     probes: list[str] = []
 
@@ -266,7 +271,7 @@ def test_a_client_sees_its_policy_and_its_usage(one: Stack) -> None:
 
 
 def test_the_openai_client_sets_a_priority_and_meets_the_quotas(one: Stack) -> None:
-    with OpenAI(base_url=one.url + "/v1", api_key="key-prio", max_retries=0) as client:
+    with OpenAI(base_url=one.url + "/v1", api_key="key-prio-0123456789abcdefghijklmnopqrstuv", max_retries=0) as client:
         messages: list[Any] = [{"role": "user", "content": "Bonjour"}]
         answer = client.chat.completions.create(
             model=ONE, messages=messages, max_tokens=5, extra_headers={"X-Job-Priority": "3"}
@@ -279,7 +284,9 @@ def test_the_openai_client_sets_a_priority_and_meets_the_quotas(one: Stack) -> N
                 model=ONE, messages=messages, max_tokens=5, extra_headers={"X-Job-Priority": "6"}
             )
 
-    with OpenAI(base_url=one.url + "/v1", api_key="key-small", max_retries=0) as client:
+    with OpenAI(
+        base_url=one.url + "/v1", api_key="key-small-0123456789abcdefghijklmnopqrstuv", max_retries=0
+    ) as client:
         with pytest.raises(openai.RateLimitError, match="tokens_per_day") as refused:
             client.completions.create(model=ONE, prompt="Bonjour", max_tokens=1200)
         assert refused.value.response.headers["Retry-After"].isdigit()

@@ -20,7 +20,10 @@ from tests.integration.faults import FAST
 MODEL = "res/fast"
 BROKEN = "res/broken"
 """Served by a simulator failing every request: its jobs fail."""
-CLIENTS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
+CLIENTS = {
+    "alice": "key-alice-0123456789-0123456789abcdefghijklmnopqrstuv",
+    "bob": "key-bob-0123456789-0123456789abcdefghijklmnopqrstuv",
+}
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 

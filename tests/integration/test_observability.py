@@ -135,15 +135,27 @@ def test_the_dashboard_needs_a_listed_client_outside_dev(
     start_stack: Callable[..., Stack], start_sim: Callable[..., Sim], tmp_path: Path
 ) -> None:
     keys = tmp_path / "keys.json"
-    keys.write_bytes(orjson.dumps({"ops": "key-ops", "platform": "key-platform"}))
+    keys.write_bytes(
+        orjson.dumps(
+            {
+                "ops": "key-ops-0123456789abcdefghijklmnopqrstuv",
+                "platform": "key-platform-0123456789abcdefghijklmnopqrstuv",
+            }
+        )
+    )
     sim = start_sim("obs/prod")
     stack = start_stack(
         [("obs/prod", sim.url)],
-        headers={"Authorization": "Bearer key-ops"},
+        headers={"Authorization": "Bearer key-ops-0123456789abcdefghijklmnopqrstuv"},
         ENV="prod",
         API_KEYS_FILE=str(keys),
         DASHBOARD_CLIENTS="ops",
     )
     assert stack.http.get("/dashboard/data").status_code == 200
-    assert stack.http.get("/dashboard/data", headers={"Authorization": "Bearer key-platform"}).status_code == 401
+    assert (
+        stack.http.get(
+            "/dashboard/data", headers={"Authorization": "Bearer key-platform-0123456789abcdefghijklmnopqrstuv"}
+        ).status_code
+        == 401
+    )
     wait_for(lambda: stack.http.get("/dashboard").status_code == 200, 5, "the page is public")

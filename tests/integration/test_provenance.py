@@ -22,7 +22,10 @@ KEYED = "prov/keyed"
 """Its simulator wants a bearer key, given by its LLM_TABLE entry: /v1/models too."""
 SLOW = "prov/slow"
 SERVER_KEY = "sk-prov-server-0123456789"
-CLIENTS = {"alice": "key-alice-prov-0123456789", "bob": "key-bob-prov-0123456789"}
+CLIENTS = {
+    "alice": "key-alice-prov-0123456789-0123456789abcdefghijklmnopqrstuv",
+    "bob": "key-bob-prov-0123456789-0123456789abcdefghijklmnopqrstuv",
+}
 NOT_SAMPLING = ("model", "prompt", "messages", "stream", "stream_options", "endpoint", "request_id")
 """What a request body as the simulator keeps it holds besides the sampling."""
 

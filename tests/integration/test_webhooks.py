@@ -452,9 +452,13 @@ def test_a_clients_default_webhook_and_secret_come_from_its_policy(
     default_path, own_path = f"/{unique('default')}", f"/{unique('own')}"
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     keys_file = tmp_path / "keys.json"
-    policy = {"key": "key-caf", "webhook_url": receiver.url + default_path, "webhook_secret": secret}
+    policy = {
+        "key": "key-caf-0123456789abcdefghijklmnopqrstuv",
+        "webhook_url": receiver.url + default_path,
+        "webhook_secret": secret,
+    }
     keys_file.write_bytes(orjson.dumps({"caf": policy}))
-    caf = {"Authorization": "Bearer key-caf"}
+    caf = {"Authorization": "Bearer key-caf-0123456789abcdefghijklmnopqrstuv"}
     api = start_stack(
         [tuple(entry) for entry in orjson.loads(stack.env["LLM_TABLE"])],
         workers={},

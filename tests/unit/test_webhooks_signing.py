@@ -89,8 +89,8 @@ def test_dev_without_a_key_still_derives_distinct_secrets() -> None:
 @pytest.mark.parametrize("key", ["", "too-short", " " * 40])
 def test_staging_and_prod_require_a_long_secret_key(env: str, key: str) -> None:
     with pytest.raises(ValidationError, match=f"ENV={env} needs WEBHOOK_SECRET_KEY"):
-        make_settings(ENV=env, API_KEYS="k1", WEBHOOK_SECRET_KEY=key)
-    assert env == make_settings(ENV=env, API_KEYS="k1", WEBHOOK_SECRET_KEY="k" * 32).ENV
+        make_settings(ENV=env, API_KEYS="k" * 32, WEBHOOK_SECRET_KEY=key)
+    assert env == make_settings(ENV=env, API_KEYS="k" * 32, WEBHOOK_SECRET_KEY="k" * 32).ENV
 
 
 def test_the_secret_key_is_not_shown() -> None:
