@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +105,8 @@ def test_the_dashboard_renders_in_a_real_browser(stack: Stack, logs_dir: Path) -
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
             page.goto(f"{stack.url}/dashboard")
             page.wait_for_selector(f'section.model[data-model="{MODEL}"]', timeout=15_000)
             card = page.locator(f'section.model[data-model="{MODEL}"]')
@@ -109,9 +114,26 @@ def test_the_dashboard_renders_in_a_real_browser(stack: Stack, logs_dir: Path) -
             assert "backend_rejected" in page.locator(f'section.model[data-model="{SMALL}"] .failures').inner_text()
             assert "0 / 3" in page.locator("tr.batch").inner_text()
             assert page.locator("tr.batch .progress").count() == 1
+            assert page.locator("tr.batch .progress .done").evaluate("part => part.style.width") == "0%"
+            assert card.locator(".bars div").first.evaluate("bar => bar.style.height").endswith("px")
+            assert not [line for line in console if "Content Security Policy" in line], console
             page.screenshot(path=str(logs_dir / "dashboard.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_the_dashboard_page_forbids_framing_sniffing_and_foreign_code(stack: Stack) -> None:
+    response = stack.http.get("/dashboard")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert "connect-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    (script,) = re.findall(r"<script>(.*?)</script>", response.text, flags=re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy, "the page's own script, and only it"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_logs_are_json_lines_with_the_facts_of_each_job(stack: Stack) -> None:
