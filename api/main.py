@@ -126,6 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=settings.APP_VERSION,
         summary="Generation jobs answered by large language models, through Redis and per-model workers.",
         root_path=settings.API_ROOT_PATH,
+        docs_url="/docs" if settings.API_DOCS else None,
+        redoc_url="/redoc" if settings.API_DOCS else None,
+        openapi_url="/openapi.json" if settings.API_DOCS else None,
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     API_HOST: str = "127.0.0.1"
     API_PORT: int = Field(8000, ge=1, le=65535)
     API_ROOT_PATH: str = ""
+    API_DOCS: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json; false hides the API's description (e.g. in prod)."
+    )
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_FORMAT: Literal["auto", "json", "text"] = Field(
         "auto", description="json: one object per line; text: for a terminal; auto: text on a terminal, else json."
