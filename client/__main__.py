@@ -36,7 +36,8 @@ def _positive_float(text: str) -> float:
 
 
 def default_api_key() -> str:
-    return os.environ.get(config.KEY_VARIABLE) or os.environ.get("OPENAI_API_KEY") or "dev"
+    """$ALBERT_SPP_API_KEY, else `dev`: never another service's variable (an OpenAI key would be sent here)."""
+    return os.environ.get(config.KEY_VARIABLE) or "dev"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--api-key",
         default=None,
-        help="the API key (default: $ALBERT_SPP_API_KEY, else $OPENAI_API_KEY, else 'dev')",
+        help="the API key (default: $ALBERT_SPP_API_KEY, else 'dev'; never $OPENAI_API_KEY)",
     )
     run.add_argument("--model", help="SPP lines: the model (default: the server's first, GET /v1/models)")
     run.add_argument(

@@ -311,7 +311,7 @@ def test_options_and_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert default_api_key() == "dev"
     monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
-    assert default_api_key() == "openai-key"
+    assert default_api_key() == "dev", "another service's key is never sent"
     monkeypatch.setenv("ALBERT_SPP_API_KEY", "spp-key")
     assert default_api_key() == "spp-key"
     monkeypatch.setenv("ALBERT_SPP_URL", "http://elsewhere:9000")
@@ -358,3 +358,21 @@ def test_an_unreachable_server_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     code = batch.run_command(command, err)
     assert code == 2
     assert "cannot reach http://127.0.0.1:9" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://10.1.2.3:8000", True),
+        ("http://spp.example.org", True),
+        ("https://spp.example.org", False),
+        ("http://127.0.0.1:8000", False),
+        ("http://localhost:8000", False),
+        ("http://[::1]:8000", False),
+    ],
+)
+def test_a_key_sent_in_clear_text_to_another_machine_is_warned_about(tmp_path: Path, url: str, warned: bool) -> None:
+    err = io.StringIO()
+    batch.BatchCommand(batch.Options(tmp_path / "in.jsonl", tmp_path / "out.jsonl", url, "a-key"), err=err)
+    assert ("clear text" in err.getvalue()) is warned
+    assert "a-key" not in err.getvalue()
