@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -198,3 +199,14 @@ def test_prod_refuses_to_start_with_a_short_or_example_key(key: str, tmp_path: P
     assert "client 'careless': its key is" in process.stderr
     assert key not in process.stderr, "the key is never shown"
     assert "Traceback" not in process.stderr
+
+
+@pytest.mark.parametrize("path", ["/v1/batches", "/v1/files", "/v1/jobs", "/v1/chat/completions"])
+def test_a_request_without_a_key_is_refused_before_its_body_is_read(stack: Stack, path: str) -> None:
+    """The head alone answers 401: a stranger cannot make the API wait for, or hold, megabytes of body."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        connection.sendall(f"{head}Content-Length: 1000000\r\n\r\n".encode())
+        answer = connection.recv(4096).decode("latin-1")  # within the timeout, though no byte of body was sent
+    assert answer.startswith("HTTP/1.1 401"), answer[:200]
