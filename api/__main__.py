@@ -29,6 +29,7 @@ def main() -> None:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools",
         proxy_headers=True,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
         access_log=False,
         log_config=None,  # keep the handlers of configure_logging()
         log_level=settings.LOG_LEVEL.lower(),

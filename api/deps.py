@@ -8,10 +8,10 @@ from typing import Annotated, Any, TypedDict, cast
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from api.auth import Caller, KeyRing
+from api.auth import Caller, KeyRing, Unauthorized
 from api.estimate import Estimator
 from api.leases import StreamLeases
-from api.limits import RateLimiter
+from api.limits import AuthFailures, RateLimiter
 from api.listing import JobIndex
 from api.queue_events import QueueWatch
 from api.streams import StreamHub
@@ -32,6 +32,7 @@ class State(TypedDict):
     hub: StreamHub
     keyring: KeyRing
     limiter: RateLimiter
+    auth_failures: AuthFailures
     metrics: ApiMetrics
     files: FileStore
     batches: BatchStore
@@ -75,7 +76,16 @@ async def _caller(request: Request) -> Caller:
     takes `OwnerDep` or calls `owner_of`: one of them only (the rate limit would count the request twice).
     """
     state = resources(request)
-    caller = state["keyring"].authenticate(request.headers.get("authorization"))
+    address = request.client.host if request.client else ""
+    failures = state["auth_failures"]
+    failures.check(address)
+    authorization = request.headers.get("authorization")
+    try:
+        caller = state["keyring"].authenticate(authorization)
+    except Unauthorized:
+        if authorization:  # a credential that failed; a request without one guesses nothing
+            await failures.failed(address)
+        raise
     await state["limiter"].check(caller.owner, caller.policy)
     return caller
 

@@ -10,7 +10,7 @@ from redis.exceptions import OutOfMemoryError
 
 from api.auth import Unauthorized
 from api.deps import resources
-from api.limits import RateLimited
+from api.limits import Throttled
 from api.responses import JSONResponse
 from shared.connection import REDIS_ERRORS
 from shared.errors import (
@@ -75,7 +75,7 @@ def _error_response(
 async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SppError)
     extra: dict[str, object] = {"known_models": exc.known} if isinstance(exc, UnknownModel) else {}
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, Throttled):
         return _error_response(429, str(exc), retry_after=str(exc.retry_after), extra=exc.limit)
     status = _STATUS.get(type(exc), 400)
     retry_after = RETRY_AFTER_SECONDS

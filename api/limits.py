@@ -1,7 +1,9 @@
-"""Limits that protect the service: request body size and pace, and each API key's request rate.
+"""Limits that protect the service: request body size and pace, each API key's request rate, and the failed
+authentications of each client address.
 
 The body limits are an ASGI middleware, so that an oversized or stalled body is refused before it is read whole;
-the rate limit is a token bucket in Redis (shared/lua/rate.lua), shared by every API process.
+the rate limit is a token bucket in Redis (shared/lua/rate.lua), shared by every API process; the failed
+authentications are counted in Redis too, and an address past its limit is refused by each process from memory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from typing import Any
 
 from redis.exceptions import OutOfMemoryError
@@ -17,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import JSONResponse
 from shared import keys
+from shared.connection import REDIS_ERRORS
 from shared.errors import SppError
 from shared.models import now_ms
 from shared.multiplex import SharedConnection
@@ -30,7 +34,14 @@ UPLOAD_PATHS = ("/v1/files",)
 """Bodies that have limits of their own (batch input files): BATCH_MAX_BYTES, and no BODY_READ_TIMEOUT."""
 
 
-class RateLimited(SppError):
+class Throttled(SppError):
+    """429 with Retry-After: `retry_after` seconds; `limit` (its name and value) joins the answer's body."""
+
+    retry_after: int
+    limit: dict[str, object]
+
+
+class RateLimited(Throttled):
     def __init__(self, rate: float, burst: int, wait_ms: int) -> None:
         super().__init__(
             f"rate limit of {rate:g} requests per second (bursts of {burst}) exceeded: this client's rate_limit "
@@ -38,6 +49,69 @@ class RateLimited(SppError):
         )
         self.retry_after = max(1, math.ceil(wait_ms / 1000))
         self.limit = {"limit": "rate_limit", "value": rate, "burst": burst}
+
+
+class AuthThrottled(Throttled):
+    def __init__(self, per_minute: int, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed authentications from this address: {per_minute} a minute (AUTH_FAILURES_PER_MINUTE); "
+            "retry later"
+        )
+        self.retry_after = retry_after
+        self.limit = {"limit": "AUTH_FAILURES_PER_MINUTE", "value": per_minute}
+
+
+_UNCOUNTED: tuple[type[Exception], ...] = (OutOfMemoryError, *REDIS_ERRORS)
+
+
+class AuthFailures:
+    """AUTH_FAILURES_PER_MINUTE failed authentications an address, over every API process: so that API keys cannot
+    be guessed faster, whatever the process asked.
+
+    A failure costs one INCR (and an EXPIRE for the minute's first) of a counter in Redis; a success costs nothing.
+    Once the counter passes the limit, this process refuses the address from memory, before its key is checked,
+    until the minute ends: a correct key guessed then is refused too. Another process refuses it at its own next
+    failure from that address, so that a few guesses more than the limit may be answered in a minute, never many.
+    """
+
+    MAX_ADDRESSES = 100_000
+    """Addresses refused at once in memory, at most: past it the oldest refusals end early."""
+
+    def __init__(self, shared: SharedConnection, per_minute: int) -> None:
+        self._shared = shared
+        self.per_minute = per_minute
+        self._refused: dict[str, float] = {}
+        """Address → the time (Unix seconds) its refusal ends."""
+
+    def check(self, address: str) -> None:
+        """Refuse `address` while it is past its limit."""
+        until = self._refused.get(address)
+        if until is None:
+            return
+        now = time.time()
+        if now >= until:
+            del self._refused[address]
+            return
+        raise AuthThrottled(self.per_minute, max(1, math.ceil(until - now)))
+
+    async def failed(self, address: str) -> None:
+        """Count a failed authentication of `address`; past the limit, refuse it until the minute ends."""
+        if self.per_minute <= 0:
+            return
+        minute = int(time.time() // 60)
+        key = keys.auth_failures(address, minute)
+        try:
+            count = int(await self._shared.execute("INCR", key))
+            if count == 1:
+                await self._shared.execute("EXPIRE", key, 120)
+        except _UNCOUNTED as exc:
+            # The request is answered 401 all the same: a Redis down is no reason to tell a stranger more.
+            logger.warning("failed authentication of %s not counted: %s", address, exc)
+            return
+        if count > self.per_minute:
+            if len(self._refused) >= self.MAX_ADDRESSES:
+                del self._refused[next(iter(self._refused))]
+            self._refused[address] = (minute + 1) * 60
 
 
 class _Refused(Exception):

@@ -18,7 +18,7 @@ from api.body import AbortedBodies, add_components
 from api.deps import State
 from api.estimate import Estimator
 from api.leases import StreamLeases
-from api.limits import BodyLimits, RateLimiter
+from api.limits import AuthFailures, BodyLimits, RateLimiter
 from api.listing import JobIndex
 from api.observability import RequestMetrics, report_redis_memory
 from api.queue_events import QueueWatch
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 hub=hub,
                 keyring=keyring,
                 limiter=RateLimiter(store.shared),
+                auth_failures=AuthFailures(store.shared, settings.AUTH_FAILURES_PER_MINUTE),
                 metrics=api_metrics,
                 files=file_store,
                 batches=batch_store,

@@ -104,6 +104,12 @@ def rate(owner: str) -> str:
     return f"{PREFIX}:rate:{owner}"
 
 
+def auth_failures(address: str, minute: int) -> str:
+    """Counter: the failed authentications of a client address in one minute (`minute`: Unix time // 60), for
+    AUTH_FAILURES_PER_MINUTE (api/limits.py); it expires after the next minute."""
+    return f"{PREFIX}:authfail:{minute}:{address}"
+
+
 def activity(model: str) -> str:
     """Stream: one entry per finished job of the model (status, queue and run times, error), capped."""
     return f"{PREFIX}:activity:{model}"

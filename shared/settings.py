@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     API_HOST: str = "127.0.0.1"
     API_PORT: int = Field(8000, ge=1, le=65535)
     API_ROOT_PATH: str = ""
+    FORWARDED_ALLOW_IPS: str = Field(
+        "127.0.0.1,::1",
+        description="Addresses of the reverse proxies whose X-Forwarded-For/-Proto the API trusts (uvicorn's); '*' "
+        "trusts any. A client's address counts for AUTH_FAILURES_PER_MINUTE and the logs.",
+    )
     API_DOCS: bool = Field(
         True, description="Serve /docs, /redoc and /openapi.json; false hides the API's description (e.g. in prod)."
     )
@@ -159,6 +164,12 @@ class Settings(BaseSettings):
         None, ge=0, description="Requests per second per API key; 0 disables; unset: 0 in dev/unittest, else 20."
     )
     RATE_LIMIT_BURST: int = Field(40, ge=1, description="Requests a key may send at once above its rate.")
+    AUTH_FAILURES_PER_MINUTE: int = Field(
+        30,
+        ge=0,
+        description="Failed authentications an address may make in a minute (all API processes); past it, its "
+        "requests are refused (429) before their key is checked, until the minute ends. 0 disables.",
+    )
     API_REDIS_CONNECTIONS: int = Field(
         3,
         ge=2,

@@ -226,6 +226,7 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
             "LLM_TABLE": json.dumps(llm_table),
             "LOG_LEVEL": "INFO",
             "RATE_LIMIT": "0",  # tests poll fast; test_limits.py sets its own
+            "AUTH_FAILURES_PER_MINUTE": "0",  # tests poll 401s fast; test_auth.py sets its own
             "WORKER_METRICS_PORT": "0",  # several workers per machine; test_observability.py sets one
             "WEBHOOK_SECRET_KEY": "integration tests' webhook secret key, 32+ characters",
             **{name: str(value) for name, value in settings.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,3 +211,41 @@ def test_a_request_without_a_key_is_refused_before_its_body_is_read(stack: Stack
         connection.sendall(f"{head}Content-Length: 1000000\r\n\r\n".encode())
         answer = connection.recv(4096).decode("latin-1")  # within the timeout, though no byte of body was sent
     assert answer.startswith("HTTP/1.1 401"), answer[:200]
+
+
+def test_an_address_past_its_failed_authentications_is_refused_until_the_minute_ends(
+    start_stack: Callable[..., Stack], stack: Stack, keys_file: Path
+) -> None:
+    """Counted over every API process: two here share the address's failures."""
+    first, second = (
+        start_stack(
+            [tuple(entry) for entry in orjson.loads(stack.env["LLM_TABLE"])],
+            workers={},
+            headers=ALICE,
+            ENV="prod",
+            API_KEYS_FILE=str(keys_file),
+            AUTH_FAILURES_PER_MINUTE=3,
+        )
+        for _ in range(2)
+    )
+    # The counters are per minute: start with time left in this one.
+    wait_for(lambda: time.time() % 60 < 45, 20, "a minute with 15 s left")
+    wrong = {"Authorization": "Bearer not-a-key-of-anyone-0123456789abcdef"}
+    with httpx.Client(base_url=first.url, timeout=10) as one, httpx.Client(base_url=second.url, timeout=10) as two:
+        for _ in range(5):
+            assert one.get("/v1/models").status_code == 401, "no credential: no guess, not counted"
+        for client in (one, one, two, two):
+            assert client.get("/v1/models", headers=wrong).status_code == 401
+        refused = two.get("/v1/models", headers=ALICE)
+        assert refused.status_code == 429, "even the right key, once past the limit"
+        assert one.get("/v1/models", headers=ALICE).status_code == 200, "the first learns at its next failure"
+        assert one.get("/v1/models", headers=wrong).status_code == 401
+        assert one.get("/v1/models", headers=ALICE).status_code == 429
+        proxied = ALICE | {"X-Forwarded-For": "10.9.9.9"}  # from 127.0.0.1, a proxy of FORWARDED_ALLOW_IPS
+        assert one.get("/v1/models", headers=proxied).status_code == 200, "the client behind the proxy is its own"
+    assert refused.json()["limit"] == "AUTH_FAILURES_PER_MINUTE"
+    assert "AUTH_FAILURES_PER_MINUTE" in refused.json()["detail"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    other_address = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=second.url, timeout=10, transport=other_address) as client:
+        assert client.get("/v1/models", headers=ALICE).status_code == 200, "another address is not refused"
