@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import yaml
 from api.auth import read_keys_file
 from shared.policy import default_policy
 from shared.settings import Settings, parse_llm_table
+from stack.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -610,6 +613,30 @@ def test_no_privileged_setting() -> None:
             assert "docker.sock" not in source, name
 
 
+def _bytes(size: str) -> int:
+    """A compose or Redis size (`512m`, `3g`, `1gb`) in bytes."""
+    match = re.fullmatch(r"(\d+)([kmg]?)b?", size.lower())
+    assert match is not None, size
+    number, unit = match.groups()
+    return int(number) << (10 * "_kmg".index(unit or "_"))
+
+
+def test_every_service_runs_under_an_init_without_privileges_within_limits() -> None:
+    for name, service in services().items():
+        assert service.get("init") is True, f"{name}: an init as PID 1 forwards SIGTERM"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        if name == "vllm":  # a third-party image running as root, writing its caches: see docker-compose.yml
+            continue
+        assert service.get("cap_drop") == ["ALL"], name
+        assert service.get("read_only") is True, name
+        assert service.get("tmpfs") == ["/tmp"], name
+        assert _bytes(service["mem_limit"]) >= 256 * 1024**2, name
+        assert float(service["cpus"]) >= 1, name
+    redis = services()["redis"]
+    assert redis["user"] == "999:999", "the image's redis user: no capability needed to change to it"
+    assert _bytes(redis["mem_limit"]) >= 2 * _bytes(env_example()["REDIS_MAXMEMORY"]), "room for a rewrite's fork"
+
+
 def test_only_the_api_publishes_a_port_on_a_chosen_address() -> None:
     for name, service in services().items():
         if name != "api":
@@ -636,16 +663,58 @@ def test_the_worker_scales() -> None:
 
 def test_redis_persists_and_requires_the_password() -> None:
     redis = services()["redis"]
-    command = redis["command"]
-    assert command[0] == "redis-server"
-    assert command[command.index("--appendonly") + 1] == "yes"
-    assert command[command.index("--requirepass") + 1] == env_example()["REDIS_PASSWORD"]
+    assert redis["command"][:2] == ["sh", "-c"]
+    script = redis["command"][2]
+    assert "exec redis-server - --appendonly yes" in script
+    assert "--maxmemory-policy noeviction" in script
+    assert env_example()["REDIS_PASSWORD"] not in " ".join(redis["command"]), "never on the command line"
     assert "redis-data:/data" in redis["volumes"]
     assert "redis-data" in compose()["volumes"]
     assert redis["environment"]["REDISCLI_AUTH"] == env_example()["REDIS_PASSWORD"]
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
     for name in ("api", "worker"):
         assert services()[name]["environment"]["REDIS_PASSWORD"] == env_example()["REDIS_PASSWORD"]
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="no redis-server on PATH")
+def test_the_redis_command_runs_a_real_redis_server_that_hides_its_password(tmp_path: Path) -> None:
+    """The service's command, as compose runs it, with a real redis-server (its own port and directory)."""
+    redis = services()["redis"]
+    password = "s3cret-pass with spaces"
+    port = free_port()
+    process = subprocess.Popen(
+        [*redis["command"], "--port", str(port), "--dir", str(tmp_path)],
+        env={"PATH": os.environ["PATH"], **redis["environment"], "REDISCLI_AUTH": password},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def cli(*args: str, auth: bool = True) -> str:
+            env = {"PATH": os.environ["PATH"], **({"REDISCLI_AUTH": password} if auth else {})}
+            done = subprocess.run(
+                ["redis-cli", "-p", str(port), *args], env=env, capture_output=True, text=True, timeout=10
+            )
+            return done.stdout.strip()
+
+        deadline = time.monotonic() + 10
+        while cli("ping") != "PONG":
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.05)
+        assert "NOAUTH" in cli("ping", auth=False)
+        assert cli("config", "get", "appendonly").splitlines() == ["appendonly", "yes"]
+        assert cli("config", "get", "maxmemory-policy").splitlines() == ["maxmemory-policy", "noeviction"]
+        maxmemory = int(cli("config", "get", "maxmemory").splitlines()[1])
+        assert maxmemory == 1024**3, "REDIS_MAXMEMORY of .env.example: 1gb"
+        command_line = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode()
+        assert command_line.startswith("redis-server"), "exec: redis-server itself gets the signals"
+        assert password not in command_line
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def test_api_keys_file_is_mounted_read_only_where_api_keys_file_points() -> None:
