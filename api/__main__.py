@@ -22,7 +22,7 @@ def main() -> None:
     except ValueError as exc:
         raise SystemExit(f"albert-spp: {exc}") from None
     configure_logging(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.API_HOST,
         port=settings.API_PORT,
@@ -34,6 +34,13 @@ def main() -> None:
         log_config=None,  # keep the handlers of configure_logging()
         log_level=settings.LOG_LEVEL.lower(),
     )
+    server = uvicorn.Server(config)
+    if not settings.API_METRICS_PORT:
+        server.run()
+        return
+    # One application on two sockets (api.main.MetricsPort tells them apart): /metrics on its own address only.
+    metrics = uvicorn.Config(config.app, host=settings.API_METRICS_HOST, port=settings.API_METRICS_PORT)
+    server.run(sockets=[config.bind_socket(), metrics.bind_socket()])
 
 
 if __name__ == "__main__":

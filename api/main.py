@@ -26,6 +26,7 @@ from api.responses import JSONResponse
 from api.routes import batches, dashboard, files, health, jobs, legacy, metrics, models, usage, webhooks
 from api.routes import openai as openai_compatible
 from api.routes import provenance as job_provenance
+from api.routes.metrics import MetricsPort
 from api.streams import StreamHub
 from shared.batches import BatchStore
 from shared.connection import redis_client
@@ -137,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AbortedBodies)
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(RequestMetrics, metrics=api_metrics)
+    if settings.API_METRICS_PORT:
+        app.add_middleware(MetricsPort, port=settings.API_METRICS_PORT)
     if settings.cors_origins:
         # Credentials only with an explicit list of origins, never with the '*' wildcard.
         app.add_middleware(

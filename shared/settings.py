@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     API_HOST: str = "127.0.0.1"
     API_PORT: int = Field(8000, ge=1, le=65535)
     API_ROOT_PATH: str = ""
+    API_METRICS_PORT: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the API's /metrics, apart from the API's (on API_METRICS_HOST); 0: on API_PORT.",
+    )
+    API_METRICS_HOST: str = Field("127.0.0.1", description="Address of the API's /metrics with API_METRICS_PORT.")
     FORWARDED_ALLOW_IPS: str = Field(
         "127.0.0.1,::1",
         description="Addresses of the reverse proxies whose X-Forwarded-For/-Proto the API trusts (uvicorn's); '*' "

@@ -171,6 +171,20 @@ def test_api_docs_false_hides_the_description_of_the_api(start_api: Callable[...
     assert httpx.get(f"{hidden}/v1/models", headers={"Authorization": "Bearer k"}, timeout=10).status_code == 200
 
 
+def test_api_metrics_port_serves_metrics_there_and_only_there(start_api: Callable[..., tuple[str, Path]]) -> None:
+    metrics_port = free_port()
+    url, _ = start_api(ENV="unittest", API_METRICS_PORT=str(metrics_port))
+    metrics = f"http://127.0.0.1:{metrics_port}"
+    answer = httpx.get(f"{metrics}/metrics", timeout=10)
+    assert answer.status_code == 200
+    assert "spp_queue_depth{" in answer.text, "the per-model gauges, read from Redis"
+    assert httpx.get(f"{url}/metrics", timeout=10).status_code == 404
+    assert "API_METRICS_PORT" in httpx.get(f"{url}/metrics", timeout=10).json()["detail"]
+    assert httpx.get(f"{metrics}/health", timeout=10).status_code == 404
+    assert httpx.get(f"{metrics}/v1/models", headers={"Authorization": "Bearer k"}, timeout=10).status_code == 404
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer k"}, timeout=10).status_code == 200
+
+
 # ---- 4. Last-Event-ID: a malformed one is a 422 naming the header, before any 200 --------------------------
 
 
