@@ -325,8 +325,10 @@ class JobStore:
             record.get("webhook", ""),
             record.get("template", ""),
         )
-        await self._store(owner, [entry], policy or self.default_policy, "retry", False, None, "", False)
-        return await self.get(owner, job_id)
+        (stored,) = await self._store(owner, [entry], policy or self.default_policy, "retry", False, None, "", False)
+        # As submit.lua wrote it (not read again: a worker may have started it since), with what a retry keeps.
+        kept = {name: record[name] for name in ("created_at", "rank", "attempt_log") if name in record}
+        return stored.record | kept
 
     async def _store(
         self,

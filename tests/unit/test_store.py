@@ -627,6 +627,31 @@ async def test_cancel_of_a_running_job_tells_its_worker(
     assert await store.append(kid("j1"), attempt, "late", "*") is None
 
 
+async def test_a_retry_answers_the_job_as_it_queued_it_even_once_a_worker_started_it(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore
+) -> None:
+    await submit_and_start(store)
+    cancelled = await store.cancel(OWNER, "j1")
+    queue = store._store
+    taken: list[object] = []
+
+    async def queue_then_start(*args: Any) -> Any:
+        """A worker takes the job as soon as submit.lua has queued it, before the route answers."""
+        stored = await queue(*args)
+        taken.append(await store.start(kid("j1"), await arq_of(store, kid("j1")), MODEL, WORKER))
+        return stored
+
+    store._store = queue_then_start  # type: ignore[method-assign,assignment]
+    retried = await store.retry(OWNER, "j1")
+
+    assert taken != [None], "a worker took it at once"
+    assert retried["status"] == "queued"
+    assert "attempts" not in retried, "0: none yet"
+    assert retried["created_at"] == cancelled["created_at"], "a retry keeps the creation time"
+    assert retried["rank"] == cancelled["rank"]
+    assert (await record(redis, kid("j1")))["status"] == "running"
+
+
 async def test_cancel_of_a_queued_job_publishes_nothing(
     redis: fakeredis.FakeAsyncRedis, store: JobStore, pubsub: PubSub
 ) -> None:
