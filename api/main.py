@@ -16,6 +16,7 @@ from api import errors
 from api.auth import KeyRing
 from api.body import AbortedBodies, add_components
 from api.deps import State
+from api.docs import install_docs
 from api.estimate import Estimator
 from api.leases import StreamLeases
 from api.limits import AuthFailures, BodyLimits, RateLimiter
@@ -128,13 +129,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=settings.APP_VERSION,
         summary="Generation jobs answered by large language models, through Redis and per-model workers.",
         root_path=settings.API_ROOT_PATH,
-        docs_url="/docs" if settings.API_DOCS else None,
-        redoc_url="/redoc" if settings.API_DOCS else None,
+        docs_url=None,  # api/docs.py serves them, without a CDN
+        redoc_url=None,
         openapi_url="/openapi.json" if settings.API_DOCS else None,
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
     errors.install(app)
+    if settings.API_DOCS:
+        install_docs(app)
     app.add_middleware(AbortedBodies)
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(RequestMetrics, metrics=api_metrics)

@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         "trusts any. A client's address counts for AUTH_FAILURES_PER_MINUTE and the logs.",
     )
     API_DOCS: bool = Field(
-        True, description="Serve /docs, /redoc and /openapi.json; false hides the API's description (e.g. in prod)."
+        True, description="Serve /docs and /openapi.json; false hides the API's description (e.g. in prod)."
     )
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_FORMAT: Literal["auto", "json", "text"] = Field(

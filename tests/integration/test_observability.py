@@ -122,6 +122,35 @@ def test_the_dashboard_renders_in_a_real_browser(stack: Stack, logs_dir: Path) -
             browser.close()
 
 
+def test_the_api_docs_render_without_the_internet(stack: Stack) -> None:
+    """Every request of the page that is not to the API itself is refused: the page must render all the same."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import Route, sync_playwright
+
+    elsewhere: list[str] = []
+
+    def only_the_api(route: Route) -> None:
+        if route.request.url.startswith(stack.url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            page = browser.new_page()
+            page.route("**/*", only_the_api)
+            page.goto(f"{stack.url}/docs")
+            page.wait_for_selector(".opblock", timeout=20_000)
+            assert "/v1/jobs" in page.content(), "the operations of /openapi.json are shown"
+        finally:
+            browser.close()
+    assert elsewhere == [], "nothing is fetched from another host"
+
+
 def test_the_dashboard_page_forbids_framing_sniffing_and_foreign_code(stack: Stack) -> None:
     response = stack.http.get("/dashboard")
     policy = response.headers["content-security-policy"]
