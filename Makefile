@@ -3,17 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run sim test lint bench clean
+.PHONY: install install-dev run sim test lint bench lock audit clean
 
-$(VENV)/.run-installed: pyproject.toml
+# Every package comes from a lock file of requirements/ (make lock), each file checked against its hash.
+$(VENV)/.run-installed: pyproject.toml requirements/run.lock
 	@$(PYTHON) -c 'import sys; sys.exit("albert-spp needs Python 3.11+") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/run.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: $(VENV)/.run-installed
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(VENV)/.dev-installed: $(VENV)/.run-installed requirements/dev.lock
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.lock
 	touch $@
 
 install: $(VENV)/.run-installed
@@ -26,6 +28,17 @@ run: install
 ## sim: the vLLM simulator alone, on 127.0.0.1:$SIM_PORT (8081)
 sim: install
 	$(BIN)/python -m sim --port $${SIM_PORT:-8081}
+
+## lock: requirements/*.lock from pyproject.toml, for every platform and Python 3.11+ (needs PyPI)
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 --quiet
+lock: install-dev
+	$(LOCK) --output-file requirements/runtime.lock
+	$(LOCK) --extra run --output-file requirements/run.lock
+	$(LOCK) --extra dev --output-file requirements/dev.lock
+
+## audit: known vulnerabilities of every locked package (pip-audit; needs PyPI's JSON API)
+audit: install-dev
+	$(BIN)/pip-audit --strict --disable-pip --require-hashes --requirement requirements/dev.lock
 
 lint: install-dev
 	$(BIN)/ruff check .

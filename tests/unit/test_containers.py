@@ -369,11 +369,13 @@ def test_dockerfile_builds_dependencies_first_and_runs_slim_and_unprivileged(doc
         assert re.fullmatch(r"python:3\.1\d+-slim", image), f"FROM {image}: a slim Python 3.1x"
     builder, final = stages[0], stages[-1]
 
-    # The builder installs the dependencies from pyproject.toml alone: editing the code keeps that layer.
+    # The builder installs the locked dependencies alone, hashes checked: editing the code keeps that layer.
     builder_copies = [item.arguments for item in instructions(builder, "COPY")]
-    assert builder_copies == ["pyproject.toml ./"], builder_copies
+    assert builder_copies == ["requirements/runtime.lock ./"], builder_copies
     install = next(item for item in builder if item.keyword == "RUN" and "pip install" in item.arguments)
     assert builder.index(install) > builder.index(instructions(builder, "COPY")[0])
+    assert "--require-hashes" in install.arguments
+    assert "runtime.lock" in install.arguments
 
     # The image: no compiler, no package manager run, a non-root user, a health check, exec-form entry point.
     final_runs = " ".join(item.arguments for item in instructions(final, "RUN"))
