@@ -39,7 +39,13 @@ def main() -> None:
         server.run()
         return
     # One application on two sockets (api.main.MetricsPort tells them apart): /metrics on its own address only.
-    metrics = uvicorn.Config(config.app, host=settings.API_METRICS_HOST, port=settings.API_METRICS_PORT)
+    metrics = uvicorn.Config(
+        config.app,
+        host=settings.API_METRICS_HOST,
+        port=settings.API_METRICS_PORT,
+        log_config=None,  # uvicorn's own would replace configure_logging()'s handlers: lines no longer JSON
+        log_level=settings.LOG_LEVEL.lower(),
+    )
     server.run(sockets=[config.bind_socket(), metrics.bind_socket()])
 
 

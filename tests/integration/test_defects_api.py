@@ -173,7 +173,7 @@ def test_api_docs_false_hides_the_description_of_the_api(start_api: Callable[...
 
 def test_api_metrics_port_serves_metrics_there_and_only_there(start_api: Callable[..., tuple[str, Path]]) -> None:
     metrics_port = free_port()
-    url, _ = start_api(ENV="unittest", API_METRICS_PORT=str(metrics_port))
+    url, log = start_api(ENV="unittest", API_METRICS_PORT=str(metrics_port))
     metrics = f"http://127.0.0.1:{metrics_port}"
     answer = httpx.get(f"{metrics}/metrics", timeout=10)
     assert answer.status_code == 200
@@ -183,6 +183,9 @@ def test_api_metrics_port_serves_metrics_there_and_only_there(start_api: Callabl
     assert httpx.get(f"{metrics}/health", timeout=10).status_code == 404
     assert httpx.get(f"{metrics}/v1/models", headers={"Authorization": "Bearer k"}, timeout=10).status_code == 404
     assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer k"}, timeout=10).status_code == 200
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if not line.startswith("{")] == [], "LOG_FORMAT=json: every line, both sockets"
+    assert any(f":{metrics_port}" in entry["message"] for entry in log_lines(log)), "the metrics socket is logged"
 
 
 # ---- 4. Last-Event-ID: a malformed one is a 422 naming the header, before any 200 --------------------------
