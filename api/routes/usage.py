@@ -27,7 +27,7 @@ class ClientUsage(BaseModel):
 
 class UsagePublic(BaseModel):
     client: str = Field(description="The client's name in API_KEYS_FILE.")
-    policy: ClientPolicy = Field(description="Its limits (0: unlimited) and its weight; see the README's Clients.")
+    policy: ClientPolicy = Field(description="Its limits (0: unlimited) and its weight; see docs/API.md, Clients.")
     usage: ClientUsage
 
 
