@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run sim test lint bench lock audit clean
+.PHONY: install install-dev run sim test lint bench lock audit docs clean
 
 # Every package comes from a lock file of requirements/ (make lock), each file checked against its hash.
 $(VENV)/.run-installed: pyproject.toml requirements/run.lock
@@ -35,6 +35,10 @@ lock: install-dev
 	$(LOCK) --output-file requirements/runtime.lock
 	$(LOCK) --extra run --output-file requirements/run.lock
 	$(LOCK) --extra dev --output-file requirements/dev.lock
+
+## docs: docs/CONFIGURATION.md from the descriptions of shared/settings.py
+docs: install
+	$(BIN)/python -m shared.settings > docs/CONFIGURATION.md
 
 ## audit: known vulnerabilities of every locked package (pip-audit; needs PyPI's JSON API)
 audit: install-dev

@@ -139,11 +139,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
 
     # Deployment
-    ENV: Literal["unittest", "dev", "staging", "prod"] = "dev"
-    APP_VERSION: str = "0.1.0"
-    API_HOST: str = "127.0.0.1"
-    API_PORT: int = Field(8000, ge=1, le=65535)
-    API_ROOT_PATH: str = ""
+    ENV: Literal["unittest", "dev", "staging", "prod"] = Field(
+        "dev",
+        description=(
+            "`unittest`, `dev`, `staging` or `prod`; `dev` and `unittest` accept any API key and only listen "
+            "on a loopback `API_HOST` (see [API keys](API.md#api-keys))."
+        ),
+    )
+    APP_VERSION: str = Field("0.1.0", description="Reported by `/health` and the OpenAPI document.")
+    API_HOST: str = Field(
+        "127.0.0.1", description="Address `python -m api` listens on; `dev` and `unittest` accept only a loopback one."
+    )
+    API_PORT: int = Field(8000, ge=1, le=65535, description="Port `python -m api` listens on.")
+    API_ROOT_PATH: str = Field("", description="Path prefix when served behind a proxy.")
     API_METRICS_PORT: int = Field(
         0,
         ge=0,
@@ -153,20 +161,39 @@ class Settings(BaseSettings):
     API_METRICS_HOST: str = Field("127.0.0.1", description="Address of the API's /metrics with API_METRICS_PORT.")
     FORWARDED_ALLOW_IPS: str = Field(
         "127.0.0.1,::1",
-        description="Addresses of the reverse proxies whose X-Forwarded-For/-Proto the API trusts (uvicorn's); '*' "
-        "trusts any. A client's address counts for AUTH_FAILURES_PER_MINUTE and the logs.",
+        description=(
+            "Reverse proxies whose `X-Forwarded-For`/`-Proto` the API trusts (`*`: any): set your proxy's "
+            "address, or every client behind it shares the proxy's address, and its refusals for "
+            "`AUTH_FAILURES_PER_MINUTE`."
+        ),
     )
     API_DOCS: bool = Field(
-        True, description="Serve /docs and /openapi.json; false hides the API's description (e.g. in prod)."
+        True,
+        description=(
+            "Serve `/docs` (Swagger UI, its assets served by the API itself: it works offline) and "
+            "`/openapi.json`; `false` answers them `404` (e.g. in `prod`)."
+        ),
     )
-    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="`DEBUG`, `INFO`, `WARNING`, `ERROR`."
+    )
     LOG_FORMAT: Literal["auto", "json", "text"] = Field(
-        "auto", description="json: one object per line; text: for a terminal; auto: text on a terminal, else json."
+        "auto",
+        description=(
+            "`json` (one object per line, job lines with `job`, `model`, `attempt`, `duration_ms`), `text`, "
+            "or `auto`: text on a terminal, JSON otherwise."
+        ),
     )
 
     # API keys: a JSON file {"client name": "key"} and/or a comma-separated list.
-    API_KEYS_FILE: Path | None = None
-    API_KEYS: str = Field("", repr=False)
+    API_KEYS_FILE: Path | None = Field(
+        None,
+        description=(
+            'JSON file `{"client name": "key"}`, or `{"client name": {"key": "...", <policy>}}`, re-read when '
+            "it changes (see [Clients](API.md#clients-fair-share-priorities-and-limits))."
+        ),
+    )
+    API_KEYS: str = Field("", repr=False, description="Comma-separated keys (named `key-<digest>`).")
     RATE_LIMIT: float | None = Field(
         None, ge=0, description="Requests per second per API key; 0 disables; unset: 0 in dev/unittest, else 20."
     )
@@ -174,16 +201,27 @@ class Settings(BaseSettings):
     AUTH_FAILURES_PER_MINUTE: int = Field(
         30,
         ge=0,
-        description="Failed authentications an address may make in a minute (all API processes); past it, its "
-        "requests are refused (429) before their key is checked, until the minute ends. 0 disables.",
+        description=(
+            "Failed authentications (a wrong key, not a missing one) an address may make in a minute, counted "
+            "in Redis over all API processes; past it every request of the address is `429` (`Retry-After`: "
+            "the minute's end) before its key is checked, so that keys cannot be guessed faster; `0` "
+            "disables. The address is the peer's, or `X-Forwarded-For`'s from a proxy of "
+            "`FORWARDED_ALLOW_IPS`."
+        ),
     )
     API_REDIS_CONNECTIONS: int = Field(
         3,
         ge=2,
-        description="Pooled Redis connections of one API process (requests wait for a free one, never fail); reading "
-        "and submitting jobs share one more, SSE subscribers one reader: 5 in all.",
+        description=(
+            "Pooled Redis connections of one API process, shared by all its requests (they wait for a free "
+            "one rather than fail). Reading and submitting jobs go through one more connection that "
+            "concurrent requests share (commands pipelined), and SSE subscribers through one shared reader: 5 "
+            "in all."
+        ),
     )
-    MAX_BODY_BYTES: int = Field(32 * 2**20, ge=1024, description="Largest request body (file uploads aside).")
+    MAX_BODY_BYTES: int = Field(
+        32 * 2**20, ge=1024, description="Largest request body (batch file uploads aside): `413` beyond."
+    )
     BODY_IDLE_TIMEOUT: float = Field(
         30.0, gt=0, description="Seconds a request body (file uploads too) may go without a byte; beyond: 408."
     )
@@ -191,44 +229,52 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Seconds a request body (file uploads aside) may take to arrive whole; beyond: 408."
     )
     DASHBOARD_CLIENTS: str = Field(
-        "", description="Comma-separated client names (of API_KEYS_FILE) allowed to see /dashboard outside dev."
+        "",
+        description=(
+            "Client names (of `API_KEYS_FILE`) allowed to see `/dashboard` in `staging`/`prod` (in `dev` any token)."
+        ),
     )
     CORS_ORIGINS: str = Field(
-        "", description="Comma-separated origins allowed by CORS; '*' allows any, without credentials."
+        "",
+        description="Comma-separated origins allowed by CORS; `*` allows any origin, and then never with credentials.",
     )
 
     # Client policies: the defaults of every client; API_KEYS_FILE may set any of them per client (shared/policy.py).
     CLIENT_WEIGHT: float = Field(
-        1.0, gt=0, le=1000, description="A client's share of each model's GPU time (in tokens) against the others'."
+        1.0,
+        gt=0,
+        le=1000,
+        description="A client's share of each model's GPU time (tokens) against the others' with work queued.",
     )
-    CLIENT_MAX_PRIORITY: int = Field(
-        9, ge=0, le=9, description="Highest `priority` (0-9) a client may give its jobs; they reorder its own share."
-    )
+    CLIENT_MAX_PRIORITY: int = Field(9, ge=0, le=9, description="Highest job `priority` (0-9) a client may use.")
     CLIENT_MAX_QUEUED_JOBS: int = Field(
-        5_000, ge=0, description="Interactive jobs a client may have queued or running, all models; 0: unlimited."
+        5_000, ge=0, description="Interactive jobs a client may have queued or running, all models; `0`: unlimited."
     )
     CLIENT_MAX_RUNNING_JOBS: int = Field(
-        0, ge=0, description="Jobs of a client running at once on each model; 0: unlimited (its fair share only)."
+        0, ge=0, description="Jobs of a client running at once on each model; `0`: unlimited."
     )
-    CLIENT_MAX_ACTIVE_BATCHES: int = Field(10, ge=0, description="Batches a client may have unfinished; 0: unlimited.")
+    CLIENT_MAX_ACTIVE_BATCHES: int = Field(10, ge=0, description="Unfinished batches of a client; `0`: unlimited.")
     CLIENT_MAX_STORED_BYTES: int = Field(
-        512 * 2**20, ge=0, description="Bytes of files and metadata a client may keep stored; 0: unlimited."
+        512 * 2**20, ge=0, description="Bytes of files, batches and metadata a client keeps (512 MiB); `0`: unlimited."
     )
     CLIENT_TOKENS_PER_DAY: int = Field(
         0,
         ge=0,
-        description="Tokens (prompt + max_tokens, settled with the real usage) a client may use per UTC day; "
-        "0: unlimited.",
+        description=(
+            "Tokens a client may use per UTC day (reserved at submission, settled with the real usage); `0`: unlimited."
+        ),
     )
-    CLIENT_MAX_STREAMS: int = Field(100, ge=0, description="Event streams a client may hold open; 0: unlimited.")
-    CLIENT_MAX_UPLOADS: int = Field(4, ge=0, description="File uploads a client may send at once; 0: unlimited.")
+    CLIENT_MAX_STREAMS: int = Field(100, ge=0, description="Event streams a client may hold open; `0`: unlimited.")
+    CLIENT_MAX_UPLOADS: int = Field(4, ge=0, description="File uploads a client may send at once; `0`: unlimited.")
 
     # Redis: REDIS_URL wins over REDIS_HOST/REDIS_PORT/REDIS_PASSWORD.
-    REDIS_URL: str | None = None
-    REDIS_HOST: str = "127.0.0.1"
-    REDIS_PORT: int = Field(6379, ge=1, le=65535)
-    REDIS_PASSWORD: str | None = None
-    REDIS_DB: int = Field(0, ge=0)
+    REDIS_URL: str | None = Field(
+        None, description="E.g. `redis://:password@host:6379/0` or `rediss://...`; wins over the next three."
+    )
+    REDIS_HOST: str = Field("127.0.0.1", description="Redis's host, as the seed named it; `REDIS_URL` wins.")
+    REDIS_PORT: int = Field(6379, ge=1, le=65535, description="Redis's port, as the seed named it; `REDIS_URL` wins.")
+    REDIS_PASSWORD: str | None = Field(None, description="Redis's password, as the seed named it; `REDIS_URL` wins.")
+    REDIS_DB: int = Field(0, ge=0, description="Redis's database number; `REDIS_URL` wins.")
     REDIS_SENTINELS: str = Field(
         "", description="Comma-separated host:port of Redis Sentinels; when set, the master is found through them."
     )
@@ -236,33 +282,64 @@ class Settings(BaseSettings):
     REDIS_MAXMEMORY: str = Field(
         "1gb",
         pattern=r"^\s*([0-9]+([kKmMgG][bB]?|[bB])?)?\s*$",
-        description="maxmemory of the redis-server `make run` starts (with the noeviction policy), in Redis's "
-        "units (e.g. 1gb, 512mb); empty or 0: no limit. A Redis configured elsewhere is not changed.",
+        description=(
+            "`maxmemory` of the redis-server that `make run` starts and of compose's `redis` service, with "
+            "`maxmemory-policy noeviction`; empty or `0`: no limit. Past it Redis refuses writes and the API "
+            "answers `503` with `Retry-After` (`Redis is out of memory (maxmemory): retry later`), never "
+            "drops a job; `/metrics` (`spp_redis_used_memory_bytes`, `spp_redis_maxmemory_bytes`) and the "
+            "dashboard show both figures. A Redis of your own is not changed: the API logs its `maxmemory` "
+            "and policy at start, and warns when the policy evicts keys."
+        ),
     )
 
     # Models
-    LLM_TABLE: Annotated[list[Backend], NoDecode] = Field(default_factory=lambda: parse_llm_table(DEFAULT_LLM_TABLE))
+    LLM_TABLE: Annotated[list[Backend], NoDecode] = Field(
+        default_factory=lambda: parse_llm_table(DEFAULT_LLM_TABLE),
+        description=(
+            "Python-literal (or JSON) list of `(model_name, model_url)`; the URL is the server's root (a "
+            "trailing `/v1` is accepted). Entries with the same name are replicas, used in turn. A third "
+            'element `"generate"` marks a server speaking vLLM\'s legacy `/generate`; a third element '
+            '`{"api_key": "...", "protocol": "generate"}` (each key optional) gives the server its own bearer '
+            "key. Credentials in a URL (`http://user:pass@host`) are sent as HTTP Basic, never logged nor "
+            "shown to clients; an entry has those or a bearer key (its own or `LLM_API_KEY`), not both. An "
+            "empty value means the default."
+        ),
+    )
     SIM_PORT: int = Field(
         8081,
         ge=1,
         le=65535,
-        description="Port of the vLLM simulator `make run` starts when LLM_TABLE is unset (or the default).",
+        description=(
+            "Port of the vLLM simulator `make run` starts when `LLM_TABLE` is unset (or the default): its "
+            "workers are pointed at it."
+        ),
     )
     LLM_API_KEY: str | None = Field(
         None,
         repr=False,
-        description="Bearer key sent to every model server (vLLM's --api-key); an LLM_TABLE entry may have its own.",
+        description=(
+            "Bearer key sent as `Authorization: Bearer …` to every model server without a key of its own "
+            "(vLLM's `--api-key`). A refused key (401/403) is retried, not stored as the job's fault."
+        ),
     )
     LLM_CA_BUNDLE: Path | None = Field(
-        None, description="PEM file of the CA(s) that sign https:// model servers' certificates (a private CA)."
+        None,
+        description=(
+            "PEM file of the CA(s) that sign `https://` model servers' certificates, for a private CA; "
+            "without it the system's CAs are trusted."
+        ),
     )
-    BACKEND_TIMEOUT: float = Field(600.0, gt=0, description="Seconds a whole generation may take.")
-    BACKEND_CONNECT_TIMEOUT: float = Field(5.0, gt=0)
+    BACKEND_TIMEOUT: float = Field(600.0, gt=0, description="Seconds one attempt may take.")
+    BACKEND_CONNECT_TIMEOUT: float = Field(5.0, gt=0, description="Seconds to connect to a model server.")
     BACKEND_READ_TIMEOUT: float = Field(
         120.0, gt=0, description="Seconds of silence from a model server before the attempt is abandoned."
     )
     FIRST_TOKEN_TIMEOUT: float = Field(
-        60.0, gt=0, description="Seconds from sending a request to its first token before the attempt is abandoned."
+        60.0,
+        gt=0,
+        description=(
+            "Seconds from sending a request to its first token (a server that accepts requests but never starts them)."
+        ),
     )
     REPLICA_MAX_FAILURES: int = Field(
         3, ge=1, description="Consecutive transient failures after which a replica is skipped for a while."
@@ -272,91 +349,167 @@ class Settings(BaseSettings):
     )
 
     # Jobs
-    RESULT_TTL: int = Field(172_800, ge=1, description="Seconds a finished job is kept.")
-    STREAM_TTL: int = Field(3_600, ge=1, description="Seconds a finished job's token stream is kept.")
-    MAX_JOBS_PER_REQUEST: int = Field(1_000, ge=1)
+    RESULT_TTL: int = Field(
+        172_800, ge=1, description="Seconds a finished job (record and keys) is kept: the old API's 48 hours."
+    )
+    STREAM_TTL: int = Field(
+        3_600,
+        ge=1,
+        description=(
+            "Seconds a finished job's token stream is kept (at most `RESULT_TTL`); after that, `/events` "
+            "replays the whole text as one chunk."
+        ),
+    )
+    MAX_JOBS_PER_REQUEST: int = Field(1_000, ge=1, description="Jobs in one `POST /v1/jobs` array.")
     MAX_QUEUE_DEPTH: int = Field(
-        10_000, ge=0, description="Queued interactive jobs per model (batch jobs aside); 0: unlimited."
+        10_000,
+        ge=0,
+        description="Queued (or running) interactive jobs per model before `429`, batch jobs aside; `0`: unlimited.",
     )
     MAX_BATCH_QUEUE_DEPTH: int = Field(
         100_000,
         ge=0,
-        description="Queued batch jobs per model (twice BATCH_MAX_LINES); a batch that would exceed it fails whole. "
-        "0: unlimited.",
+        description=(
+            "Queued (or running) batch jobs per model, twice `BATCH_MAX_LINES`; a batch that would exceed it "
+            "fails whole (`queue_full`); `0`: unlimited."
+        ),
     )
-    MAX_PROMPT_CHARS: int = Field(200_000, ge=1)
-    MAX_MESSAGES: int = Field(256, ge=1)
-    MAX_TOKENS_LIMIT: int = Field(32_768, ge=1)
-    DEFAULT_MAX_TOKENS: int = Field(512, ge=1)
-    JOB_MAX_ATTEMPTS: int = Field(3, ge=1, description="Attempts per job for transient backend failures.")
-    RETRY_BACKOFF: float = Field(1.0, ge=0, description="First retry delay in seconds; doubles, with jitter.")
+    MAX_PROMPT_CHARS: int = Field(
+        200_000, ge=1, description="Characters of a job's prompt, or of its messages together, at most (`422` beyond)."
+    )
+    MAX_MESSAGES: int = Field(256, ge=1, description="Messages of a chat job, at most (`422` beyond).")
+    MAX_TOKENS_LIMIT: int = Field(
+        32_768, ge=1, description="The largest `max_tokens` a job may ask for (`422` beyond)."
+    )
+    DEFAULT_MAX_TOKENS: int = Field(512, ge=1, description="`max_tokens` when a job gives none.")
+    JOB_MAX_ATTEMPTS: int = Field(
+        3,
+        ge=1,
+        description=(
+            "Attempts of a job whose model server failed transiently (connection, 5xx, cut stream, silence); "
+            "a 4xx is never retried."
+        ),
+    )
+    RETRY_BACKOFF: float = Field(1.0, ge=0, description="First retry delay in seconds, doubling, with jitter.")
     JOB_DEADLINE: float = Field(
-        3_600.0, gt=0, description="Seconds from a job's creation after which it is not retried anymore."
+        3_600.0,
+        gt=0,
+        description=(
+            "Seconds from a job's creation after which a failed attempt is not retried: the job fails with "
+            "type `deadline`."
+        ),
     )
 
     # Webhooks (`python -m webhooks`, Standard Webhooks deliveries of jobs' and batches' ends)
     WEBHOOK_SECRET_KEY: str = Field(
         "",
         repr=False,
-        description="Server key each client's webhook signing secret is derived from (HMAC-SHA256 of the client), "
-        "unless its policy sets `webhook_secret`: at least 32 characters, required in staging and prod. Changing it "
-        "changes every derived secret.",
+        description=(
+            "Server key every client's signing secret is derived from (HMAC-SHA256 of the client), unless its "
+            "policy has `webhook_secret`; 32 characters or more, required in `staging` and `prod`. Changing "
+            "it changes every derived secret."
+        ),
     )
     WEBHOOK_ALLOWED_HOSTS: str = Field(
         "",
-        description="Comma-separated hosts whose webhook URLs may be or resolve to private, loopback or link-local "
-        "addresses (a receiver on an internal network); any other such URL is refused.",
+        description=(
+            "Comma-separated hosts whose webhook URLs may be or resolve to private, loopback or link-local addresses."
+        ),
     )
     WEBHOOK_TIMEOUT: float = Field(
         15.0, gt=0, description="Seconds one delivery attempt may take, from resolving the host to the answer."
     )
     WEBHOOK_RETRY_HOURS: float = Field(
-        24.0, gt=0, description="Hours from an event's first delivery attempt during which failed attempts are retried."
+        24.0, gt=0, description="Hours from an event's first attempt during which failed deliveries are retried."
     )
     WEBHOOK_RETRY_SCHEDULE: str = Field(
         "5,300,1800,7200,18000,36000",
         pattern=r"^\s*[0-9]+(\.[0-9]+)?(\s*,\s*[0-9]+(\.[0-9]+)?)*\s*$",
-        description="Seconds before each retry of a failed delivery, the last one repeating (up to "
-        "WEBHOOK_RETRY_HOURS): Standard Webhooks' schedule, 5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h.",
+        description="Seconds before each retry, the last one repeating (Standard Webhooks' schedule).",
     )
     WEBHOOK_CONCURRENCY: int = Field(256, ge=1, description="Deliveries one delivery process sends at once.")
     WEBHOOK_CONCURRENCY_PER_CLIENT: int = Field(
         16,
         ge=1,
-        description="Deliveries of one client in flight at once, so that a slow or failing receiver of one client "
-        "delays no other client's.",
+        description=(
+            "Deliveries of one client in flight at once, so that a slow or failing receiver of one client "
+            "delays no other client's."
+        ),
     )
     WEBHOOK_METRICS_PORT: int = Field(
-        0, ge=0, le=65535, description="Port of the delivery process's /metrics (on WORKER_METRICS_HOST); 0: none."
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the delivery process's Prometheus `/metrics` (on `WORKER_METRICS_HOST`); `0`: none.",
     )
 
     # Files and batches (the OpenAI Files and Batch API)
-    BATCH_MAX_LINES: int = Field(50_000, ge=1, description="Lines (blank ones too) of one batch input file.")
+    BATCH_MAX_LINES: int = Field(50_000, ge=1, description="Lines in one batch input file, blank ones included.")
     BATCH_MAX_LINE_BYTES: int = Field(
         4 * 2**20,
         ge=1,
-        description="Bytes of one line of a batch input file: above the largest valid request (MAX_PROMPT_CHARS "
-        "characters written as JSON \\u escapes, 12 bytes each for 4-byte UTF-8, is 2.4 MB).",
+        description=(
+            "Bytes of one line of a batch input file (4 MiB): above the largest valid request, "
+            "`MAX_PROMPT_CHARS` characters of 4-byte UTF-8 written as JSON `\\u` escapes (12 bytes each: 2.4 "
+            "MB)."
+        ),
     )
-    BATCH_MAX_BYTES: int = Field(200 * 2**20, ge=1, description="Bytes of one uploaded file.")
-    FILE_TTL: int | None = Field(None, ge=1, description="Seconds an uploaded file is kept; unset: RESULT_TTL.")
+    BATCH_MAX_BYTES: int = Field(200 * 2**20, ge=1, description="Bytes of one uploaded file (200 MiB): `413` beyond.")
+    FILE_TTL: int | None = Field(None, ge=1, description="Seconds an uploaded file is kept.")
 
     # Worker
-    WORKER_MAX_JOBS: int = Field(256, ge=1, description="Generations one worker runs at once.")
-    WORKER_IDLE_POLL: float = Field(1.0, gt=0, description="Seconds an idle worker waits between polls.")
-    WORKER_HEARTBEAT: float = Field(1.0, gt=0, description="Seconds between heartbeats of running jobs.")
+    WORKER_MAX_JOBS: int = Field(
+        256,
+        ge=1,
+        description=(
+            "Generations one worker runs at once. vLLM batches continuously: it runs up to `--max-num-seqs` "
+            "sequences at once (256 by default) and queues the rest inside the engine. A worker must keep at "
+            "least that many requests in flight, or the GPU idles while jobs wait in Redis. The default, 256, "
+            "matches vLLM's default; with several workers per model, give each `max-num-seqs / workers` "
+            "(rounded up). Not more: what waits inside vLLM's queue waits first come, first served, out of "
+            "reach of the fair share between clients, of priorities and of `max_running_jobs` (measured: a "
+            "one-job-at-a-time client's p50 went from 0.69 s to 13.6 s behind another client's flood with "
+            "workers taking 256 jobs for a server of 64 slots, docs/PERFORMANCE.md)."
+        ),
+    )
+    WORKER_IDLE_POLL: float = Field(
+        1.0, gt=0, description="Seconds an idle worker waits for a wake-up before polling its queue anyway."
+    )
+    WORKER_HEARTBEAT: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Seconds between heartbeats of a worker and its running jobs; a job not beaten for three "
+            "heartbeats goes back to the queue."
+        ),
+    )
     WORKER_SHUTDOWN_GRACE: float = Field(
-        30.0, ge=0, description="Seconds a stopping worker lets running generations finish before handing them back."
+        30.0,
+        ge=0,
+        description=(
+            "Seconds a stopping worker lets its generations finish (see "
+            "[Faults](ARCHITECTURE.md#faults-nothing-lost-nothing-doubled))."
+        ),
     )
     WORKER_METRICS_PORT: int = Field(9180, ge=0, le=65535, description="Port of a worker's /metrics; 0: none.")
     WORKER_METRICS_HOST: str = Field("127.0.0.1", description="Address a worker's /metrics listens on.")
-    STREAM_FLUSH_MS: int = Field(100, ge=0, description="Token coalescing window, in milliseconds.")
+    STREAM_FLUSH_MS: int = Field(
+        100,
+        ge=0,
+        description=(
+            "Token coalescing window: the first token is written at once, then at most one stream entry per "
+            "window. The windows are slots of one clock for all the jobs of a worker, whose chunks of a "
+            "window are written in one Redis call."
+        ),
+    )
 
     # Services Publics Plus: what the old endpoints (/anonymize) generate with
-    SPP_TEMPLATE: str = "spp"
-    SPP_MAX_TOKENS: int = Field(1024, ge=1)
-    SPP_TEMPERATURE: float = Field(0.2, ge=0, le=2)
-    SPP_TOP_P: float = Field(1.0, gt=0, le=1)
+    SPP_TEMPLATE: str = Field("spp", description="The template `/anonymize` renders.")
+    SPP_MAX_TOKENS: int = Field(1024, ge=1, description="`max_tokens` of the old `/anonymize` endpoint's generations.")
+    SPP_TEMPERATURE: float = Field(
+        0.2, ge=0, le=2, description="`temperature` of the old `/anonymize` endpoint's generations."
+    )
+    SPP_TOP_P: float = Field(1.0, gt=0, le=1, description="`top_p` of the old `/anonymize` endpoint's generations.")
 
     @field_validator(
         "API_KEYS_FILE",
@@ -532,3 +685,38 @@ def settings_or_exit() -> Settings:
             for error in exc.errors()
         )
         raise SystemExit(f"albert-spp: invalid configuration:\n{problems}") from None
+
+
+REFERENCE_INTRO = """# Configuration
+
+Every setting is an environment variable (a `.env` file in the working directory is read too), all defined in one
+class, [`shared/settings.py`](../shared/settings.py), whose descriptions make this page (`make docs`;
+`tests/unit/test_settings.py` fails when it is stale). A wrong value stops startup with a message naming the
+variable. [`.env.example`](../.env.example) lists them all with their defaults.
+
+"""
+
+
+def _shown_default(name: str) -> str:
+    field = Settings.model_fields[name]
+    value: object = DEFAULT_LLM_TABLE if name == "LLM_TABLE" else field.default
+    if value is None:
+        return "unset"
+    if value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def reference() -> str:
+    """docs/CONFIGURATION.md: every setting, in the class's order, with its default and description."""
+    rows = ["| variable | default | what |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {_shown_default(name)} | {description} |")
+    return REFERENCE_INTRO + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import DEFAULT_LLM_TABLE, Backend, Settings, parse_llm_table
+from shared.settings import DEFAULT_LLM_TABLE, Backend, Settings, parse_llm_table, reference
 from tests.unit.conftest import make_settings
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -276,3 +276,12 @@ def test_dotenv_file_is_read_unless_disabled(tmp_path: Path, monkeypatch: pytest
 
     assert Settings().STREAM_FLUSH_MS == 7
     assert Settings(_env_file=None).STREAM_FLUSH_MS == 100
+
+
+def test_the_configuration_reference_is_made_from_the_settings() -> None:
+    """docs/CONFIGURATION.md is `python -m shared.settings`'s output: one place for what a setting means."""
+    written = (Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md").read_text()
+    assert written == reference(), "docs/CONFIGURATION.md is stale: run make docs"
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"{name} has no description"
+        assert f"| `{name}` |" in written
