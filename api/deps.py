@@ -9,14 +9,14 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.auth import Caller, KeyRing, Unauthorized
+from api.batches import BatchStore
 from api.estimate import Estimator
+from api.files import FileStore
 from api.leases import StreamLeases
 from api.limits import AuthFailures, RateLimiter
 from api.listing import JobIndex
 from api.queue_events import QueueWatch
 from api.streams import StreamHub
-from shared.batches import BatchStore
-from shared.files import FileStore
 from shared.metrics import ApiMetrics
 from shared.models import JOB_ID_PATTERN
 from shared.settings import Settings

@@ -14,10 +14,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.auth import KeyRing
+from api.batches import BatchStore
 from api.body import AbortedBodies, add_components
 from api.deps import State
 from api.docs import install_docs
 from api.estimate import Estimator
+from api.files import FileStore
 from api.leases import StreamLeases
 from api.limits import AuthFailures, BodyLimits, RateLimiter
 from api.listing import JobIndex
@@ -29,9 +31,7 @@ from api.routes import openai as openai_compatible
 from api.routes import provenance as job_provenance
 from api.routes.metrics import MetricsPort
 from api.streams import StreamHub
-from shared.batches import BatchStore
 from shared.connection import redis_client
-from shared.files import FileStore
 from shared.metrics import ApiMetrics
 from shared.settings import Settings, get_settings
 from shared.store import JobStore

@@ -1,7 +1,7 @@
 """The shapes of the OpenAI Batch API: input lines into jobs, job records into output and error lines, and
 the batch object (see ../shared/reference/openai-batch.md).
 
-Pure functions, without Redis: shared/batches.py does the storage.
+Pure functions, without Redis: api/batches.py does the storage.
 """
 
 from __future__ import annotations

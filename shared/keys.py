@@ -194,7 +194,7 @@ def tokens(owner: str, day: str) -> str:
     return f"{PREFIX}:tokens:{owner}:{day}"
 
 
-# ---- a client's uploads, batches and stored bytes (shared/files.py, shared/batches.py, shared/stored.py) -----------
+# ---- a client's uploads, batches and stored bytes (api/files.py, api/batches.py, shared/stored.py) -----------
 
 
 def uploads(owner: str) -> str:

@@ -9,10 +9,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from api.deps import BatchesDep, CallerDep, FilesDep, OwnerDep
+from api.files import public_file
 from api.responses import JSONResponse
 from shared.batch_format import parse_generated_file_id
 from shared.errors import BadFileRequest
-from shared.files import public_file
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from api.files import CHUNK_BYTES
 from api.main import is_loopback
 from shared import keys
-from shared.files import CHUNK_BYTES
 from shared.streams import checked_stream_id
 from stack.processes import Service, free_port, http_ok, wait_until
 from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, read_events, wait_for

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from shared.batches import BatchStore
-from shared.files import FileStore
+from api.batches import BatchStore
+from api.files import FileStore
 from shared.models import JobCreate
 from shared.settings import Settings
 from shared.store import JobStore

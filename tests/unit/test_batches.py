@@ -11,6 +11,8 @@ import httpx
 import orjson
 import pytest
 
+from api.batches import BatchStore
+from api.files import FileStore
 from shared import keys
 from shared.batch_format import (
     BatchStatus,
@@ -22,9 +24,7 @@ from shared.batch_format import (
     parse_line,
     public_batch,
 )
-from shared.batches import BatchStore
 from shared.errors import BadFileRequest, BatchFinished, FileTooLarge
-from shared.files import FileStore
 from shared.models import JobCreate, JobError, JobResult, Limits, Usage
 from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy
@@ -285,7 +285,7 @@ async def test_a_batch_is_queued_in_chunks_then_ends_with_its_last_job(
     stores: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files, batches = stores
-    monkeypatch.setattr("shared.batches.SUBMIT_CHUNK", 4)
+    monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 4)
     batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(10)])
     await batches.process(OWNER, batch_id)
     record = await batches.get(OWNER, batch_id)
@@ -367,7 +367,7 @@ async def test_a_batch_that_another_one_outran_fails_and_cancels_what_it_queued(
     limited: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files, batches = limited
-    monkeypatch.setattr("shared.batches.SUBMIT_CHUNK", 2)
+    monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 2)
     batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(4)])
 
     async def empty_queues(models: list[str]) -> dict[str, int]:

@@ -15,11 +15,11 @@ import orjson
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from api import body
+from api import batches, body
+from api.batches import BatchStore
+from api.files import FileStore
 from api.routes.jobs import _parse_submission
-from shared import batch_format, batches
-from shared.batches import BatchStore
-from shared.files import FileStore
+from shared import batch_format
 from shared.models import JobCreate, Limits
 from shared.openai_shapes import MAX_TEXT_PARTS, Endpoint, OpenAIError
 from tests.unit.conftest import batch_stores, make_settings

@@ -1,5 +1,5 @@
 """A client's caps on uploads, batches and stored bytes, on an in-memory Redis: the hourly accounting of stored bytes
-(shared/stored.py), upload slots and charges (shared/files.py), batch creation (shared/batches.py)."""
+(shared/stored.py), upload slots and charges (api/files.py), batch creation (api/batches.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import httpx
 import orjson
 import pytest
 
+from api.batches import BatchStore
+from api.files import CHUNK_BYTES, FileStore
 from shared import keys
 from shared.batch_format import BatchStatus
-from shared.batches import BatchStore
 from shared.errors import QuotaExceeded
-from shared.files import CHUNK_BYTES, FileStore
 from shared.models import now_ms
 from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy, default_policy

@@ -11,12 +11,12 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from api.batches import BatchStore
+from api.files import FileStore
 from api.routes.batches import BatchCreate
 from api.routes.jobs import _parse_submission
 from shared import keys
 from shared.batch_format import parse_line
-from shared.batches import BatchStore
-from shared.files import FileStore
 from shared.models import METADATA_MAX_BYTES, METADATA_VALUE_CHARS, JobCreate, Limits
 from shared.openai_shapes import Endpoint
 from tests.unit.conftest import MODEL, batch_stores, make_settings
@@ -184,7 +184,7 @@ async def test_a_file_of_blank_lines_is_read_no_further_than_the_cap(
             read.append(len(data))
             yield data
 
-    monkeypatch.setattr("shared.files.CHUNK_BYTES", 64)
+    monkeypatch.setattr("api.files.CHUNK_BYTES", 64)
     file_id = await upload(files, b"\n" * 10_000, piece=4096)
     monkeypatch.setattr(files, "chunks", counted)
     record = await batches.create(OWNER, file_id, Endpoint.CHAT, "24h", None)
@@ -198,7 +198,7 @@ async def test_a_line_without_end_is_never_held_whole(
     capped: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files, _ = capped
-    monkeypatch.setattr("shared.files.CHUNK_BYTES", 100)
+    monkeypatch.setattr("api.files.CHUNK_BYTES", 100)
     file_id = await upload(files, b"a\n" + b"x" * 5_000 + b"\nb", piece=4096)
     lines = [(number, len(line)) async for number, line in files.lines(OWNER, file_id, 300)]
     assert [length for _, length in lines[::2]] == [1, 1]

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import orjson
 
+from api.files import FileStore
 from shared import keys
 from shared.batch_format import (
     JOB_FIELDS,
@@ -38,7 +39,6 @@ from shared.batch_format import (
     parse_line,
 )
 from shared.errors import BatchFinished, BatchNotFound, FileNotFound, QueueFull, QuotaExceeded
-from shared.files import FileStore
 from shared.models import ACTIVE_STATES, JobCreate, JobStatus, Limits, now_ms
 from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy
