@@ -161,7 +161,7 @@ def error_line(job_id: str, record: Mapping[str, str], batch_status: str) -> byt
     """The error-file line of a failed or cancelled job; a cancelled one says why (`batch_status`)."""
     if record["status"] == JobStatus.FAILED:
         error = JobError.model_validate_json(record["error"])
-        code, message = error.type, error.message
+        code, message = str(error.type), error.message
     elif batch_status == BatchStatus.EXPIRED:
         code, message = "batch_expired", "the batch expired before this request was processed"
     elif batch_status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):

@@ -62,6 +62,25 @@ StringMetadata = Annotated[
 """A batch's `metadata` (OpenAI's: strings only), with the same caps."""
 
 
+class ErrorType(enum.StrEnum):
+    """Why a job (or an attempt) failed: `error.type` of a job, `error.type` of a line of its attempt log."""
+
+    BACKEND_ERROR = "backend_error"
+    """The model server's answer broke off or could not be read."""
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    """The model server could not be reached, or answered 5xx or 429 (retried)."""
+    BACKEND_REJECTED = "backend_rejected"
+    """The model server refused the request (4xx): failed at once, with its words."""
+    TIMEOUT = "timeout"
+    """The model server was silent for BACKEND_READ_TIMEOUT."""
+    DEADLINE = "deadline"
+    """JOB_DEADLINE passed since the job was created, before an attempt could start again."""
+    WORKER_LOST = "worker_lost"
+    """The workers running it stopped (killed, crashed, cut off from Redis) until JOB_MAX_ATTEMPTS were made."""
+    INTERNAL = "internal"
+    """A fault of the worker itself."""
+
+
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -197,7 +216,7 @@ class JobResult(BaseModel):
 
 
 class JobError(BaseModel):
-    type: str = Field(description="backend_error, backend_rejected, timeout, internal, ...")
+    type: ErrorType
     message: str
 
 

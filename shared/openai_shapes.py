@@ -19,7 +19,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from shared.models import JobCreate, JobError, JobResult, JobStatus, Limits, Usage
+from shared.models import ErrorType, JobCreate, JobError, JobResult, JobStatus, Limits, Usage
 
 
 class Endpoint(enum.StrEnum):
@@ -80,9 +80,9 @@ def job_failure(job_id: str, status: str, error: JobError | None) -> OpenAIError
     """
     if status == JobStatus.CANCELLED or error is None:
         return OpenAIError(500, f"job {job_id} was cancelled before it finished")
-    if error.type == "backend_rejected":
+    if error.type == ErrorType.BACKEND_REJECTED:
         return OpenAIError(400, error.message)
-    code = 503 if error.type == "backend_unavailable" else 502
+    code = 503 if error.type == ErrorType.BACKEND_UNAVAILABLE else 502
     return OpenAIError(code, f"job {job_id} failed ({error.type}): {error.message}")
 
 

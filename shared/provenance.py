@@ -21,6 +21,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.models import ErrorType
+
 AttemptOutcome = Literal["succeeded", "failed", "retry", "shutdown"]
 
 _NAMED_AS_THE_MODEL = ("served_model", "model_revision")
@@ -33,7 +35,7 @@ class AttemptError(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str = Field(description="backend_unavailable, backend_rejected, timeout, worker_lost, internal")
+    type: ErrorType
 
 
 class AttemptRecord(BaseModel):

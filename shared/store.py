@@ -27,6 +27,7 @@ from shared.errors import (
     QuotaExceeded,
 )
 from shared.models import (
+    ErrorType,
     GenerationRequest,
     JobCreate,
     JobError,
@@ -657,7 +658,7 @@ class JobStore:
         expired: list[str] = await self.redis.zrangebyscore(keys.running(model), "-inf", now_ms(), 0, SWEEP_BATCH)
         if not expired:
             return []
-        lost = orjson.dumps({"error": {"type": "worker_lost"}, "ended_at": now_ms()}).decode()
+        lost = orjson.dumps({"error": {"type": ErrorType.WORKER_LOST}, "ended_at": now_ms()}).decode()
         return await self._hand_back(model, "expired", dict.fromkeys(expired, (0, lost)), refund=False, delay=0.0)
 
     async def _hand_back(

@@ -18,12 +18,12 @@ import ssl
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
-from shared.models import GenerationRequest, Usage
+from shared.models import ErrorType, GenerationRequest, Usage
 from shared.settings import Backend, Settings
 from worker.provenance import ModelCard, ModelCards, Trace, card_of
 from worker.replicas import Replica, Replicas
@@ -44,7 +44,7 @@ class BackendError(Exception):
     happened and the details, for the worker's log.
     """
 
-    kind = "backend_error"
+    kind: ClassVar[ErrorType] = ErrorType.BACKEND_ERROR
 
     def __init__(self, public: str, where: str = "", detail: str = "") -> None:
         super().__init__(public)
@@ -52,11 +52,11 @@ class BackendError(Exception):
 
 
 class BackendUnavailable(BackendError):
-    kind = "backend_unavailable"
+    kind = ErrorType.BACKEND_UNAVAILABLE
 
 
 class BackendRejected(BackendError):
-    kind = "backend_rejected"
+    kind = ErrorType.BACKEND_REJECTED
 
 
 @dataclass(frozen=True, slots=True)

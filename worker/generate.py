@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from arq import Retry
 from redis import exceptions as redis_errors
 
-from shared.models import GenerationRequest, JobError, JobResult, now_ms
+from shared.models import ErrorType, GenerationRequest, JobError, JobResult, now_ms
 from shared.provenance import StoredProvenance
 from shared.store import Chunk, Started
 from shared.streams import next_id
@@ -177,15 +177,15 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
             f"the worker running attempt {attempt - 1} stopped (killed, crashed or cut off from Redis), "
             f"and JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS} attempts were made"
         )
-        error = JobError(type="worker_lost", message=message)
+        error = JobError(type=ErrorType.WORKER_LOST, message=message)
         await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp)))
-        _failed(spp, kid, attempt, "worker_lost", 0.0)
+        _failed(spp, kid, attempt, ErrorType.WORKER_LOST, 0.0)
         return
     if attempt > 1 and now_ms() > started.created_at + settings.JOB_DEADLINE * 1000:
         message = f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed since the job was created: no attempt {attempt}"
-        error = JobError(type="deadline", message=message)
+        error = JobError(type=ErrorType.DEADLINE, message=message)
         await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp)))
-        _failed(spp, kid, attempt, "deadline", 0.0)
+        _failed(spp, kid, attempt, ErrorType.DEADLINE, 0.0)
         return
     trace = Trace(started_at=now_ms())
     queue_ms = max(0, trace.started_at - started.created_at)
@@ -238,10 +238,10 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
     except Exception as exc:
         logger.exception("job %s model=%s attempt=%d crashed", *log_args)
         # The traceback is in the worker's log; the client learns only that the fault is ours.
-        error = JobError(type="internal", message=f"internal error of the worker ({type(exc).__name__})")
-        provenance, line = await _provenance(spp, trace), trace.line(attempt, run, "failed", "internal")
+        error = JobError(type=ErrorType.INTERNAL, message=f"internal error of the worker ({type(exc).__name__})")
+        provenance, line = await _provenance(spp, trace), trace.line(attempt, run, "failed", ErrorType.INTERNAL)
         await persist(lambda: store.finish(kid, model, run, error, provenance=provenance, attempt=line))
-        _failed(spp, kid, attempt, "internal", time.monotonic() - began)
+        _failed(spp, kid, attempt, ErrorType.INTERNAL, time.monotonic() - began)
     finally:
         spp.metrics.running.labels(model).dec()
 
@@ -282,7 +282,7 @@ async def _provenance(spp: WorkerContext, trace: Trace) -> str:
     return trace.provenance(spp.model, card, spp.settings.APP_VERSION)
 
 
-def _failed(spp: WorkerContext, kid: str, attempt: int, kind: str, seconds: float, reason: str = "") -> None:
+def _failed(spp: WorkerContext, kid: str, attempt: int, kind: ErrorType, seconds: float, reason: str = "") -> None:
     """Count and log a failed job; `reason` is the internal message (where it failed), for the log only."""
     spp.metrics.failed.labels(spp.model, kind).inc()
     facts: dict[str, Any] = {"reason": reason[:500]} if reason else {}
@@ -307,7 +307,7 @@ async def _retry_or_fail(
     attempt, or JOB_DEADLINE passed before the next one could start)."""
     store, settings, model = spp.store, spp.settings, spp.model
     attempt, run = started.attempt, started.run
-    kind = exc.kind if isinstance(exc, BackendError) else "timeout"
+    kind = exc.kind if isinstance(exc, BackendError) else ErrorType.TIMEOUT
     attempt_error = kind
     spp.metrics.backend_errors.labels(model, kind).inc()
     message = str(exc) or f"no result within BACKEND_TIMEOUT={settings.BACKEND_TIMEOUT:g}s"
@@ -330,7 +330,7 @@ async def _retry_or_fail(
                 )
             return
         kind, message = (
-            "deadline",
+            ErrorType.DEADLINE,
             f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed, after attempt {attempt}: {message}",
         )
     error = JobError(type=kind, message=message)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from shared.models import now_ms
+from shared.models import ErrorType, now_ms
 from shared.provenance import AttemptError, AttemptOutcome, AttemptRecord, StoredProvenance
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Trace:
         if isinstance(fingerprint, str) and fingerprint:
             self.system_fingerprint = fingerprint
 
-    def line(self, attempt: int, run: int, outcome: AttemptOutcome, error: str | None = None) -> str:
+    def line(self, attempt: int, run: int, outcome: AttemptOutcome, error: ErrorType | None = None) -> str:
         """The attempt's line of the record's `attempt_log`, as it ends now; `error` is the error's type."""
         return AttemptRecord(
             attempt=attempt,

@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 
 from shared import keys
 from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
-from shared.models import JobCreate, JobError, JobResult, Usage, now_ms
+from shared.models import ErrorType, Job, JobCreate, JobError, JobResult, JobStatus, Usage, now_ms, public_job
 from shared.multiplex import SharedConnection
 from shared.store import BATCH_BAND, INTERACTIVE_BAND, REAP_GRACE, JobStore, utc_day
 from tests.unit.conftest import MODEL, StoreFactory, make_settings
@@ -856,7 +856,7 @@ async def test_a_batch_ends_with_its_last_job(redis: fakeredis.FakeAsyncRedis, s
     await store.submit(OWNER, [job("b1"), job("b2"), job("b3")], background=True, extra={"batch": batch})
     for job_id in ("b1", "b2"):
         run = await submit_and_start(store, job_id)
-        await store.finish(kid(job_id), MODEL, run, RESULT if job_id == "b1" else JobError(type="x", message="y"))
+        await store.finish(kid(job_id), MODEL, run, RESULT if job_id == "b1" else JobError(type=ErrorType.INTERNAL, message="y"))
     assert (await redis.hgetall(batch))["status"] == "in_progress"  # type: ignore[misc]
 
     await store.cancel(OWNER, "b3")
@@ -876,3 +876,43 @@ async def test_a_cancelling_batch_becomes_cancelled(redis: fakeredis.FakeAsyncRe
     await store.cancel(OWNER, "b1")
 
     assert (await redis.hgetall(batch))["status"] == "cancelled"  # type: ignore[misc]
+
+
+# ---- the public job -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error_type", list(ErrorType))
+async def test_every_public_job_validates_against_the_job_schema(
+    redis: fakeredis.FakeAsyncRedis, store: JobStore, error_type: ErrorType
+) -> None:
+    """`public_job` answers the routes without a pydantic round trip: what it builds must be a `Job`, the
+    `response_model` the OpenAPI document promises, in every state."""
+    extras: dict[str, Any] = {
+        "metadata": {"dossier": "D-1", "n": 3, "ok": True, "none": None},
+        "priority": 2,
+        "webhook": {"url": "https://example.org/hook"},
+    }
+    await store.submit(OWNER, [job("queued", **extras), job("cancelled"), job("running")])
+    await store.submit(OWNER, [job("succeeded"), job("failed")])
+    for job_id, outcome in (
+        ("running", None),
+        ("succeeded", RESULT),
+        ("failed", JobError(type=error_type, message="the server's words")),
+    ):
+        started = await store.start(kid(job_id), await arq_of(store, kid(job_id)), MODEL, WORKER)
+        assert started is not None
+        if outcome is not None:
+            assert await store.finish(kid(job_id), MODEL, started.run, outcome)
+    await store.cancel(OWNER, "cancelled")
+
+    for status in JobStatus:
+        shown = public_job(await record(redis, kid(status.value)))
+        parsed = Job.model_validate(shown)
+        assert parsed.status is status
+        dumped = parsed.model_dump(mode="json")
+        assert {name: dumped[name] for name in shown} == orjson.loads(orjson.dumps(shown)) | {
+            name: dumped[name] for name in ("created_at", "started_at", "finished_at")
+        }, "the schema changes nothing of what is shown but the times' spelling"
+    assert Job.model_validate(public_job(await record(redis, kid("failed")))).error == JobError(
+        type=error_type, message="the server's words"
+    )
