@@ -15,10 +15,14 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
+from shared.retries import (
+    POOL_WAIT_SECONDS,
+    REDIS_BACKOFF_BASE,
+    REDIS_BACKOFF_CAP,
+    REDIS_COMMAND_RETRIES,
+    REDIS_CONNECT_TIMEOUT,
+)
 from shared.settings import Settings
-
-POOL_WAIT_SECONDS = 10.0
-"""How long a command waits for a free connection of its pool before failing."""
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (exceptions.ConnectionError, exceptions.TimeoutError, OSError)
 
@@ -57,7 +61,8 @@ def _pack_with_hiredis(client: Redis) -> Redis:
 def redis_client(
     settings: Settings, name: str, *, single_connection: bool = False, max_connections: int = 64, decode: bool = True
 ) -> Redis:
-    """A client that decodes replies to str (bytes if not `decode`) and retries a command a few times on reconnect.
+    """A client that decodes replies to str (bytes if not `decode`) and retries a command a few times on reconnect
+    (shared/retries.py).
 
     `name` is the connection's CLIENT SETNAME, so that CLIENT LIST tells the API from the workers.
     """
@@ -65,13 +70,15 @@ def redis_client(
         "decode_responses": decode,
         "client_name": name,
         "max_connections": max_connections,
-        "socket_connect_timeout": 2.0,
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
         "health_check_interval": 30,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        "retry": Retry(
+            ExponentialBackoff(cap=REDIS_BACKOFF_CAP, base=REDIS_BACKOFF_BASE), retries=REDIS_COMMAND_RETRIES
+        ),
         "retry_on_error": list(REDIS_ERRORS),
     }
     if settings.sentinels:
-        sentinel = Sentinel(settings.sentinels, socket_connect_timeout=2.0)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(settings.sentinels, socket_connect_timeout=REDIS_CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
         client: Redis = sentinel.master_for(
             settings.REDIS_SENTINEL_MASTER, password=settings.REDIS_PASSWORD, db=settings.REDIS_DB, **options
         )

@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 
 from shared.models import ErrorType, GenerationRequest, JobError, JobResult, now_ms
 from shared.provenance import StoredProvenance
+from shared.retries import PERSIST_FIRST_DELAY, PERSIST_MAX_DELAY, REDIS_PATIENCE
 from shared.store import Chunk, Started
 from shared.streams import next_id
 from worker.backends import BackendError, BackendRejected, Delta, request_id
@@ -35,19 +36,15 @@ REDIS_WRITE_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, r
 while it refuses writes past its maxmemory (OOM, policy noeviction; a script is refused before its first write):
 an outage too, waited out the same way, never a failure of the job."""
 
-REDIS_PATIENCE = 30.0
-"""Seconds a run keeps trying one Redis write through an outage. Past it the run gives up: its job, still
-`running` but no longer heartbeated, is handed back by the sweeper once Redis answers, and generated again."""
-
 
 async def persist(call: Callable[[], Awaitable[T]]) -> T:
-    """`call()`, tried again through a Redis outage for up to REDIS_PATIENCE seconds.
+    """`call()`, tried again through a Redis outage for up to REDIS_PATIENCE seconds (shared/retries.py).
 
     Every store write is safe to send twice (a command whose reply was lost may have run): the scripts are
     fenced by the run, and each append carries its own stream id, which Redis refuses a second time.
     """
     deadline = time.monotonic() + REDIS_PATIENCE
-    delay = 0.1
+    delay = PERSIST_FIRST_DELAY
     while True:
         try:
             return await call()
@@ -55,7 +52,7 @@ async def persist(call: Callable[[], Awaitable[T]]) -> T:
             if time.monotonic() + delay > deadline:
                 raise
             await asyncio.sleep(delay)
-            delay = min(2 * delay, 2.0)
+            delay = min(2 * delay, PERSIST_MAX_DELAY)
 
 
 class AttemptLost(Exception):

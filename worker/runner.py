@@ -21,11 +21,12 @@ from redis import exceptions as redis_errors
 
 from shared import keys
 from shared.connection import REDIS_ERRORS, redis_client
+from shared.retries import ARQ_CONN_RETRIES, ARQ_CONN_RETRY_DELAY, ARQ_CONN_TIMEOUT, REDIS_PATIENCE
 from shared.settings import Settings
 from shared.store import JOB_FUNCTION, JobStore
 from worker.backends import ModelClient
 from worker.context import WorkerContext
-from worker.generate import REDIS_PATIENCE, generate
+from worker.generate import generate
 from worker.metrics_server import serve_metrics
 from worker.sweeper import sweep_forever
 
@@ -44,7 +45,9 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
         )
     else:
         redis_settings = RedisSettings.from_dsn(settings.redis_url)
-    redis_settings.conn_retries = 30
+    redis_settings.conn_retries = ARQ_CONN_RETRIES
+    redis_settings.conn_timeout = int(ARQ_CONN_TIMEOUT)
+    redis_settings.conn_retry_delay = int(ARQ_CONN_RETRY_DELAY)
     redis_settings.retry_on_error = [redis_errors.ConnectionError, redis_errors.TimeoutError, OSError]
     return redis_settings
 

@@ -856,7 +856,9 @@ async def test_a_batch_ends_with_its_last_job(redis: fakeredis.FakeAsyncRedis, s
     await store.submit(OWNER, [job("b1"), job("b2"), job("b3")], background=True, extra={"batch": batch})
     for job_id in ("b1", "b2"):
         run = await submit_and_start(store, job_id)
-        await store.finish(kid(job_id), MODEL, run, RESULT if job_id == "b1" else JobError(type=ErrorType.INTERNAL, message="y"))
+        await store.finish(
+            kid(job_id), MODEL, run, RESULT if job_id == "b1" else JobError(type=ErrorType.INTERNAL, message="y")
+        )
     assert (await redis.hgetall(batch))["status"] == "in_progress"  # type: ignore[misc]
 
     await store.cancel(OWNER, "b3")
