@@ -32,6 +32,18 @@ _ONCE_SECONDS = 5.0
 T = TypeVar("T")
 
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+"""Of every event stream: nothing caches it, and a proxy (nginx) passes each event on at once."""
+
+SSE_DONE = b"data: [DONE]\n\n"
+"""The last event of an OpenAI-compatible stream."""
+
+
+def sse_data(data: Any) -> bytes:
+    """A Server-Sent Event of data alone, as OpenAI's streams send them (a chunk, or an error's body mid-stream)."""
+    return b"data: %s\n\n" % orjson.dumps(data)
+
+
 def sse_frame(event: str, event_id: str, data: Any) -> bytes:
     """One Server-Sent Event: its type, its id (a stream id: `Last-Event-ID` resumes after it) and JSON data."""
     return b"event: %s\nid: %s\ndata: %s\n\n" % (event.encode(), event_id.encode(), orjson.dumps(data))

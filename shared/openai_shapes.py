@@ -16,7 +16,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from shared.models import ErrorType, JobCreate, JobError, JobResult, JobStatus, Limits, Usage
@@ -369,11 +368,3 @@ class ChunkEncoder:
     def usage(self, result: JobResult) -> dict[str, Any]:
         """The usage chunk (only with `stream_options.include_usage`): its `choices` are empty."""
         return self._head | {"choices": [], "usage": _usage(result.usage)}
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def sse(data: dict[str, Any]) -> bytes:
-    """One Server-Sent Event carrying `data` as JSON (a chunk, or an error's body mid-stream)."""
-    return b"data: " + orjson.dumps(data) + b"\n\n"

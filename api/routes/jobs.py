@@ -29,7 +29,7 @@ from api.deps import (
 from api.leases import Lease
 from api.listing import MAX_PAGE, NO_FILTER, STATUS_NAMES, STATUSES, JobFilter, JobIndex, parse_cursor
 from api.responses import JSONResponse
-from api.streams import EventStream, sse_frame
+from api.streams import SSE_HEADERS, EventStream, sse_frame
 from shared import keys
 from shared.errors import FilterRequired, JobFinished, UnknownModel
 from shared.models import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Limits, public_job
@@ -429,4 +429,4 @@ async def _replay_finished(job: dict[str, Any]) -> AsyncIterator[bytes]:
 
 
 def _sse(body: AsyncIterator[bytes], lease: Lease) -> EventStream:
-    return EventStream(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, on_close=lease.release)
+    return EventStream(body, headers=SSE_HEADERS, on_close=lease.release)

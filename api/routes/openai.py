@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from api.auth import Caller
@@ -27,21 +27,19 @@ from api.body import off_loop, openai_request
 from api.deps import CallerDep, HubDep, SettingsDep, StoreDep, resources
 from api.leases import UNLIMITED, Lease
 from api.responses import JSONResponse
-from api.streams import StreamHub
+from api.streams import SSE_DONE, SSE_HEADERS, EventStream, StreamHub, sse_data
 from shared import keys
 from shared.connection import REDIS_ERRORS
 from shared.errors import JobFinished, JobNotFound, LimitReached, PriorityNotAllowed
 from shared.models import JobError, JobResult, JobStatus, Limits
 from shared.openai_shapes import (
     REQUEST_MODELS,
-    SSE_DONE,
     ChunkEncoder,
     Endpoint,
     OpenAIError,
     ParsedRequest,
     finished_response,
     job_failure,
-    sse,
 )
 from shared.policy import MAX_PRIORITY
 from shared.settings import Settings
@@ -188,11 +186,7 @@ async def _serve(
             raise
     record = submitted.record
     if parsed.stream:
-        return StreamingResponse(
-            _chunks(parsed, record, store, hub, owner, lease),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return EventStream(_chunks(parsed, record, store, hub, owner, lease), headers=SSE_HEADERS)
     job_id = record["id"]
     finished = False
     try:
@@ -278,21 +272,21 @@ async def _chunks(
     sent_text = False
     try:
         if parsed.endpoint is Endpoint.CHAT:
-            yield sse(encoder.role())
+            yield sse_data(encoder.role())
         async with contextlib.aclosing(hub.follow(_stream_key(owner, job_id))) as events:
             async for event in events:
                 if event is None:
                     yield b": keep-alive\n\n"
                 elif event.type is EventType.TOKEN:
                     if event.data:
-                        yield sse(encoder.token(event.data))
+                        yield sse_data(encoder.token(event.data))
                         sent_text = True
                 elif event.type is EventType.RESET:
                     # Tokens of a failed attempt: harmless if none reached the client, else fatal.
                     if sent_text:
                         await _abandon(store, owner, job_id)
                         finished = True
-                        yield sse(_reset_error(job_id, event.data).body())
+                        yield sse_data(_reset_error(job_id, event.data).body())
                         yield SSE_DONE
                         return
                 else:
@@ -300,16 +294,16 @@ async def _chunks(
                     final = await store.get(owner, job_id)
                     if final["status"] == JobStatus.SUCCEEDED:
                         result = JobResult.model_validate_json(final["result"])
-                        yield sse(encoder.finish(result))
+                        yield sse_data(encoder.finish(result))
                         if parsed.include_usage:
-                            yield sse(encoder.usage(result))
+                            yield sse_data(encoder.usage(result))
                     else:
                         error = JobError.model_validate_json(final["error"]) if "error" in final else None
-                        yield sse(job_failure(job_id, final["status"], error).body())
+                        yield sse_data(job_failure(job_id, final["status"], error).body())
                     yield SSE_DONE
     except REDIS_ERRORS as exc:
         logger.warning("Redis unavailable while streaming job %s: %s", job_id, exc)
-        yield sse(OpenAIError(503, "the job store (Redis) is unavailable; retry later").body())
+        yield sse_data(OpenAIError(503, "the job store (Redis) is unavailable; retry later").body())
         yield SSE_DONE
     finally:
         lease.release()

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
+from api.streams import SSE_DONE, sse_data, sse_event, sse_frame
 from shared.models import JobError, JobResult, Limits, Message, Usage
 from shared.openai_shapes import (
     MAX_TEXT_PARTS,
-    SSE_DONE,
     ChunkEncoder,
     Endpoint,
     OpenAIError,
@@ -19,7 +19,6 @@ from shared.openai_shapes import (
     finished_response,
     job_failure,
     parse_request,
-    sse,
 )
 
 MODEL = "m"
@@ -286,6 +285,9 @@ def test_completion_chunks_are_vllms() -> None:
 
 
 def test_server_sent_event_framing() -> None:
-    assert sse({"a": "é"}) == b'data: {"a":"\xc3\xa9"}\n\n'
-    assert orjson.loads(sse({"a": 1})[len(b"data: ") :]) == {"a": 1}
+    """The frames of both kinds of stream, from one encoder (api/streams.py)."""
+    assert sse_data({"a": "é"}) == b'data: {"a":"\xc3\xa9"}\n\n'
+    assert orjson.loads(sse_data({"a": 1})[len(b"data: ") :]) == {"a": 1}
     assert SSE_DONE == b"data: [DONE]\n\n"
+    assert sse_frame("token", "10-0", {"text": "é"}) == b'event: token\nid: 10-0\ndata: {"text":"\xc3\xa9"}\n\n'
+    assert sse_event("queued", {"queue_position": 0}) == b'event: queued\ndata: {"queue_position":0}\n\n'
