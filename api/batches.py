@@ -200,12 +200,7 @@ class BatchStore:
             await self.cancel_jobs(owner, batch_id, queued)
 
     def _limits(self) -> Limits:
-        settings = self.settings
-        return Limits(
-            max_prompt_chars=settings.MAX_PROMPT_CHARS,
-            max_messages=settings.MAX_MESSAGES,
-            max_tokens=settings.MAX_TOKENS_LIMIT,
-        )
+        return Limits.of(self.settings)
 
     async def _requests(self, owner: str, file_id: str) -> AsyncIterator[tuple[int, bytes]]:
         """(line number, line) of the input's requests: blank lines aside."""

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.settings import Settings
 from shared.webhooks import WebhookSpec
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,199}$"
@@ -177,6 +178,15 @@ class Limits(BaseModel):
     max_prompt_chars: int
     max_messages: int
     max_tokens: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        """The caps of MAX_PROMPT_CHARS, MAX_MESSAGES and MAX_TOKENS_LIMIT: every route's, from here."""
+        return cls(
+            max_prompt_chars=settings.MAX_PROMPT_CHARS,
+            max_messages=settings.MAX_MESSAGES,
+            max_tokens=settings.MAX_TOKENS_LIMIT,
+        )
 
     def check(self, job: JobCreate) -> None:
         chars = len(job.prompt) if job.prompt is not None else sum(len(m.content) for m in job.messages or ())

@@ -148,11 +148,7 @@ StatusQuery = Annotated[
 
 async def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCreate], bool]:
     """Validate a job or an array of jobs (off the loop when large); errors name the field (and the item's index)."""
-    limits = Limits(
-        max_prompt_chars=settings.MAX_PROMPT_CHARS,
-        max_messages=settings.MAX_MESSAGES,
-        max_tokens=settings.MAX_TOKENS_LIMIT,
-    )
+    limits = Limits.of(settings)
     jobs, many = await parse_one_or_many(
         raw,
         JobCreate,

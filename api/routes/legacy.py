@@ -68,7 +68,7 @@ async def anonymize(request: Request, settings: SettingsDep, store: StoreDep, ca
 
 def _anonymize_jobs(raw: bytes, settings: Settings) -> tuple[list[JobCreate], bool]:
     """The SPP jobs of an `/anonymize` body, and whether it was an array."""
-    limits = Limits(max_prompt_chars=settings.MAX_PROMPT_CHARS, max_messages=1, max_tokens=settings.MAX_TOKENS_LIMIT)
+    limits = Limits.of(settings).model_copy(update={"max_messages": 1})  # one text, one message
     items, many = parse_items(raw, AnonymizeItem, settings.MAX_JOBS_PER_REQUEST, "MAX_JOBS_PER_REQUEST", None, {})
     params = GenerationParams(
         max_tokens=settings.SPP_MAX_TOKENS, temperature=settings.SPP_TEMPERATURE, top_p=settings.SPP_TOP_P

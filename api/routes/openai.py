@@ -169,11 +169,7 @@ async def _serve(
     endpoint: Endpoint, request: Request, settings: Settings, store: JobStore, hub: StreamHub, caller: Caller
 ) -> Response:
     owner = caller.owner
-    limits = Limits(
-        max_prompt_chars=settings.MAX_PROMPT_CHARS,
-        max_messages=settings.MAX_MESSAGES,
-        max_tokens=settings.MAX_TOKENS_LIMIT,
-    )
+    limits = Limits.of(settings)
     raw = await request.body()
     parsed = await off_loop(len(raw), lambda: openai_request(endpoint, raw, settings.models, limits))
     job = parsed.job.model_copy(update={"priority": _priority(request)})
