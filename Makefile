@@ -32,7 +32,8 @@ sim: install
 ## lock: requirements/*.lock from pyproject.toml, for every platform and Python 3.11+ (needs PyPI)
 LOCK := $(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 --quiet
 lock: install-dev
-	$(LOCK) --output-file requirements/runtime.lock
+	$(LOCK) --extra api --output-file requirements/api.lock
+	$(LOCK) --extra worker --output-file requirements/worker.lock
 	$(LOCK) --extra run --output-file requirements/run.lock
 	$(LOCK) --extra dev --output-file requirements/dev.lock
 

@@ -256,6 +256,23 @@ def services() -> dict[str, dict[str, Any]]:
     return found
 
 
+LOCK_OF = {"Dockerfile.api": "api.lock", "Dockerfile.worker": "worker.lock"}
+"""The lock file of requirements/ each image installs."""
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_pins(lock: str) -> dict[str, str]:
+    """{distribution: version} of a lock file of requirements/."""
+    text = (ROOT / "requirements" / lock).read_text()
+    return {
+        normalized(match.group(1)): match.group(2)
+        for match in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", text, re.MULTILINE)
+    }
+
+
 def dockerfile_of_image(image: str) -> Path | None:
     """The Dockerfile that builds `image` in the compose file (for services that run another's image)."""
     for service in services().values():
@@ -370,12 +387,13 @@ def test_dockerfile_builds_dependencies_first_and_runs_slim_and_unprivileged(doc
     builder, final = stages[0], stages[-1]
 
     # The builder installs the locked dependencies alone, hashes checked: editing the code keeps that layer.
+    lock = LOCK_OF[dockerfile.name]
     builder_copies = [item.arguments for item in instructions(builder, "COPY")]
-    assert builder_copies == ["requirements/runtime.lock ./"], builder_copies
+    assert builder_copies == [f"requirements/{lock} ./"], builder_copies
     install = next(item for item in builder if item.keyword == "RUN" and "pip install" in item.arguments)
     assert builder.index(install) > builder.index(instructions(builder, "COPY")[0])
     assert "--require-hashes" in install.arguments
-    assert "runtime.lock" in install.arguments
+    assert lock in install.arguments
 
     # The image: no compiler, no package manager run, a non-root user, a health check, exec-form entry point.
     final_runs = " ".join(item.arguments for item in instructions(final, "RUN"))
@@ -391,15 +409,43 @@ def test_dockerfile_builds_dependencies_first_and_runs_slim_and_unprivileged(doc
     assert entrypoint[:2] == ["python", "-m"], entrypoint
 
 
-def test_the_two_builder_stages_are_identical_so_they_share_the_cache() -> None:
+def test_the_two_builder_stages_differ_only_by_their_lock_so_they_share_the_rest() -> None:
     def builder(path: Path) -> list[tuple[str, str]]:
-        return [(item.keyword, item.arguments) for item in parse_dockerfile(path)[0]]
+        lock = LOCK_OF[path.name]
+        return [(item.keyword, item.arguments.replace(lock, "<lock>")) for item in parse_dockerfile(path)[0]]
 
     assert builder(ROOT / "Dockerfile.api") == builder(ROOT / "Dockerfile.worker")
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
-def test_the_image_holds_every_package_its_code_imports(dockerfile: Path) -> None:
+def test_the_image_installs_every_package_its_code_imports_and_no_other_images(dockerfile: Path) -> None:
+    """Third-party imports of the copied code (their distributions, as this environment maps them) against the
+    image's lock: each one pinned there, and the other image's own packages absent."""
+    pinned = set(lock_pins(LOCK_OF[dockerfile.name]))
+    distributions = importlib.metadata.packages_distributions()
+    missing = set()
+    for package in copied_packages(dockerfile):
+        for source in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in sys.stdlib_module_names or top in FIRST_PARTY or top == "__future__":
+                        continue
+                    if not {normalized(dist) for dist in distributions.get(top, [top])} & pinned:
+                        missing.add(f"{top} ({source.relative_to(ROOT)})")
+    assert not missing, f"{dockerfile.name}: imported but not in {LOCK_OF[dockerfile.name]}: {sorted(missing)}"
+    foreign = {"api.lock": {"arq", "aiohttp", "openai", "httpx"}, "worker.lock": {"fastapi", "openai", "httpx"}}
+    assert not foreign[LOCK_OF[dockerfile.name]] & pinned, "the other image's packages"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_the_image_copies_every_first_party_package_its_code_imports(dockerfile: Path) -> None:
     copied = copied_packages(dockerfile)
     assert copied, "the image copies the project's packages"
     for package in sorted(copied):

