@@ -417,6 +417,17 @@ def test_the_two_builder_stages_differ_only_by_their_lock_so_they_share_the_rest
     assert builder(ROOT / "Dockerfile.api") == builder(ROOT / "Dockerfile.worker")
 
 
+def imports_of(dockerfile: Path) -> Iterator[tuple[Path, str]]:
+    """(source, imported module) of every absolute import of the code `dockerfile` copies."""
+    for package in sorted(copied_packages(dockerfile)):
+        for source in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text(), str(source))):
+                if isinstance(node, ast.Import):
+                    yield from ((source, alias.name) for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    yield source, node.module
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_the_image_installs_every_package_its_code_imports_and_no_other_images(dockerfile: Path) -> None:
     """Third-party imports of the copied code (their distributions, as this environment maps them) against the
@@ -424,21 +435,12 @@ def test_the_image_installs_every_package_its_code_imports_and_no_other_images(d
     pinned = set(lock_pins(LOCK_OF[dockerfile.name]))
     distributions = importlib.metadata.packages_distributions()
     missing = set()
-    for package in copied_packages(dockerfile):
-        for source in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(source.read_text())):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    top = name.split(".")[0]
-                    if top in sys.stdlib_module_names or top in FIRST_PARTY or top == "__future__":
-                        continue
-                    if not {normalized(dist) for dist in distributions.get(top, [top])} & pinned:
-                        missing.add(f"{top} ({source.relative_to(ROOT)})")
+    for source, name in imports_of(dockerfile):
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top in FIRST_PARTY or top == "__future__":
+            continue
+        if not {normalized(dist) for dist in distributions.get(top, [top])} & pinned:
+            missing.add(f"{top} ({source.relative_to(ROOT)})")
     assert not missing, f"{dockerfile.name}: imported but not in {LOCK_OF[dockerfile.name]}: {sorted(missing)}"
     foreign = {"api.lock": {"arq", "aiohttp", "openai", "httpx"}, "worker.lock": {"fastapi", "openai", "httpx"}}
     assert not foreign[LOCK_OF[dockerfile.name]] & pinned, "the other image's packages"
@@ -448,21 +450,11 @@ def test_the_image_installs_every_package_its_code_imports_and_no_other_images(d
 def test_the_image_copies_every_first_party_package_its_code_imports(dockerfile: Path) -> None:
     copied = copied_packages(dockerfile)
     assert copied, "the image copies the project's packages"
-    for package in sorted(copied):
-        for source in sorted((ROOT / package).rglob("*.py")):
-            tree = ast.parse(source.read_text(), str(source))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    top = name.split(".")[0]
-                    assert top not in FIRST_PARTY or top in copied, (
-                        f"{source.relative_to(ROOT)} imports {name}, which {dockerfile.name} does not copy"
-                    )
+    for source, name in imports_of(dockerfile):
+        top = name.split(".")[0]
+        assert top not in FIRST_PARTY or top in copied, (
+            f"{source.relative_to(ROOT)} imports {name}, which {dockerfile.name} does not copy"
+        )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
