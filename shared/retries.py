@@ -73,7 +73,7 @@ POLICY: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "the worker's arq pool, at its start",
-        "arq's `create_pool` (`worker/runner.py`)",
+        "arq's `create_pool` (`worker/arq_adapter.py`)",
         f"{ARQ_CONN_RETRIES} more tries, {ARQ_CONN_RETRY_DELAY:g} s apart, "
         f"each connecting within {ARQ_CONN_TIMEOUT:g} s",
         f"{arq_start_worst_case():g} s, then the worker exits",

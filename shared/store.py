@@ -639,6 +639,9 @@ class JobStore:
                     keys.expiring(),
                     keys.webhook_events(),
                     self.settings.RESULT_TTL + REAP_GRACE,
+                    keys.arq_job(""),
+                    keys.arq_in_progress(""),
+                    keys.arq_retry(""),
                 ],
             )
         )

@@ -28,7 +28,10 @@ class WorkerContext:
     runs: dict[str, Running] = field(default_factory=dict)
     """Every job this worker runs now, by key id: its run for the heartbeat, its arq job id to stop it."""
     aborting: set[str] = field(default_factory=set)
-    """arq job ids cancelled on purpose, as opposed to by a shutdown: arq's own `aborting_tasks` set."""
+    """arq job ids cancelled on purpose, as opposed to by a shutdown (worker/arq_adapter.py)."""
+    settled: set[str] = field(default_factory=set)
+    """arq job ids whose end the job's script wrote with arq's keys: arq's own bookkeeping is skipped for them
+    (worker/arq_adapter.py)."""
     chunks: ChunkWriter = field(init=False)
     """Writes the token chunks of every running job, those of one event-loop turn together."""
 

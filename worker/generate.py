@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from arq import Retry
 from redis import exceptions as redis_errors
 
 from shared.models import ErrorType, GenerationRequest, JobError, JobResult, now_ms
@@ -23,6 +22,7 @@ from shared.provenance import StoredProvenance
 from shared.retries import PERSIST_FIRST_DELAY, PERSIST_MAX_DELAY, REDIS_PATIENCE
 from shared.store import Chunk, Started
 from shared.streams import next_id
+from worker.arq_adapter import arq_job_id, run_again
 from worker.backends import BackendError, BackendRejected, Delta, request_id
 from worker.context import Running, WorkerContext
 from worker.provenance import CARD_WAIT, Trace
@@ -142,13 +142,13 @@ async def generate(ctx: dict[str, Any], kid: str) -> None:
     a start that Redis could not record (arq then runs the same arq job again)."""
     spp: WorkerContext = ctx["spp"]
     store, model = spp.store, spp.model
-    arq_id: str = ctx["job_id"]
+    arq_id = arq_job_id(ctx)
     try:
         started = await persist(lambda: store.start(kid, arq_id, model, spp.worker_id))
     except REDIS_WRITE_ERRORS as exc:
-        # Not started: arq keeps this arq job queued (Retry is the one outcome it does not finish).
+        # Not started: arq keeps this arq job queued (the one outcome it does not finish).
         logger.warning("job %s not started, Redis unavailable: %s", kid, exc)
-        raise Retry(defer=spp.settings.WORKER_HEARTBEAT) from exc
+        raise run_again(spp.settings.WORKER_HEARTBEAT) from exc
     if started is None:
         logger.info("job %s skipped: no longer queued", kid)
         return
@@ -175,13 +175,13 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
             f"and JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS} attempts were made"
         )
         error = JobError(type=ErrorType.WORKER_LOST, message=message)
-        await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp)))
+        _settled(spp, arq_id, await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp))))
         _failed(spp, kid, attempt, ErrorType.WORKER_LOST, 0.0)
         return
     if attempt > 1 and now_ms() > started.created_at + settings.JOB_DEADLINE * 1000:
         message = f"JOB_DEADLINE={settings.JOB_DEADLINE:g}s passed since the job was created: no attempt {attempt}"
         error = JobError(type=ErrorType.DEADLINE, message=message)
-        await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp)))
+        _settled(spp, arq_id, await persist(lambda: store.finish(kid, model, run, error, provenance=_unsent(spp))))
         _failed(spp, kid, attempt, ErrorType.DEADLINE, 0.0)
         return
     trace = Trace(started_at=now_ms())
@@ -199,6 +199,7 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
         # No attempt line: the record and the provenance hold the succeeded attempt's (shared/provenance.py).
         provenance = await _provenance(spp, trace)
         stored = await persist(lambda: store.finish(kid, model, run, result, tail=tail, provenance=provenance))
+        _settled(spp, arq_id, stored)
         seconds = time.monotonic() - began
         if stored:
             spp.metrics.succeeded.labels(model).inc()
@@ -223,13 +224,13 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
             # A shutdown, not a cancellation: give the job back without counting the attempt.
             try:
                 line = trace.line(attempt, run, "shutdown")
-                await asyncio.shield(store.requeue(kid, model, run, refund=True, attempt=line))
+                _settled(spp, arq_id, await asyncio.shield(store.requeue(kid, model, run, refund=True, attempt=line)))
                 _log(logging.INFO, spp, kid, attempt, "job_handed_back", "handed back on shutdown")
             except REDIS_WRITE_ERRORS as exc:
                 logger.warning("job %s model=%s attempt=%d left to the sweeper: %s", *log_args, exc)
         raise
     except (BackendError, TimeoutError) as exc:
-        await _retry_or_fail(spp, kid, started, exc, time.monotonic() - began, trace)
+        await _retry_or_fail(spp, kid, arq_id, started, exc, time.monotonic() - began, trace)
     except REDIS_WRITE_ERRORS:
         raise  # not a failure of the job: generate() leaves it to the sweeper
     except Exception as exc:
@@ -237,7 +238,8 @@ async def _attempt(spp: WorkerContext, kid: str, arq_id: str, started: Started) 
         # The traceback is in the worker's log; the client learns only that the fault is ours.
         error = JobError(type=ErrorType.INTERNAL, message=f"internal error of the worker ({type(exc).__name__})")
         provenance, line = await _provenance(spp, trace), trace.line(attempt, run, "failed", ErrorType.INTERNAL)
-        await persist(lambda: store.finish(kid, model, run, error, provenance=provenance, attempt=line))
+        written = await persist(lambda: store.finish(kid, model, run, error, provenance=provenance, attempt=line))
+        _settled(spp, arq_id, written)
         _failed(spp, kid, attempt, ErrorType.INTERNAL, time.monotonic() - began)
     finally:
         spp.metrics.running.labels(model).dec()
@@ -266,6 +268,14 @@ async def _stream(
     if result is None:
         raise RuntimeError("the model client ended without a final event")
     return result
+
+
+def _settled(spp: WorkerContext, arq_id: str, written: bool) -> bool:
+    """Note a run's end `written` by its script (finish.lua, requeue.lua), which deleted arq's keys of `arq_id`
+    too: arq's bookkeeping after the run is then skipped (worker/arq_adapter.py). Returns `written`."""
+    if written:
+        spp.settled.add(arq_id)
+    return written
 
 
 def _unsent(spp: WorkerContext) -> str:
@@ -298,7 +308,13 @@ def _failed(spp: WorkerContext, kid: str, attempt: int, kind: ErrorType, seconds
 
 
 async def _retry_or_fail(
-    spp: WorkerContext, kid: str, started: Started, exc: BackendError | TimeoutError, seconds: float, trace: Trace
+    spp: WorkerContext,
+    kid: str,
+    arq_id: str,
+    started: Started,
+    exc: BackendError | TimeoutError,
+    seconds: float,
+    trace: Trace,
 ) -> None:
     """After a failed attempt: back to the queue after a backoff, or `failed` with the reason (a 4xx, the last
     attempt, or JOB_DEADLINE passed before the next one could start)."""
@@ -313,7 +329,8 @@ async def _retry_or_fail(
         delay = backoff_delay(settings.RETRY_BACKOFF, attempt)
         if now_ms() + delay * 1000 <= started.created_at + settings.JOB_DEADLINE * 1000:
             line = trace.line(attempt, run, "retry", attempt_error)
-            if await persist(lambda: store.requeue(kid, model, run, refund=False, delay=delay, attempt=line)):
+            requeued = await persist(lambda: store.requeue(kid, model, run, refund=False, delay=delay, attempt=line))
+            if _settled(spp, arq_id, requeued):
                 spp.metrics.retried.labels(model).inc()
                 _log(
                     logging.WARNING,
@@ -332,5 +349,6 @@ async def _retry_or_fail(
         )
     error = JobError(type=kind, message=message)
     provenance, line = await _provenance(spp, trace), trace.line(attempt, run, "failed", attempt_error)
-    await persist(lambda: store.finish(kid, model, run, error, provenance=provenance, attempt=line))
+    written = await persist(lambda: store.finish(kid, model, run, error, provenance=provenance, attempt=line))
+    _settled(spp, arq_id, written)
     _failed(spp, kid, attempt, kind, seconds, internal)

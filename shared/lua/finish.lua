@@ -6,7 +6,9 @@
 --       virtual finish tags, the model's queue (the job leaves it here rather than when arq ends its task: queue
 --       positions are counted from it), the provenance of the answer (JSON, '' for none), the attempt's line of
 --       the record's `attempt_log` (JSON, '' for none), the prefix of clients' job indexes, the set of expiring
---       jobs, the stream of webhook events, the record's own TTL (s: RESULT_TTL and the reaper's grace).
+--       jobs, the stream of webhook events, the record's own TTL (s: RESULT_TTL and the reaper's grace), the key
+--       prefixes of arq's job definitions, in-progress keys and try counts: the job's are deleted here, so that
+--       arq's own bookkeeping after the run is skipped (worker/arq_adapter.py).
 -- The job moves to its end status in its indexes and joins the expiring jobs, which the reaper erases RESULT_TTL
 -- after the end (reap.lua). A failed job keeps its request, for a retry; a succeeded one, or a batch's, drops it.
 -- The tokens reserved at submission (the record's `cost`, on its `day`) are settled with the tokens used, and so
@@ -48,6 +50,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[21])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[8])
 redis.call('ZREM', ARGV[15], job[3])
+redis.call('DEL', ARGV[22] .. job[3], ARGV[23] .. job[3], ARGV[24] .. job[3])
 local owner = string.match(ARGV[8], '^([^:]*):')
 index_move(index_scopes(ARGV[18], owner, job[12], job[13]), job[10], 'running', ARGV[2], job[14])
 redis.call('ZADD', ARGV[19], tonumber(ARGV[5]) + tonumber(ARGV[6]) * 1000, ARGV[8])

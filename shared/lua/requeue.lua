@@ -11,7 +11,7 @@
 --       wake channel, the prefix of the model's client queues, the end of the interactive band (where batch jobs
 --       begin), then per job: key id, run (mode 'run'), new arq id.
 -- An interactive job goes back to its client's queue too, first: it had its turn already (take.lua).
---       The new arq job's definition is written by the worker that takes it (worker/runner.py).
+--       The new arq job's definition is written by the worker that takes it (take.lua, for worker/arq_adapter.py).
 -- Returns the key ids handed back: the others are no longer running under that run or deadline.
 local mode, now, refund, not_before = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local job_prefix, progress_prefix, retry_prefix, channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]

@@ -1,9 +1,10 @@
 """What albert-spp relies on in arq beyond its public API, pinned in one place: an arq upgrade that changes any of
 it fails here, with the name of what changed, before a worker misbehaves.
 
-worker/runner.py overrides arq's `Worker._poll_iteration` and `start_jobs` and reads the worker's counters;
-shared/lua/take.lua writes arq's job definitions and in-progress keys; shared/keys.py names arq's keys; the
-heartbeat renews the in-progress keys (shared/lua/heartbeat.lua).
+worker/arq_adapter.py overrides arq's `Worker._poll_iteration`, `start_jobs` and `finish_job` and reads the
+worker's counters and task maps; shared/lua/take.lua writes arq's job definitions and in-progress keys,
+finish.lua and requeue.lua delete them with the try counts; shared/keys.py names arq's keys; the heartbeat
+renews the in-progress keys (shared/lua/heartbeat.lua).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from worker.generate import generate
 
 
 def test_arq_is_the_version_the_adapter_was_written_for() -> None:
-    assert arq.VERSION.startswith("0.28."), f"arq {arq.VERSION}: review worker/runner.py and take.lua against it"
+    assert arq.VERSION.startswith("0.28."), (
+        f"arq {arq.VERSION}: review worker/arq_adapter.py and its scripts against it"
+    )
 
 
 def test_arqs_key_prefixes_are_the_ones_our_scripts_write() -> None:
@@ -42,6 +45,20 @@ def test_arqs_key_prefixes_are_the_ones_our_scripts_write() -> None:
         ("_poll_iteration", ["self"]),
         ("start_jobs", ["self", "job_ids"]),
         ("run_job", ["self", "job_id", "score"]),
+        (
+            "finish_job",
+            [
+                "self",
+                "job_id",
+                "finish",
+                "result_data",
+                "result_timeout_s",
+                "keep_result_forever",
+                "incr_score",
+                "keep_in_progress",
+            ],
+        ),
+        ("_jobs_started", ["self"]),
         ("handle_sig", ["self", "signum"]),
         ("_release_sem_dec_counter_on_complete", ["self"]),
     ],
@@ -55,9 +72,23 @@ def test_arqs_poll_hands_the_queue_head_to_start_jobs() -> None:
     assert "await self.start_jobs(job_ids)" in inspect.getsource(Worker._poll_iteration)
 
 
+def test_arqs_run_ends_with_finish_job_and_it_only_deletes_the_keys_our_scripts_delete() -> None:
+    """ArqWorker.finish_job skips arq's bookkeeping of a job whose end finish.lua or requeue.lua wrote: that is
+    sound while arq's own removes nothing but the queue entry, the abort mark (unused: allow_abort_jobs off),
+    the definition, the in-progress key and the try count, and stores no result (keep_result=0)."""
+    assert "self.finish_job(" in inspect.getsource(Worker.run_job)
+    source = inspect.getsource(Worker.finish_job)
+    for name in ("in_progress_key_prefix", "retry_key_prefix", "job_key_prefix", "abort_jobs_ss", "self.queue_name"):
+        assert name in source, f"arq's finish_job no longer touches {name}"
+    assert "if result_data:" in source, "arq stores a result only when asked"
+    finish = (Path(__file__).resolve().parents[2] / "shared" / "lua" / "finish.lua").read_text()
+    assert "redis.call('DEL', ARGV[22] .. job[3], ARGV[23] .. job[3], ARGV[24] .. job[3])" in finish
+
+
 def test_the_worker_attributes_we_read_exist() -> None:
     worker = Worker(functions=[func(generate, name=JOB_FUNCTION)], queue_name="q", max_jobs=3)
-    for name in ("sem", "job_counter", "max_jobs", "tasks", "loop", "allow_pick_jobs", "job_timeout_s"):
+    names = ("sem", "job_counter", "max_jobs", "tasks", "job_tasks", "aborting_tasks", "loop", "allow_pick_jobs")
+    for name in (*names, "job_timeout_s"):
         assert hasattr(worker, name), f"arq's Worker.{name}"
     assert hasattr(worker, "in_progress_timeout_s"), "arq's Worker.in_progress_timeout_s (the lease we shorten)"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from shared import retries
 from shared.connection import redis_client
 from tests.unit.conftest import make_settings
-from worker.runner import arq_redis_settings
+from worker.arq_adapter import redis_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ async def test_the_redis_clients_retry_as_the_policy_says() -> None:
 
 
 def test_the_workers_arq_pool_retries_as_the_policy_says() -> None:
-    arq = arq_redis_settings(make_settings())
+    arq = redis_settings(make_settings())
     assert (arq.conn_retries, arq.conn_timeout, arq.conn_retry_delay) == (30, 1, 1)
 
 
