@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run sim test lint bench lock audit docs clean
+.PHONY: install install-dev run sim test lint bench lock audit docs pin-images clean
 
 # Every package comes from a lock file of requirements/ (make lock), each file checked against its hash.
 $(VENV)/.run-installed: pyproject.toml requirements/run.lock
@@ -36,6 +36,10 @@ lock: install-dev
 	$(LOCK) --extra worker --output-file requirements/worker.lock
 	$(LOCK) --extra run --output-file requirements/run.lock
 	$(LOCK) --extra dev --output-file requirements/dev.lock
+
+## pin-images: the third-party images of the Dockerfiles and docker-compose.yml re-pinned to their tags' digests
+pin-images: install
+	$(BIN)/python -m deploy.pin_images
 
 ## docs: docs/CONFIGURATION.md from the descriptions of shared/settings.py
 docs: install

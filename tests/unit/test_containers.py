@@ -26,6 +26,8 @@ import pytest
 import yaml
 
 from api.auth import read_keys_file
+from deploy import pin_images
+from deploy.pin_images import PINNED
 from shared.policy import default_policy
 from shared.settings import Settings, parse_llm_table
 from stack.processes import free_port
@@ -381,9 +383,7 @@ def test_dockerfile_builds_dependencies_first_and_runs_slim_and_unprivileged(doc
     assert len(stages) >= 2, "multi-stage: a builder, then the image"
     for stage in stages:
         image = stage[0].arguments.split()[0]
-        tag = image.rpartition(":")[2]
-        assert tag not in ("", "latest"), f"FROM {image}: pin a tag"
-        assert re.fullmatch(r"python:3\.1\d+-slim", image), f"FROM {image}: a slim Python 3.1x"
+        assert re.fullmatch(r"python:3\.1\d+-slim@sha256:[0-9a-f]{64}", image), f"FROM {image}: a slim Python 3.1x"
     builder, final = stages[0], stages[-1]
 
     # The builder installs the locked dependencies alone, hashes checked: editing the code keeps that layer.
@@ -629,15 +629,50 @@ def test_the_worker_outlives_its_shutdown_grace() -> None:
 # ---- docker-compose.yml: images, privileges, ports, scaling -----------------------------------------------
 
 
-def test_images_are_pinned() -> None:
+def test_third_party_images_are_pinned_by_tag_and_digest_where_make_pin_images_finds_them() -> None:
+    """Every FROM, and every image of the compose file but ours, is `NAME:TAG@sha256:DIGEST` (Docker uses the
+    digest; the tag says what it is), written where deploy/pin_images.py re-pins it; ours carry CI_API_IMAGE_TAG."""
+    written = [stage[0].arguments.split()[0] for path in DOCKERFILES for stage in parse_dockerfile(path)]
+    assert len(set(written)) == 1, f"one base image for both images and their builders: {set(written)}"
+    raw = compose_raw()["services"]
     for name, service in services().items():
-        image = service["image"]
-        if "@sha256:" in image:
+        if dockerfile_of_image(service["image"]):
+            assert service["image"].endswith(f":{env_example()['CI_API_IMAGE_TAG']}"), name
             continue
-        repository, _, tag = image.rpartition(":")
-        assert repository, f"{name}: {image} has no tag"
-        assert "/" not in tag, f"{name}: {image} has no tag"
-        assert tag not in ("", "latest"), f"{name}: {image} is not pinned"
+        assert re.fullmatch(r"[a-z0-9./_-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", service["image"]), name
+        written.append(raw[name]["image"])
+    for image in written:
+        assert PINNED.fullmatch(image), f"{image}: not where make pin-images finds it"
+
+
+def test_make_pin_images_repins_each_image_to_its_tags_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/pin_images.py against a stand-in `docker` that answers one new digest for every tag it is asked."""
+    new = "sha256:" + "0123456789abcdef" * 4
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/asked\necho \'"{new}"\'\n')
+    docker.chmod(0o755)
+    for name in pin_images.FILES:
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.setattr(pin_images, "ROOT", tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    pin_images.main()
+
+    asked = sorted((tmp_path / "asked").read_text().splitlines())
+    tags = sorted(
+        {
+            f"{match['name']}:{match['tag']}"
+            for name in pin_images.FILES
+            for match in PINNED.finditer((ROOT / name).read_text())
+        }
+    )
+    assert asked == [f"buildx imagetools inspect --format {{{{json .Manifest.Digest}}}} {tag}" for tag in tags]
+    assert {"python:3.12-slim", "redis:7.4.7", "vllm/vllm-openai:v0.11.0"} <= set(tags)
+    for name in pin_images.FILES:
+        before, after = (ROOT / name).read_text(), (tmp_path / name).read_text()
+        assert [match["digest"] for match in PINNED.finditer(after)] == [new] * len(PINNED.findall(before)), name
+        assert PINNED.sub("", before) == PINNED.sub("", after), f"{name}: only the digests change"
 
 
 def test_no_privileged_setting() -> None:
@@ -809,5 +844,6 @@ def test_vllm_reserves_its_gpus_and_reads_the_models_cache() -> None:
     assert device["capabilities"] == ["gpu"]
     assert device["count"] == env["VLLM_TENSOR_PARALLEL_SIZE"]
     assert f"{env['MODELS_CACHE_DIR']}:/root/.cache/huggingface" in vllm["volumes"]
-    assert vllm["image"] == f"vllm/vllm-openai:{env['CI_VLLM_IMAGE_TAG']}"
+    assert env["CI_VLLM_IMAGE_TAG"] == "", "compose's pinned default"
+    assert vllm["image"].startswith("vllm/vllm-openai:v0.11.0@sha256:")
     assert duration_seconds(vllm["healthcheck"]["start_period"]) >= 600, "loading weights takes minutes"
