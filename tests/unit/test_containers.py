@@ -645,6 +645,28 @@ def test_third_party_images_are_pinned_by_tag_and_digest_where_make_pin_images_f
         assert PINNED.fullmatch(image), f"{image}: not where make pin-images finds it"
 
 
+def test_each_of_our_images_has_one_build_and_the_services_sharing_it_never_pull_it() -> None:
+    """One `build:` per image name: the worker image is built (or pulled, on a deployment) by the worker service
+    alone; sim and webhooks run it with `pull_policy: never`, so that no registry is asked for it on their behalf."""
+    all_services = services()
+    builders: dict[str, list[str]] = {}
+    for name, service in all_services.items():
+        if "build" in service:
+            builders.setdefault(service["image"], []).append(name)
+    assert sorted(builders.values()) == [["api"], ["worker"]], builders
+    worker_image = all_services["worker"]["image"]
+    assert sorted(name for name, service in all_services.items() if service["image"] == worker_image) == [
+        "sim",
+        "webhooks",
+        "worker",
+    ]
+    for name, service in all_services.items():
+        if "build" not in service and service["image"] in builders:
+            assert service.get("pull_policy") == "never", f"{name} runs {service['image']} built by another service"
+        elif "build" in service:
+            assert service.get("pull_policy") in (None, "missing"), f"{name}: a deployment pulls it"
+
+
 def test_make_pin_images_repins_each_image_to_its_tags_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """deploy/pin_images.py against a stand-in `docker` that answers one new digest for every tag it is asked."""
     new = "sha256:" + "0123456789abcdef" * 4
