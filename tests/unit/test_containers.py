@@ -525,10 +525,20 @@ def test_compose_passes_every_setting_to_the_containers() -> None:
 # ---- docker-compose.yml: commands and health checks ---------------------------------------------------------
 
 
+def python_command(argv: list[str]) -> list[str]:
+    """`python -m MODULE ARGUMENTS` of a container's command: the command itself, or the `exec python -m MODULE
+    "$@"` that ends its `sh -c SCRIPT NAME ARGUMENTS...` (a check in shell before the process)."""
+    if argv[:2] != ["sh", "-c"]:
+        return argv
+    match = re.search(r'^exec (python -m [\w.]+) "\$@"\n?\Z', argv[2], re.MULTILINE)
+    assert match is not None, f'the script does not end by exec-ing python -m MODULE "$@": {argv[2]!r}'
+    return [*match.group(1).split(), *argv[4:]]
+
+
 def test_compose_commands_name_existing_modules_and_valid_arguments(tmp_path: Path) -> None:
     checked = set()
     for name, service in our_services().items():
-        argv = effective_command(service)
+        argv = python_command(effective_command(service))
         assert argv[:2] == ["python", "-m"], f"{name}: {argv}"
         module, arguments = argv[2], argv[3:]
         assert runnable_module(module), f"{name}: `python -m {module}` runs nothing of this project"
@@ -549,22 +559,33 @@ def test_the_containers_settings_are_valid(tmp_path: Path) -> None:
         assert "@redis:6379/" in result.stdout
 
 
-def test_the_api_container_starts_in_the_env_files_env_and_would_refuse_open_access(tmp_path: Path) -> None:
-    """The API listens on 0.0.0.0 in its container: the env file's ENV (staging) lets it start; ENV=dev or
-    unittest, which accept any key, stop it; and so does its image run alone, ENV unset (dev)."""
+def test_the_api_container_starts_open_only_when_published_on_loopback(tmp_path: Path) -> None:
+    """The API listens on 0.0.0.0 in its container. ENV=dev or unittest, which accept any key, let it start only
+    when compose publishes its port on a loopback API_BIND_ADDRESS (API_PUBLISHED_HOST tells it: .env.example's
+    quick start); staging and prod, which require keys, on any address; its image run alone, ENV unset (dev), stops."""
     code = (
         "from api.main import open_access_refusal; from shared.settings import Settings;"
         " print(open_access_refusal(Settings()))"
     )
-    result = run_in_container_env(services()["api"], ["-c", code], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "None"
-    for env in ("dev", "unittest"):
-        api = compose({**env_example(), "ENV": env})["services"]["api"]
+    assert (env_example()["ENV"], env_example()["API_BIND_ADDRESS"]) == ("dev", "127.0.0.1"), "the quick start"
+    api = services()["api"]
+    assert api["environment"]["API_PUBLISHED_HOST"] == api["ports"][0]["host_ip"], "one variable: the same address"
+    for env, address, refused in [
+        ("dev", "127.0.0.1", False),
+        ("unittest", "::1", False),
+        ("dev", "0.0.0.0", True),
+        ("unittest", "192.0.2.10", True),
+        ("staging", "0.0.0.0", False),
+        ("prod", "192.0.2.10", False),
+    ]:
+        api = compose({**env_example(), "ENV": env, "API_BIND_ADDRESS": address})["services"]["api"]
         result = run_in_container_env(api, ["-c", code], tmp_path)
         assert result.returncode == 0, result.stderr
-        assert f"ENV={env} accepts any API key" in result.stdout
-        assert "not API_HOST=0.0.0.0" in result.stdout
+        if refused:
+            assert f"ENV={env} accepts any API key" in result.stdout
+            assert f"not API_HOST=0.0.0.0 published on API_PUBLISHED_HOST={address}" in result.stdout
+        else:
+            assert result.stdout.strip() == "None", (env, address, result.stdout)
 
     image_env: dict[str, str] = {}
     for instruction in instructions(final_stage(ROOT / "Dockerfile.api"), "ENV"):
@@ -588,9 +609,43 @@ def test_the_api_container_starts_in_the_env_files_env_and_would_refuse_open_acc
 
 def test_compose_requires_env() -> None:
     env = {key: value for key, value in env_example().items() if key != "ENV"}
-    with pytest.raises(MissingVariable, match="staging or prod"):
+    with pytest.raises(MissingVariable, match=r"dev \(.*\), staging or prod"):
         compose(env)
-    assert env_example()["ENV"] in ("staging", "prod"), ".env.example runs under compose"
+
+
+def test_the_simulator_refuses_staging_and_prod_and_the_workers_wait_for_it(tmp_path: Path) -> None:
+    """The sim service's entrypoint and command, run by sh as in its container (with `--help` added, so that the
+    simulator prints its usage rather than serving): ENV=staging or prod stops it, exit 1, with one line naming ENV
+    and COMPOSE_PROFILES; dev execs the simulator. The workers wait for it to be healthy, which a refused one never
+    is."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    for env in ("staging", "prod", "dev"):
+        sim = compose({**env_example(), "ENV": env})["services"]["sim"]
+        assert sim["environment"] == {"ENV": env}
+        result = subprocess.run(
+            [*sim["entrypoint"], *sim["command"], "--help"],
+            env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT), **sim["environment"]},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if env == "dev":
+            assert result.returncode == 0, result.stderr
+            assert "--ms-per-token" in result.stdout
+            continue
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"sim: ENV={env} refuses the simulator")
+        assert "COMPOSE_PROFILES" in line
+    worker = services()["worker"]
+    assert worker["depends_on"]["sim"]["condition"] == "service_healthy"
+    assert "restart" in services()["sim"], "a refused simulator restarts, refused again: the workers keep waiting"
 
 
 def test_every_service_has_a_healthcheck() -> None:
