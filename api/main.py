@@ -51,14 +51,19 @@ def is_loopback(host: str) -> bool:
 
 def open_access_refusal(settings: Settings) -> str | None:
     """Why the API must not start with these settings: open access (ENV=dev or unittest accept any API key)
-    on an address other machines reach. None when it may. The workers listen on no API_HOST: only the API
-    checks it, not Settings."""
-    if settings.open_access and not is_loopback(settings.API_HOST):
-        return (
-            f"ENV={settings.ENV} accepts any API key; it may only listen on a loopback address, not "
-            f"API_HOST={settings.API_HOST}: set ENV=staging or prod with API_KEYS_FILE/API_KEYS"
-        )
-    return None
+    on an address other machines reach. None when it may: API_HOST is a loopback address, or the API listens
+    in a container whose port is published on a loopback address only, which API_PUBLISHED_HOST declares
+    (docker-compose.yml sets it to the address it publishes on). The workers listen on no API_HOST: only the
+    API checks it, not Settings."""
+    if not settings.open_access or is_loopback(settings.API_HOST):
+        return None
+    if settings.API_PUBLISHED_HOST and is_loopback(settings.API_PUBLISHED_HOST):
+        return None
+    published = f" published on API_PUBLISHED_HOST={settings.API_PUBLISHED_HOST}" if settings.API_PUBLISHED_HOST else ""
+    return (
+        f"ENV={settings.ENV} accepts any API key; it may only be reached on a loopback address, not "
+        f"API_HOST={settings.API_HOST}{published}: set ENV=staging or prod with API_KEYS_FILE/API_KEYS"
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

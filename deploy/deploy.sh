@@ -11,7 +11,7 @@
 #   CI_REGISTRY_IMAGE, CI_API_IMAGE_TAG               the images to run: <registry image>/{api,worker}:<tag>
 #   CI_DEPLOY_GROUP_USER, CI_DEPLOY_GROUP_TOKEN       the VM's login to the registry (the token goes on stdin)
 #   API_KEYS                                          path of the API keys file (a file variable)
-#   CI_VLLM_IMAGE_TAG                                 optional: the vllm/vllm-openai tag (compose's default else)
+#   CI_VLLM_IMAGE_TAG                                 optional: vllm/vllm-openai's TAG@sha256:DIGEST (compose's pin else)
 #   CI_DEPLOY_KNOWN_HOSTS                             optional: the VM's host key line(s); else trusted on first use
 #   CI_DEPLOY_PORT (22), CI_DEPLOY_DIR (albert-spp-<ENV>, under the account's home), HEALTH_TIMEOUT (600 s)
 #
@@ -35,6 +35,10 @@ for name in CI_DEPLOY_USER CI_DEPLOY_USER_SSH_PRIVATE_KEY CI_REGISTRY_IMAGE CI_A
     [ -n "${!name:-}" ] || die "$name is not set (a CI/CD variable of the project)"
 done
 [ -r "$API_KEYS" ] || die "cannot read the API keys file API_KEYS=$API_KEYS"
+case "${CI_VLLM_IMAGE_TAG:-}" in
+"" | *@sha256:*) ;;
+*) die "CI_VLLM_IMAGE_TAG=$CI_VLLM_IMAGE_TAG is a tag alone: give TAG@sha256:DIGEST, the image's digest" ;;
+esac
 
 # The value of a variable of the env file (its last definition; quotes around it removed), without sourcing it.
 setting() {

@@ -151,6 +151,14 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address `python -m api` listens on; `dev` and `unittest` accept only a loopback one."
     )
     API_PORT: int = Field(8000, ge=1, le=65535, description="Port `python -m api` listens on.")
+    API_PUBLISHED_HOST: str = Field(
+        "",
+        description=(
+            "The only host address other machines reach the API on when `API_HOST` is a container's `0.0.0.0`: "
+            "the address its port is published on (docker-compose.yml sets it to `API_BIND_ADDRESS`). `dev` and "
+            "`unittest` then start only if it is a loopback one. Empty: `API_HOST` alone decides."
+        ),
+    )
     API_ROOT_PATH: str = Field("", description="Path prefix when served behind a proxy.")
     API_METRICS_PORT: int = Field(
         0,
@@ -625,8 +633,8 @@ class Settings(BaseSettings):
     @property
     def open_access(self) -> bool:
         """In dev and unittest any bearer token is accepted, as in the seed (the header is still required). The
-        API then refuses a non-loopback API_HOST (`api.main.open_access_refusal`): not checked here, since the
-        workers, which share these settings, listen on no API_HOST."""
+        API then refuses to be reachable beyond loopback (`api.main.open_access_refusal`: API_HOST, or
+        API_PUBLISHED_HOST): not checked here, since the workers, which share these settings, listen on neither."""
         return self.ENV in ("dev", "unittest")
 
     @property

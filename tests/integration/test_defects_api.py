@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from api.files import CHUNK_BYTES
-from api.main import is_loopback
+from api.main import is_loopback, open_access_refusal
 from shared import keys
+from shared.settings import Settings
 from shared.streams import checked_stream_id
 from stack.processes import Service, free_port, http_ok, wait_until
 from tests.integration.conftest import AUTH, RedisServer, Sim, Stack, read_events, wait_for
@@ -71,6 +72,25 @@ def clean_env(**variables: str) -> dict[str, str]:
 )
 def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "published", "refused"),
+    [
+        ("0.0.0.0", "127.0.0.1", False),  # docker-compose.yml's quick start: published on loopback only
+        ("0.0.0.0", "::1", False),
+        ("0.0.0.0", "", True),
+        ("0.0.0.0", "0.0.0.0", True),
+        ("0.0.0.0", "192.0.2.10", True),
+        ("127.0.0.1", "", False),
+    ],
+)
+def test_open_access_in_a_container_published_on_loopback_only(host: str, published: str, refused: bool) -> None:
+    settings = Settings(_env_file=None, ENV="dev", API_HOST=host, API_PUBLISHED_HOST=published)
+    refusal = open_access_refusal(settings)
+    assert (refusal is not None) is refused, refusal
+    if refusal is not None and published:
+        assert f"not API_HOST={host} published on API_PUBLISHED_HOST={published}" in refusal
 
 
 @pytest.mark.parametrize(

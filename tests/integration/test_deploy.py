@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SSHD = Path("/usr/sbin/sshd")
 TOKEN = "glpat-registry-token-never-on-a-command-line"
 KEYS = b'{"caf": "a-key-of-the-caf-0123456789abcdefghijklmnop"}\n'
+VLLM_IMAGE_TAG = "v0.12.0@sha256:" + "ab" * 32
+"""The pipeline's CI_VLLM_IMAGE_TAG: another vLLM image than compose's pin, by tag and digest."""
 
 STAND_IN_DOCKER = """#!/usr/bin/env python3
 import json, os, pathlib, sys
@@ -123,7 +125,7 @@ def healthy() -> Iterator[Health]:
 
 
 def deploy(
-    vm: Vm, tmp_path: Path, api_port: int, env: str = "staging", **lines: str
+    vm: Vm, tmp_path: Path, api_port: int, env: str = "staging", vllm_image_tag: str = VLLM_IMAGE_TAG, **lines: str
 ) -> subprocess.CompletedProcess[str]:
     """Run deploy/deploy.sh as the pipeline's deploy job would, the VM's directory emptied first."""
     remote = vm.directory / "deployed"
@@ -153,7 +155,7 @@ def deploy(
         "CI_DEPLOY_DIR": str(remote),
         "CI_REGISTRY_IMAGE": "registry.example.org/etalab/albert-spp",
         "CI_API_IMAGE_TAG": "1.4.2",
-        "CI_VLLM_IMAGE_TAG": "v0.11.0",
+        "CI_VLLM_IMAGE_TAG": vllm_image_tag,
         "CI_DEPLOY_GROUP_USER": "deployer",
         "CI_DEPLOY_GROUP_TOKEN": TOKEN,
         "API_KEYS": str(keys),
@@ -188,7 +190,7 @@ def test_a_deployment_copies_its_files_logs_in_and_starts_the_services(vm: Vm, t
     assert env["REDIS_PASSWORD"] == "a-redis-password"
     assert env["CI_REGISTRY_IMAGE"] == "registry.example.org/etalab/albert-spp"
     assert env["CI_API_IMAGE_TAG"] == "1.4.2", "the pipeline's tag, not the env file's"
-    assert env["CI_VLLM_IMAGE_TAG"] == "v0.11.0"
+    assert env["CI_VLLM_IMAGE_TAG"] == VLLM_IMAGE_TAG
     assert env["API_KEYS_HOST_FILE"] == "./api_keys.json"
     assert env["COMPOSE_PROFILES"] == "gpu"
     assert (env["APP_UID"], env["APP_GID"]) == (str(os.getuid()), str(os.getgid())), "the keys file's owner"
@@ -251,3 +253,10 @@ def test_a_wrong_env_file_is_refused_before_anything_is_sent(
     assert said in done.stderr
     assert vm.docker_calls() == []
     assert not (vm.directory / "deployed").exists()
+
+
+def test_a_vllm_image_without_its_digest_is_refused(vm: Vm, tmp_path: Path) -> None:
+    done = deploy(vm, tmp_path, 1, vllm_image_tag="v0.11.0")
+    assert done.returncode != 0
+    assert "CI_VLLM_IMAGE_TAG=v0.11.0 is a tag alone: give TAG@sha256:DIGEST" in done.stderr
+    assert vm.docker_calls() == []

@@ -26,6 +26,8 @@ import pytest
 import yaml
 
 from api.auth import read_keys_file
+from deploy import pin_images
+from deploy.pin_images import PINNED
 from shared.policy import default_policy
 from shared.settings import Settings, parse_llm_table
 from stack.processes import free_port
@@ -381,9 +383,7 @@ def test_dockerfile_builds_dependencies_first_and_runs_slim_and_unprivileged(doc
     assert len(stages) >= 2, "multi-stage: a builder, then the image"
     for stage in stages:
         image = stage[0].arguments.split()[0]
-        tag = image.rpartition(":")[2]
-        assert tag not in ("", "latest"), f"FROM {image}: pin a tag"
-        assert re.fullmatch(r"python:3\.1\d+-slim", image), f"FROM {image}: a slim Python 3.1x"
+        assert re.fullmatch(r"python:3\.1\d+-slim@sha256:[0-9a-f]{64}", image), f"FROM {image}: a slim Python 3.1x"
     builder, final = stages[0], stages[-1]
 
     # The builder installs the locked dependencies alone, hashes checked: editing the code keeps that layer.
@@ -525,10 +525,20 @@ def test_compose_passes_every_setting_to_the_containers() -> None:
 # ---- docker-compose.yml: commands and health checks ---------------------------------------------------------
 
 
+def python_command(argv: list[str]) -> list[str]:
+    """`python -m MODULE ARGUMENTS` of a container's command: the command itself, or the `exec python -m MODULE
+    "$@"` that ends its `sh -c SCRIPT NAME ARGUMENTS...` (a check in shell before the process)."""
+    if argv[:2] != ["sh", "-c"]:
+        return argv
+    match = re.search(r'^exec (python -m [\w.]+) "\$@"\n?\Z', argv[2], re.MULTILINE)
+    assert match is not None, f'the script does not end by exec-ing python -m MODULE "$@": {argv[2]!r}'
+    return [*match.group(1).split(), *argv[4:]]
+
+
 def test_compose_commands_name_existing_modules_and_valid_arguments(tmp_path: Path) -> None:
     checked = set()
     for name, service in our_services().items():
-        argv = effective_command(service)
+        argv = python_command(effective_command(service))
         assert argv[:2] == ["python", "-m"], f"{name}: {argv}"
         module, arguments = argv[2], argv[3:]
         assert runnable_module(module), f"{name}: `python -m {module}` runs nothing of this project"
@@ -549,22 +559,33 @@ def test_the_containers_settings_are_valid(tmp_path: Path) -> None:
         assert "@redis:6379/" in result.stdout
 
 
-def test_the_api_container_starts_in_the_env_files_env_and_would_refuse_open_access(tmp_path: Path) -> None:
-    """The API listens on 0.0.0.0 in its container: the env file's ENV (staging) lets it start; ENV=dev or
-    unittest, which accept any key, stop it; and so does its image run alone, ENV unset (dev)."""
+def test_the_api_container_starts_open_only_when_published_on_loopback(tmp_path: Path) -> None:
+    """The API listens on 0.0.0.0 in its container. ENV=dev or unittest, which accept any key, let it start only
+    when compose publishes its port on a loopback API_BIND_ADDRESS (API_PUBLISHED_HOST tells it: .env.example's
+    quick start); staging and prod, which require keys, on any address; its image run alone, ENV unset (dev), stops."""
     code = (
         "from api.main import open_access_refusal; from shared.settings import Settings;"
         " print(open_access_refusal(Settings()))"
     )
-    result = run_in_container_env(services()["api"], ["-c", code], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "None"
-    for env in ("dev", "unittest"):
-        api = compose({**env_example(), "ENV": env})["services"]["api"]
+    assert (env_example()["ENV"], env_example()["API_BIND_ADDRESS"]) == ("dev", "127.0.0.1"), "the quick start"
+    api = services()["api"]
+    assert api["environment"]["API_PUBLISHED_HOST"] == api["ports"][0]["host_ip"], "one variable: the same address"
+    for env, address, refused in [
+        ("dev", "127.0.0.1", False),
+        ("unittest", "::1", False),
+        ("dev", "0.0.0.0", True),
+        ("unittest", "192.0.2.10", True),
+        ("staging", "0.0.0.0", False),
+        ("prod", "192.0.2.10", False),
+    ]:
+        api = compose({**env_example(), "ENV": env, "API_BIND_ADDRESS": address})["services"]["api"]
         result = run_in_container_env(api, ["-c", code], tmp_path)
         assert result.returncode == 0, result.stderr
-        assert f"ENV={env} accepts any API key" in result.stdout
-        assert "not API_HOST=0.0.0.0" in result.stdout
+        if refused:
+            assert f"ENV={env} accepts any API key" in result.stdout
+            assert f"not API_HOST=0.0.0.0 published on API_PUBLISHED_HOST={address}" in result.stdout
+        else:
+            assert result.stdout.strip() == "None", (env, address, result.stdout)
 
     image_env: dict[str, str] = {}
     for instruction in instructions(final_stage(ROOT / "Dockerfile.api"), "ENV"):
@@ -588,9 +609,43 @@ def test_the_api_container_starts_in_the_env_files_env_and_would_refuse_open_acc
 
 def test_compose_requires_env() -> None:
     env = {key: value for key, value in env_example().items() if key != "ENV"}
-    with pytest.raises(MissingVariable, match="staging or prod"):
+    with pytest.raises(MissingVariable, match=r"dev \(.*\), staging or prod"):
         compose(env)
-    assert env_example()["ENV"] in ("staging", "prod"), ".env.example runs under compose"
+
+
+def test_the_simulator_refuses_staging_and_prod_and_the_workers_wait_for_it(tmp_path: Path) -> None:
+    """The sim service's entrypoint and command, run by sh as in its container (with `--help` added, so that the
+    simulator prints its usage rather than serving): ENV=staging or prod stops it, exit 1, with one line naming ENV
+    and COMPOSE_PROFILES; dev execs the simulator. The workers wait for it to be healthy, which a refused one never
+    is."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    for env in ("staging", "prod", "dev"):
+        sim = compose({**env_example(), "ENV": env})["services"]["sim"]
+        assert sim["environment"] == {"ENV": env}
+        result = subprocess.run(
+            [*sim["entrypoint"], *sim["command"], "--help"],
+            env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT), **sim["environment"]},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if env == "dev":
+            assert result.returncode == 0, result.stderr
+            assert "--ms-per-token" in result.stdout
+            continue
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"sim: ENV={env} refuses the simulator")
+        assert "COMPOSE_PROFILES" in line
+    worker = services()["worker"]
+    assert worker["depends_on"]["sim"]["condition"] == "service_healthy"
+    assert "restart" in services()["sim"], "a refused simulator restarts, refused again: the workers keep waiting"
 
 
 def test_every_service_has_a_healthcheck() -> None:
@@ -629,15 +684,72 @@ def test_the_worker_outlives_its_shutdown_grace() -> None:
 # ---- docker-compose.yml: images, privileges, ports, scaling -----------------------------------------------
 
 
-def test_images_are_pinned() -> None:
+def test_third_party_images_are_pinned_by_tag_and_digest_where_make_pin_images_finds_them() -> None:
+    """Every FROM, and every image of the compose file but ours, is `NAME:TAG@sha256:DIGEST` (Docker uses the
+    digest; the tag says what it is), written where deploy/pin_images.py re-pins it; ours carry CI_API_IMAGE_TAG."""
+    written = [stage[0].arguments.split()[0] for path in DOCKERFILES for stage in parse_dockerfile(path)]
+    assert len(set(written)) == 1, f"one base image for both images and their builders: {set(written)}"
+    raw = compose_raw()["services"]
     for name, service in services().items():
-        image = service["image"]
-        if "@sha256:" in image:
+        if dockerfile_of_image(service["image"]):
+            assert service["image"].endswith(f":{env_example()['CI_API_IMAGE_TAG']}"), name
             continue
-        repository, _, tag = image.rpartition(":")
-        assert repository, f"{name}: {image} has no tag"
-        assert "/" not in tag, f"{name}: {image} has no tag"
-        assert tag not in ("", "latest"), f"{name}: {image} is not pinned"
+        assert re.fullmatch(r"[a-z0-9./_-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", service["image"]), name
+        written.append(raw[name]["image"])
+    for image in written:
+        assert PINNED.fullmatch(image), f"{image}: not where make pin-images finds it"
+
+
+def test_each_of_our_images_has_one_build_and_the_services_sharing_it_never_pull_it() -> None:
+    """One `build:` per image name: the worker image is built (or pulled, on a deployment) by the worker service
+    alone; sim and webhooks run it with `pull_policy: never`, so that no registry is asked for it on their behalf."""
+    all_services = services()
+    builders: dict[str, list[str]] = {}
+    for name, service in all_services.items():
+        if "build" in service:
+            builders.setdefault(service["image"], []).append(name)
+    assert sorted(builders.values()) == [["api"], ["worker"]], builders
+    worker_image = all_services["worker"]["image"]
+    assert sorted(name for name, service in all_services.items() if service["image"] == worker_image) == [
+        "sim",
+        "webhooks",
+        "worker",
+    ]
+    for name, service in all_services.items():
+        if "build" not in service and service["image"] in builders:
+            assert service.get("pull_policy") == "never", f"{name} runs {service['image']} built by another service"
+        elif "build" in service:
+            assert service.get("pull_policy") in (None, "missing"), f"{name}: a deployment pulls it"
+
+
+def test_make_pin_images_repins_each_image_to_its_tags_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/pin_images.py against a stand-in `docker` that answers one new digest for every tag it is asked."""
+    new = "sha256:" + "0123456789abcdef" * 4
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/asked\necho \'"{new}"\'\n')
+    docker.chmod(0o755)
+    for name in pin_images.FILES:
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.setattr(pin_images, "ROOT", tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    pin_images.main()
+
+    asked = sorted((tmp_path / "asked").read_text().splitlines())
+    tags = sorted(
+        {
+            f"{match['name']}:{match['tag']}"
+            for name in pin_images.FILES
+            for match in PINNED.finditer((ROOT / name).read_text())
+        }
+    )
+    assert asked == [f"buildx imagetools inspect --format {{{{json .Manifest.Digest}}}} {tag}" for tag in tags]
+    assert {"python:3.12-slim", "redis:7.4.7", "vllm/vllm-openai:v0.11.0"} <= set(tags)
+    for name in pin_images.FILES:
+        before, after = (ROOT / name).read_text(), (tmp_path / name).read_text()
+        assert [match["digest"] for match in PINNED.finditer(after)] == [new] * len(PINNED.findall(before)), name
+        assert PINNED.sub("", before) == PINNED.sub("", after), f"{name}: only the digests change"
 
 
 def test_no_privileged_setting() -> None:
@@ -809,5 +921,6 @@ def test_vllm_reserves_its_gpus_and_reads_the_models_cache() -> None:
     assert device["capabilities"] == ["gpu"]
     assert device["count"] == env["VLLM_TENSOR_PARALLEL_SIZE"]
     assert f"{env['MODELS_CACHE_DIR']}:/root/.cache/huggingface" in vllm["volumes"]
-    assert vllm["image"] == f"vllm/vllm-openai:{env['CI_VLLM_IMAGE_TAG']}"
+    assert env["CI_VLLM_IMAGE_TAG"] == "", "compose's pinned default"
+    assert vllm["image"].startswith("vllm/vllm-openai:v0.11.0@sha256:")
     assert duration_seconds(vllm["healthcheck"]["start_period"]) >= 600, "loading weights takes minutes"
