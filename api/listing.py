@@ -12,11 +12,11 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
+from api.jobs import RANK_SLOTS, ApiJobStore
 from shared import keys
 from shared.models import JobStatus
 from shared.scripts import load_script
 from shared.settings import Settings
-from shared.store import RANK_SLOTS, JobStore
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 STATUS_NAMES: tuple[str, ...] = tuple(status.value for status in STATUSES)
@@ -90,7 +90,7 @@ def parse_cursor(after: str) -> tuple[int, str]:
 class JobIndex:
     """A client's jobs through its indexes, for the API's routes."""
 
-    def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
+    def __init__(self, redis: Redis, store: ApiJobStore, settings: Settings) -> None:
         self.redis = redis
         self.store = store
         self.settings = settings

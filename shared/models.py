@@ -199,7 +199,7 @@ class Limits(BaseModel):
 
 
 class GenerationRequest(BaseModel):
-    """What a worker needs to run a job, stored in the job record as JSON (written by `store.request_json`)."""
+    """What a worker needs to run a job, stored in the job record as JSON (written by `api.jobs.request_json`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,5 +1,5 @@
 """What produced a job's answer, as the worker stores it in the record: the `provenance` of the final attempt and one
-`attempt_log` line per attempt that did not end the job with its answer (`JobStore.finish`, `JobStore.requeue`).
+`attempt_log` line per attempt that did not end the job with its answer (`WorkerJobStore.finish` and `requeue`).
 
 Compact, as a record's memory counts (docs/PERFORMANCE.md; ~175 bytes a succeeded job with these rules, ~470 with
 every field and line written out in full):

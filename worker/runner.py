@@ -23,10 +23,10 @@ from shared import keys
 from shared.connection import REDIS_ERRORS, redis_client
 from shared.retries import ARQ_CONN_RETRIES, ARQ_CONN_RETRY_DELAY, ARQ_CONN_TIMEOUT, REDIS_PATIENCE
 from shared.settings import Settings
-from shared.store import JOB_FUNCTION, JobStore
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import generate
+from worker.jobs import JOB_FUNCTION, WorkerJobStore
 from worker.metrics_server import serve_metrics
 from worker.sweeper import sweep_forever
 
@@ -55,7 +55,7 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
 class ModelWorker(Worker):
     """An arq worker pinned to one model's queue."""
 
-    _store: JobStore
+    _store: WorkerJobStore
     """The worker's job store, opened at startup."""
 
     def __init__(self, settings: Settings, model: str) -> None:
@@ -94,7 +94,7 @@ class ModelWorker(Worker):
     async def _startup(self, ctx: dict[str, Any]) -> None:
         redis = redis_client(self.settings, "spp-worker", max_connections=self.settings.WORKER_MAX_JOBS + 8)
         client = ModelClient(self.settings, self.model)
-        self._store = JobStore(redis, self.settings)
+        self._store = WorkerJobStore(redis, self.settings)
         ctx["spp"] = WorkerContext(
             settings=self.settings,
             model=self.model,

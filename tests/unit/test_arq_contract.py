@@ -20,8 +20,8 @@ from arq.jobs import deserialize_job_raw
 from arq.worker import Worker, func
 
 from shared import keys
-from shared.store import JOB_FUNCTION
 from worker.generate import generate
+from worker.jobs import JOB_FUNCTION
 
 
 def test_arq_is_the_version_the_adapter_was_written_for() -> None:

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from api.jobs import request_json
 from shared.models import GenerationRequest, JobCreate, Limits, Message, MetadataValue, fingerprint, public_job
 from shared.settings import Settings
-from shared.store import request_json
 from shared.templates import render_prompt
 from tests.unit.conftest import MODEL, make_settings
 

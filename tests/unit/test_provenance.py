@@ -13,11 +13,11 @@ import fakeredis
 import orjson
 import pytest
 
+from api.jobs import ApiJobStore
 from api.routes.provenance import job_provenance
 from shared import keys
 from shared.acronyms import acronyms_version
 from shared.models import GenerationRequest, JobCreate, now_ms, public_job
-from shared.store import JobStore
 from tests.unit.conftest import (
     MODEL,
     MODEL_ROOT,
@@ -34,6 +34,7 @@ from tests.unit.conftest import (
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import generate
+from worker.jobs import WorkerJobStore
 from worker.provenance import ModelCard, ModelCards, Trace, card_of
 
 OWNER = "owner1"
@@ -73,7 +74,7 @@ def rejected() -> Answer:
 
 @pytest.fixture
 async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
-    async with worker_contexts(redis, JobStore, OWNER, RETRY_BACKOFF=0.01) as build:
+    async with worker_contexts(redis, WorkerJobStore, OWNER, RETRY_BACKOFF=0.01) as build:
         yield build
 
 
@@ -302,11 +303,11 @@ async def test_names_that_are_the_models_are_not_stored_twice(make_context: Make
 
 
 async def test_the_model_card_is_asked_once_for_many_jobs_with_the_servers_key(
-    make_context: MakeContext, serve: Serve
+    make_context: MakeContext, serve: Serve, api_store: ApiJobStore
 ) -> None:
     server = await serve(ok())
     spp = await make_context(server, LLM_API_KEY="sk-worker")
-    await spp.store.submit(OWNER, [JobCreate(id=f"j{index}", prompt="Encore ?") for index in (2, 3)])
+    await api_store.submit(OWNER, [JobCreate(id=f"j{index}", prompt="Encore ?") for index in (2, 3)])
 
     for job_id in ("j1", "j2", "j3"):
         await run(spp, keys.key_id(OWNER, job_id))
