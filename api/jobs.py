@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import anyio
 import orjson
@@ -26,7 +26,7 @@ from shared.errors import (
     QueueFull,
     QuotaExceeded,
 )
-from shared.models import JobCreate, JobStatus, fingerprint, now_ms
+from shared.models import JobCreate, JobRecord, JobStatus, fingerprint, now_ms
 from shared.multiplex import SharedConnection
 from shared.policy import ClientPolicy, default_policy
 from shared.settings import Settings
@@ -145,9 +145,9 @@ def index_scopes(job: JobCreate, batch_id: str | None) -> str:
     return " ".join(scopes)
 
 
-def _record(flat: list[Any]) -> dict[str, str]:
+def _record(flat: list[Any]) -> JobRecord:
     """The record of an HGETALL's flat reply (field, value, field, value...)."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+    return cast(JobRecord, dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 class Entry(NamedTuple):
@@ -171,7 +171,7 @@ class Entry(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    record: dict[str, str]
+    record: JobRecord
     created: bool
     """False: the job existed already with the same body (a resubmission), and `record` is its own."""
 
@@ -247,7 +247,7 @@ class ApiJobStore(JobStoreBase):
         mode = "replace" if replace else "keep"
         return await self._store(owner, entries, policy, mode, background, batch_key, webhook_secret, large)
 
-    async def retry(self, owner: str, job_id: str, *, policy: ClientPolicy | None = None) -> dict[str, str]:
+    async def retry(self, owner: str, job_id: str, *, policy: ClientPolicy | None = None) -> JobRecord:
         """Run a failed or cancelled job again under its id, as it was submitted (its request, template version,
         metadata, priority and webhook), against the client's limits of now. Returns its record."""
         record = await self.get(owner, job_id)
@@ -331,7 +331,7 @@ class ApiJobStore(JobStoreBase):
             *((1, "batch", batch_key) if batch_key else (0,)),
         ]
         records: list[str] = []
-        fresh: list[dict[str, str]] = []
+        fresh: list[JobRecord] = []
         created_at = str(now)
         for place, entry in enumerate(entries):
             kid = keys.key_id(owner, entry.job_id)
@@ -339,7 +339,7 @@ class ApiJobStore(JobStoreBase):
             records.append(keys.job(kid))
             args += [kid, arq_id, entry.model, entry.digest, entry.request, entry.metadata, entry.cost, entry.priority]
             args += [entry.scopes, entry.webhook, entry.template]
-            record: dict[str, str] = {
+            record: JobRecord = {
                 "id": entry.job_id,
                 "model": entry.model,
                 "status": JobStatus.QUEUED.value,
@@ -386,7 +386,7 @@ class ApiJobStore(JobStoreBase):
         return submitted
 
     @staticmethod
-    def _quota(limit: str, value: int, usage: int, asked: int, now: int, fresh: list[dict[str, str]]) -> QuotaExceeded:
+    def _quota(limit: str, value: int, usage: int, asked: int, now: int, fresh: list[JobRecord]) -> QuotaExceeded:
         """The error of a submission that submit.lua refused for one of the client's limits."""
         if limit == "tokens_per_day":
             until_midnight = 86_400 - (now // 1000) % 86_400
@@ -395,22 +395,22 @@ class ApiJobStore(JobStoreBase):
         model = models.most_common(1)[0][0] if models else None
         return QuotaExceeded(limit, value, usage, asked, what="interactive jobs queued or running", model=model)
 
-    async def get(self, owner: str, job_id: str) -> dict[str, str]:
+    async def get(self, owner: str, job_id: str) -> JobRecord:
         """The job's record, through the shared connection (polling's path); JobNotFound when it has none."""
         flat = await self.shared.execute("HGETALL", keys.job(keys.key_id(owner, job_id)))
         if not flat:
             raise JobNotFound(job_id)
         return _record(flat)
 
-    async def get_many(self, owner: str, job_ids: list[str]) -> list[dict[str, str] | None]:
+    async def get_many(self, owner: str, job_ids: list[str]) -> list[JobRecord | None]:
         """The records of `job_ids` (None where unknown), in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(keys.job(keys.key_id(owner, job_id)))
             records: list[dict[str, str]] = await pipe.execute()
-        return [record or None for record in records]
+        return cast(list[JobRecord | None], [record or None for record in records])
 
-    async def cancel(self, owner: str, job_id: str) -> dict[str, str]:
+    async def cancel(self, owner: str, job_id: str) -> JobRecord:
         """Cancel a queued or running job; a running one's worker is told through pub/sub."""
         kid = keys.key_id(owner, job_id)
         record = await self.get(owner, job_id)

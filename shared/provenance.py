@@ -21,7 +21,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import ErrorType
+from shared.models import ErrorType, JobRecord
 
 AttemptOutcome = Literal["succeeded", "failed", "retry", "shutdown"]
 
@@ -108,7 +108,7 @@ class StoredProvenance(BaseModel):
         return cls.model_validate(data)
 
 
-def succeeded_attempt(record: dict[str, str], provenance: StoredProvenance) -> AttemptRecord:
+def succeeded_attempt(record: JobRecord, provenance: StoredProvenance) -> AttemptRecord:
     """The line of a succeeded job's last attempt, which is not stored: from its record and its provenance."""
     return AttemptRecord(
         attempt=int(record["attempts"]),

@@ -2,7 +2,7 @@
 (`worker.jobs.WorkerJobStore`: take, run, end, hand back).
 
 Each state change is one Lua script of shared/lua/, so a record, its queue entry and its stream never disagree,
-and each costs one round trip. The job record (`keys.job`) is the truth; arq only carries key ids.
+and each costs one round trip. The job record (`keys.job`, a `JobRecord`) is the truth; arq only carries key ids.
 """
 
 from __future__ import annotations

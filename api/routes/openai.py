@@ -32,7 +32,7 @@ from api.streams import SSE_DONE, SSE_HEADERS, EventStream, StreamHub, sse_data
 from shared import keys
 from shared.connection import REDIS_ERRORS
 from shared.errors import JobFinished, JobNotFound, LimitReached, PriorityNotAllowed
-from shared.models import JobError, JobResult, JobStatus, Limits
+from shared.models import JobError, JobRecord, JobResult, JobStatus, Limits
 from shared.openai_shapes import (
     REQUEST_MODELS,
     ChunkEncoder,
@@ -258,7 +258,7 @@ def _reset_error(job_id: str, attempt: str) -> OpenAIError:
 
 
 async def _chunks(
-    parsed: ParsedRequest, record: dict[str, str], store: ApiJobStore, hub: StreamHub, owner: str, lease: Lease
+    parsed: ParsedRequest, record: JobRecord, store: ApiJobStore, hub: StreamHub, owner: str, lease: Lease
 ) -> AsyncIterator[bytes]:
     """vLLM's chunks of the job's stream; any exit before the job finished cancels it. The stream's lease is
     given back at the end."""

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import fakeredis
 import orjson
@@ -19,7 +19,7 @@ from multidict import CIMultiDictProxy
 from api.batches import BatchStore
 from api.files import FileStore
 from api.jobs import ApiJobStore
-from shared.models import JobCreate
+from shared.models import JobCreate, JobRecord
 from shared.settings import Settings
 from worker.backends import ModelClient
 from worker.context import WorkerContext
@@ -94,6 +94,25 @@ def api_store(job_stores: tuple[ApiJobStore, WorkerJobStore]) -> ApiJobStore:
 def worker_store(job_stores: tuple[ApiJobStore, WorkerJobStore]) -> WorkerJobStore:
     """The workers' job store (take, start, append, finish...) on the same Redis, with the same settings."""
     return job_stores[1]
+
+
+def job_record(**fields: str) -> JobRecord:
+    """A job's record as submit.lua writes it (job j1 of MODEL, queued, created at 2023-11-14T22:13:20.123Z), with
+    `fields` set or replaced: for what reads records."""
+    created = 1_700_000_000_123
+    record: JobRecord = {
+        "id": "j1",
+        "model": MODEL,
+        "status": "queued",
+        "arq": "owner:j1#1",
+        "hash": "0" * 32,
+        "created_at": str(created),
+        "cost": "110",
+        "weight": "1",
+        "day": "20231114",
+        "rank": str(created * 1024),
+    }
+    return cast(JobRecord, record | fields)
 
 
 # ---- mock model servers -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from api.jobs import ApiJobStore
 from api.routes.provenance import job_provenance
 from shared import keys
 from shared.acronyms import acronyms_version
-from shared.models import GenerationRequest, JobCreate, now_ms, public_job
+from shared.models import GenerationRequest, JobCreate, JobRecord, now_ms, public_job
 from tests.unit.conftest import (
     MODEL,
     MODEL_ROOT,
@@ -26,6 +26,7 @@ from tests.unit.conftest import (
     MakeContext,
     Serve,
     forever,
+    job_record,
     make_settings,
     reply,
     stream,
@@ -84,8 +85,8 @@ async def run(spp: WorkerContext, kid: str = KID) -> None:
     await generate({"spp": spp, "job_id": arq_id}, kid)
 
 
-async def record(spp: WorkerContext, kid: str = KID) -> dict[str, str]:
-    fields: dict[str, str] = await spp.store.redis.hgetall(keys.job(kid))  # type: ignore[misc]
+async def record(spp: WorkerContext, kid: str = KID) -> JobRecord:
+    fields: JobRecord = await spp.store.redis.hgetall(keys.job(kid))  # type: ignore[misc]
     return fields
 
 
@@ -433,13 +434,13 @@ async def test_a_job_failed_before_any_request_has_a_provenance_without_sampling
 
 
 def test_a_running_job_shows_its_attempts_so_far_and_no_provenance() -> None:
-    record = {
-        "id": "j1",
-        "model": MODEL,
-        "status": "running",
-        "provenance": '{"app_version": "old"}',  # a previous series', before a retry
-        "attempt_log": '{"error":{"type":"worker_lost"},"ended_at":1700000000123}',
-    }
+    record = job_record(
+        id="j1",
+        model=MODEL,
+        status="running",
+        provenance='{"app_version": "old"}',  # a previous series', before a retry
+        attempt_log='{"error":{"type":"worker_lost"},"ended_at":1700000000123}',
+    )
 
     public = job_provenance(record)
 
@@ -464,20 +465,20 @@ def test_a_running_job_shows_its_attempts_so_far_and_no_provenance() -> None:
 
 
 def test_a_finished_job_adds_what_its_record_holds() -> None:
-    record = {
-        "id": "j1",
-        "model": MODEL,
-        "status": "succeeded",
-        "attempts": "2",
-        "run": "3",
-        "started_at": "1699999999000",
-        "finished_at": "1700000000000",
-        "template": "spp@0123456789ab acronyms@ba9876543210",
-        "provenance": '{"model_revision": null, "replica": 1, "sampling": {"max_tokens": 5}, "first_token_ms": 12, '
+    record = job_record(
+        id="j1",
+        model=MODEL,
+        status="succeeded",
+        attempts="2",
+        run="3",
+        started_at="1699999999000",
+        finished_at="1700000000000",
+        template="spp@0123456789ab acronyms@ba9876543210",
+        provenance='{"model_revision": null, "replica": 1, "sampling": {"max_tokens": 5}, "first_token_ms": 12, '
         '"app_version": "0.1.0"}',
-        "attempt_log": '{"attempt":1,"run":1,"replica":0,"started_at":1699999990000,"ended_at":1699999991000,'
+        attempt_log='{"attempt":1,"run":1,"replica":0,"started_at":1699999990000,"ended_at":1699999991000,'
         '"outcome":"shutdown"}\n{"error":{"type":"worker_lost"},"ended_at":1699999995000}',
-    }
+    )
 
     public = job_provenance(record)
 
@@ -513,7 +514,7 @@ def test_a_finished_job_adds_what_its_record_holds() -> None:
 
 
 def test_without_a_template_there_is_no_acronym_version() -> None:
-    record = {"id": "j1", "model": MODEL, "status": "cancelled", "provenance": '{"app_version": "0.1.0"}'}
+    record = job_record(id="j1", model=MODEL, status="cancelled", provenance='{"app_version": "0.1.0"}')
 
     public = job_provenance(record)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Required, get_origin, get_type_hints
 
 import fakeredis
 import orjson
@@ -20,6 +20,7 @@ from shared.models import (
     Job,
     JobCreate,
     JobError,
+    JobRecord,
     JobResult,
     JobStatus,
     Usage,
@@ -56,8 +57,8 @@ def kid(job_id: str, owner: str = OWNER) -> str:
     return keys.key_id(owner, job_id)
 
 
-async def record(redis: fakeredis.FakeAsyncRedis, key_id: str) -> dict[str, str]:
-    fields: dict[str, str] = await redis.hgetall(keys.job(key_id))  # type: ignore[misc]
+async def record(redis: fakeredis.FakeAsyncRedis, key_id: str) -> JobRecord:
+    fields: JobRecord = await redis.hgetall(keys.job(key_id))  # type: ignore[misc]
     return fields
 
 
@@ -976,3 +977,41 @@ async def test_every_public_job_validates_against_the_job_schema(
     assert Job.model_validate(public_job(await record(redis, kid("failed")))).error == JobError(
         type=error_type, message="the server's words"
     )
+
+
+async def test_the_record_type_names_every_field_the_scripts_write(
+    redis: fakeredis.FakeAsyncRedis, api_store: ApiJobStore, worker_store: WorkerJobStore
+) -> None:
+    """`JobRecord` declares each field of a stored job, and those it marks required are in every record: a field
+    written by a script but missing there would be read past mypy. One job goes through every write (a batch's job
+    with every optional field of a submission, handed back with a delay, then succeeded)."""
+    batch = "spp:batch:test"
+    await redis.hset(batch, mapping={"total": 1, "status": "in_progress"})  # type: ignore[misc]
+    extras: dict[str, Any] = {
+        "metadata": {"a": 1},
+        "priority": 2,
+        "webhook": {"url": "https://example.org/hook"},
+        "template": "spp",
+    }
+    await api_store.submit(OWNER, [job("j1", **extras)], background=True, batch_key=batch)
+    seen = [await record(redis, kid("j1"))]
+    started = await worker_store.start(kid("j1"), await arq_of(api_store, kid("j1")), MODEL, WORKER)
+    assert started is not None
+    seen.append(await record(redis, kid("j1")))
+    line = orjson.dumps({"error": {"type": ErrorType.BACKEND_UNAVAILABLE}, "ended_at": now_ms()}).decode()
+    assert await worker_store.requeue(kid("j1"), MODEL, started.run, refund=False, delay=5.0, attempt=line)
+    seen.append(await record(redis, kid("j1")))
+    started = await worker_store.start(kid("j1"), await arq_of(api_store, kid("j1")), MODEL, WORKER)
+    assert started is not None
+    assert await worker_store.finish(kid("j1"), MODEL, started.run, RESULT, provenance='{"replica": 0}')
+    seen.append(await record(redis, kid("j1")))
+
+    # Read from the annotations: with postponed annotations, TypedDict's own __required_keys__ sees no Required.
+    declared = get_type_hints(JobRecord, include_extras=True)
+    required = {name for name, hint in declared.items() if get_origin(hint) is Required}
+    assert required == {"id", "model", "status", "arq", "hash", "created_at", "cost", "weight", "day", "rank"}
+    written = {name for fields in seen for name in fields}
+    assert written - set(declared) == set()
+    for fields in seen:
+        assert required - set(fields) == set()
+    assert set(declared) - written == {"webhook_delivery", "error"}, "the delivery process's field, and a failure's"
