@@ -22,6 +22,7 @@ import anyio
 import orjson
 
 from api.files import FileStore
+from api.jobs import ApiJobStore
 from shared import keys
 from shared.batch_format import (
     JOB_FIELDS,
@@ -43,7 +44,6 @@ from shared.models import ACTIVE_STATES, JobCreate, JobStatus, Limits, now_ms
 from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy
 from shared.scripts import load_script
-from shared.store import JobStore
 from shared.stored import over_stored_bytes
 from shared.webhooks import BatchWebhookSpec
 
@@ -65,7 +65,7 @@ YIELD_AFTER_SECONDS = 0.005
 class BatchStore:
     """Batches of each owner, their jobs through the job store, their input through the file store."""
 
-    def __init__(self, store: JobStore, files: FileStore) -> None:
+    def __init__(self, store: ApiJobStore, files: FileStore) -> None:
         self.store = store
         self.files = files
         self.redis = store.redis
@@ -293,16 +293,16 @@ class BatchStore:
 
     async def _queue(self, owner: str, batch_id: str, file_id: str, endpoint: Endpoint, policy: ClientPolicy) -> int:
         """Store and queue a job per request, SUBMIT_CHUNK per round trip; the number queued."""
-        limits, models, extra = self._limits(), self.settings.models, {"batch": keys.batch(owner, batch_id)}
+        limits, models, batch_key = self._limits(), self.settings.models, keys.batch(owner, batch_id)
         chunk: list[JobCreate] = []
         queued = 0
         async for _, raw in self._requests(owner, file_id):
             chunk.append(parse_line(raw, endpoint, models, limits, batch_job_id(batch_id, queued + len(chunk)))[1])
             if len(chunk) == SUBMIT_CHUNK:
-                await self.store.submit(owner, chunk, policy=policy, background=True, extra=extra)
+                await self.store.submit(owner, chunk, policy=policy, background=True, batch_key=batch_key)
                 queued, chunk = queued + len(chunk), []
         if chunk:
-            await self.store.submit(owner, chunk, policy=policy, background=True, extra=extra)
+            await self.store.submit(owner, chunk, policy=policy, background=True, batch_key=batch_key)
         return queued + len(chunk)
 
     # ---- read, list, cancel, expire -------------------------------------------------------------------

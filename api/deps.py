@@ -12,6 +12,7 @@ from api.auth import Caller, KeyRing, Unauthorized
 from api.batches import BatchStore
 from api.estimate import Estimator
 from api.files import FileStore
+from api.jobs import ApiJobStore
 from api.leases import StreamLeases
 from api.limits import AuthFailures, RateLimiter
 from api.listing import JobIndex
@@ -20,14 +21,13 @@ from api.streams import StreamHub
 from shared.metrics import ApiMetrics
 from shared.models import JOB_ID_PATTERN
 from shared.settings import Settings
-from shared.store import JobStore
 
 
 class State(TypedDict):
     """What the lifespan yields; Starlette exposes it as `request.state`."""
 
     settings: Settings
-    store: JobStore
+    store: ApiJobStore
     index: JobIndex
     hub: StreamHub
     keyring: KeyRing
@@ -51,7 +51,7 @@ async def _settings(request: Request) -> Settings:
     return resources(request)["settings"]
 
 
-async def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> ApiJobStore:
     return resources(request)["store"]
 
 
@@ -145,7 +145,7 @@ def job_id_of(request: Request) -> str:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-StoreDep = Annotated[JobStore, Depends(_store)]
+StoreDep = Annotated[ApiJobStore, Depends(_store)]
 HubDep = Annotated[StreamHub, Depends(_hub)]
 FilesDep = Annotated[FileStore, Depends(_files)]
 BatchesDep = Annotated[BatchStore, Depends(_batches)]

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 
 from shared import keys
-from shared.models import now_ms
+from shared.models import JobRecord, now_ms
 from shared.multiplex import SharedConnection
 from shared.scripts import load_script
 
@@ -149,7 +149,7 @@ class Estimator:
             replies: list[list[int]] = await pipe.execute()
         return [place_of(reply) for reply in replies]
 
-    async def queue_fields(self, kid: str, record: dict[str, str]) -> tuple[int | None, str | None]:
+    async def queue_fields(self, kid: str, record: JobRecord) -> tuple[int | None, str | None]:
         """`queue_position` and `estimated_start_at` of queued job `kid`, from its record: both None once it has
         left the queue, the estimate None while the model's throughput is unknown. One round trip (two, once a
         second)."""

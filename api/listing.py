@@ -8,15 +8,15 @@ erasure walks them. No SCAN of the keyspace, and a page's work is bounded whatev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 
+from api.jobs import RANK_SLOTS, ApiJobStore
 from shared import keys
-from shared.models import JobStatus
+from shared.models import JobRecord, JobStatus
 from shared.scripts import load_script
 from shared.settings import Settings
-from shared.store import RANK_SLOTS, JobStore
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 STATUS_NAMES: tuple[str, ...] = tuple(status.value for status in STATUSES)
@@ -63,7 +63,7 @@ NO_FILTER = JobFilter()
 
 @dataclass
 class Page:
-    jobs: list[dict[str, str]] = field(default_factory=list)
+    jobs: list[JobRecord] = field(default_factory=list)
     more: bool = False
     cursor: str | None = None
     """`after` of the next page, when `more`."""
@@ -90,7 +90,7 @@ def parse_cursor(after: str) -> tuple[int, str]:
 class JobIndex:
     """A client's jobs through its indexes, for the API's routes."""
 
-    def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
+    def __init__(self, redis: Redis, store: ApiJobStore, settings: Settings) -> None:
         self.redis = redis
         self.store = store
         self.settings = settings
@@ -149,7 +149,7 @@ class JobIndex:
                 " ".join(plan.scopes),
             ],
         )
-        jobs = [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in reply[3:]]
+        jobs = cast(list[JobRecord], [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in reply[3:]])
         more = bool(reply[0])
         cursor = f"{int(float(reply[1]))}{CURSOR_SEPARATOR}{reply[2]}" if more else None
         return Page(jobs, more, cursor)

@@ -20,6 +20,7 @@ from api.deps import State
 from api.docs import install_docs
 from api.estimate import Estimator
 from api.files import FileStore
+from api.jobs import ApiJobStore
 from api.leases import StreamLeases
 from api.limits import AuthFailures, BodyLimits, RateLimiter
 from api.listing import JobIndex
@@ -34,7 +35,6 @@ from api.streams import StreamHub
 from shared.connection import redis_client
 from shared.metrics import ApiMetrics
 from shared.settings import Settings, get_settings
-from shared.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await hub.start()
         # Files' bytes go through a client that does not decode them.
         file_bytes = redis_client(settings, "spp-api-files", decode=False)
-        store = JobStore(
+        store = ApiJobStore(
             redis, settings, on_created=lambda model, count: api_metrics.submitted.labels(model).inc(count)
         )
         file_store = FileStore(redis, file_bytes, settings)

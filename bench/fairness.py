@@ -45,11 +45,11 @@ import httpx
 import orjson
 import uvloop
 
+from api.jobs import CHARS_PER_TOKEN
 from bench import submission, throughput
 from bench.common import AUTH, MODEL, Figure, Processes, Result, Stack, model_load, percentile, poll
 from bench.http import Connection
 from bench.loadgen import Load
-from shared.store import CHARS_PER_TOKEN
 
 NAME = "fairness"
 SLOTS = 64
@@ -137,7 +137,7 @@ def job_body(rng: random.Random, index: int, stop: list[str] | None = None) -> d
 
 
 def estimated_cost(job: dict[str, Any]) -> int:
-    """The scheduler's cost of a job (shared/store.py): prompt characters / 4, rounded up, + max_tokens."""
+    """The scheduler's cost of a job (api/jobs.py): prompt characters / 4, rounded up, + max_tokens."""
     return -(-len(job["prompt"]) // CHARS_PER_TOKEN) + int(job["params"]["max_tokens"])
 
 

@@ -5,7 +5,7 @@ Our own redis-server (AOF switched off once started: 1.1 M jobs would write giga
 compete for the cores while we measure; nothing here reads it back). No worker and no model server: the jobs are
 written by the bench itself, fast, through the product's paths where they exist:
 
-- `JobStore.submit` (submit.lua: records, queues, the client's unfinished jobs, its index sets) in arrays of 1,000,
+- `ApiJobStore.submit` (submit.lua: records, queues, the client's unfinished jobs, its index sets) in arrays of 1,000,
   --listing-jobs jobs of client A and --listing-other-jobs of client B, one array of B after every ten of A, so that
   B's jobs are spread over the same time range (an index shared by the clients would make A's pages walk them);
 - then, array by array, the bench's own Lua script (`MARK`) gives each job its status as the worker's start.lua and
@@ -55,6 +55,7 @@ import uvloop
 from redis.commands.core import AsyncScript
 
 from api.auth import KeyRing
+from api.jobs import ApiJobStore
 from bench import loadgen
 from bench.common import AUTH, MODEL, CpuMeter, Figure, Processes, Result, bench_redis, percentile, stack_env, sync
 from bench.loadgen import Load
@@ -65,7 +66,7 @@ from shared.connection import redis_client
 from shared.models import JobCreate, JobStatus
 from shared.scripts import script_source
 from shared.settings import Settings
-from shared.store import REAP_GRACE, JobStore
+from shared.store import REAP_GRACE
 from stack.processes import free_port, http_ok, wait_until
 
 NAME = "listing"
@@ -75,7 +76,7 @@ MODELS = (MODEL, OTHER_MODEL)
 API_KEY_B = "bench-key-b"
 AUTH_B = {"Authorization": f"Bearer {API_KEY_B}"}
 ARRAY = 1000
-"""Jobs per `JobStore.submit` call: MAX_JOBS_PER_REQUEST."""
+"""Jobs per `ApiJobStore.submit` call: MAX_JOBS_PER_REQUEST."""
 OTHER_EVERY = 10
 """One array of client B's after every this many of A's."""
 ACTIVE_SHARE = 0.05
@@ -200,9 +201,9 @@ class Client:
 
 @dataclass
 class Writer:
-    """Writes the jobs: `JobStore.submit`, then `MARK`."""
+    """Writes the jobs: `ApiJobStore.submit`, then `MARK`."""
 
-    store: JobStore
+    store: ApiJobStore
     mark: AsyncScript
     settings: Settings
     rng: random.Random
@@ -259,7 +260,7 @@ class Writer:
         )
 
 
-def make_writer(store: JobStore, answer_chars: int, seed: int = 15) -> Writer:
+def make_writer(store: ApiJobStore, answer_chars: int, seed: int = 15) -> Writer:
     """A writer of jobs through `store` (and its Redis client), whose answers have `answer_chars` characters."""
     text = ("Votre dossier est en cours d'instruction auprès de la CAF. " * (answer_chars // 59 + 1))[:answer_chars]
     answer = {"text": text, "finish_reason": "stop", "usage": {"prompt_tokens": 40, "completion_tokens": 100}}
@@ -284,7 +285,7 @@ async def write_jobs(redis_url: str, a: Client, b: Client, answer_chars: int, pr
     """Every job of both clients, arrays of A and B interleaved; prints the memory as it goes. Returns seconds."""
     settings = Settings(_env_file=None, ENV="dev", REDIS_URL=redis_url, **SETTINGS)  # type: ignore[arg-type]
     client = redis_client(settings, "spp-bench-writer")
-    store = JobStore(client, settings)
+    store = ApiJobStore(client, settings)
     writer = make_writer(store, answer_chars)
     began = time.monotonic()
     shown = 0

@@ -233,8 +233,8 @@ def index_prefix(owner: str) -> str:
 
 def index(owner: str, scope: str, status: str) -> str:
     """Sorted set: ids of the client's jobs of one scope in one status, scored by their rank (creation time in ms ×
-    1024 plus their place in the submission: `store.RANK_SLOTS`), newest last. Scopes: `model:<model>` (every job),
-    `batch:<batch id>` and `meta:<digest of a metadata pair>` (`store.metadata_scope`). A job is in one status set
+    1024 plus their place in the submission: `api.jobs.RANK_SLOTS`), newest last. Scopes: `model:<model>` (every job),
+    `batch:<batch id>` and `meta:<digest of a metadata pair>` (`metadata_scope`). A job is in one status set
     of each of its scopes; it moves between them as its status changes, and leaves them when it is erased or
     reaped. Listing reads these (newest first), counting is their ZCARD."""
     return f"{index_prefix(owner)}:{scope}:{status}"

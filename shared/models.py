@@ -7,7 +7,7 @@ import functools
 import hashlib
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Required, TypedDict
 
 import orjson
 from pydantic import (
@@ -199,7 +199,7 @@ class Limits(BaseModel):
 
 
 class GenerationRequest(BaseModel):
-    """What a worker needs to run a job, stored in the job record as JSON (written by `store.request_json`)."""
+    """What a worker needs to run a job, stored in the job record as JSON (written by `api.jobs.request_json`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -267,6 +267,75 @@ class Job(BaseModel):
     )
 
 
+class JobRecord(TypedDict, total=False):
+    """A job's record as Redis keeps it (`keys.job`, a hash), as HGETALL gives it: every value a string, times in ms
+    since the epoch. The truth about a job; `public_job` makes its public `Job` of it.
+
+    A plain dict at runtime (no validation on the polling path): the type is for mypy. Written by the scripts of
+    shared/lua/: submit.lua (the fields every record has, and those of its submission), start.lua (a run),
+    requeue.lua (a run handed back), finish.lua and cancel.lua (its end), webhook_outcome.lua (its webhook's
+    delivery). `tests/unit/test_store.py` checks that the records the scripts write have no field left out here.
+    """
+
+    # ---- every record (submit.lua) ----
+    id: Required[str]
+    model: Required[str]
+    status: Required[str]
+    """A `JobStatus`."""
+    arq: Required[str]
+    """Its arq job id (its queue entry): a fresh one each time it is queued again."""
+    hash: Required[str]
+    """Its `fingerprint`: tells a resubmission of the same job."""
+    created_at: Required[str]
+    cost: Required[str]
+    """Tokens reserved at submission (prompt estimated, plus max_tokens), settled by its usage when it ends."""
+    weight: Required[str]
+    """The client's fair-share weight when it was submitted."""
+    day: Required[str]
+    """The UTC day (YYYYMMDD) whose `tokens_per_day` its cost is reserved against."""
+    rank: Required[str]
+    """Its score in its client's indexes (`api.jobs.RANK_SLOTS`)."""
+    request: str
+    """Its GenerationRequest as JSON; dropped once it has succeeded, and for a batch's job once it has ended."""
+    # ---- some submissions ----
+    metadata: str
+    """JSON."""
+    priority: str
+    """Absent for 0."""
+    index: str
+    """Its index scopes besides its model's (`api.jobs.index_scopes`)."""
+    webhook: str
+    """Its WebhookSpec as JSON."""
+    template: str
+    """Its template's tag (`template_tag`)."""
+    batch: str
+    """The key of the batch it belongs to (`keys.batch`)."""
+    attempt_log: str
+    """A JSON line per attempt that did not end it with its answer (`AttemptRecord`)."""
+    # ---- runs (start.lua, requeue.lua) ----
+    attempts: str
+    run: str
+    """The fencing token of its current run: only grows."""
+    started_at: str
+    worker: str
+    place: str
+    """Its score in the model's queue when it was taken: where it goes back if handed back."""
+    not_before: str
+    """When handed back with a delay: no worker takes it before (ms)."""
+    # ---- its end (finish.lua, cancel.lua) ----
+    finished_at: str
+    result: str
+    """A JobResult as JSON."""
+    error: str
+    """A JobError as JSON."""
+    provenance: str
+    """What produced its answer (`StoredProvenance`), JSON."""
+    activity: str
+    """Its entry id in its model's activity stream (`keys.activity`)."""
+    webhook_delivery: str
+    """The delivery state of its webhook (JSON), written by the delivery process."""
+
+
 def now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
@@ -286,7 +355,7 @@ def _iso_of(ms: str) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since_epoch // 1000)) + f".{since_epoch % 1000:03d}Z"
 
 
-def public_job(record: dict[str, str]) -> dict[str, Any]:
+def public_job(record: JobRecord) -> dict[str, Any]:
     """The public JSON of a job from its Redis record, without a pydantic round trip (polling is hot)."""
     return {
         "id": record["id"],
@@ -304,7 +373,7 @@ def public_job(record: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _webhook(record: dict[str, str]) -> dict[str, Any]:
+def _webhook(record: JobRecord) -> dict[str, Any]:
     webhook: dict[str, Any] = orjson.loads(record["webhook"])
     webhook["delivery"] = orjson.loads(record["webhook_delivery"]) if "webhook_delivery" in record else None
     return webhook

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from shared.models import ErrorType, JobCreate, JobError, JobResult, JobStatus, Limits, Usage
+from shared.models import ErrorType, JobCreate, JobError, JobRecord, JobResult, JobStatus, Limits, Usage
 
 
 class Endpoint(enum.StrEnum):
@@ -297,7 +297,7 @@ def _finish_reason(result: JobResult) -> str:
     return result.finish_reason or "stop"
 
 
-def _created(record: Mapping[str, str]) -> int:
+def _created(record: JobRecord) -> int:
     """Unix seconds of the job's creation: the `created` of its responses and chunks."""
     return int(record["created_at"]) // 1000
 
@@ -320,7 +320,7 @@ def completion_object(endpoint: Endpoint, job_id: str, model: str, created: int,
     }
 
 
-def finished_response(endpoint: Endpoint, record: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+def finished_response(endpoint: Endpoint, record: JobRecord) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) answering a finished job's record: 200 and its completion, or an error."""
     job_id = record["id"]
     if record["status"] == JobStatus.SUCCEEDED:
@@ -344,7 +344,7 @@ class ChunkEncoder:
         }
 
     @classmethod
-    def for_record(cls, endpoint: Endpoint, record: Mapping[str, str]) -> ChunkEncoder:
+    def for_record(cls, endpoint: Endpoint, record: JobRecord) -> ChunkEncoder:
         return cls(endpoint, record["id"], record["model"], _created(record))
 
     def _choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """What produced a job's answer, as the worker stores it in the record: the `provenance` of the final attempt and one
-`attempt_log` line per attempt that did not end the job with its answer (`JobStore.finish`, `JobStore.requeue`).
+`attempt_log` line per attempt that did not end the job with its answer (`WorkerJobStore.finish` and `requeue`).
 
 Compact, as a record's memory counts (docs/PERFORMANCE.md; ~175 bytes a succeeded job with these rules, ~470 with
 every field and line written out in full):
@@ -21,7 +21,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import ErrorType
+from shared.models import ErrorType, JobRecord
 
 AttemptOutcome = Literal["succeeded", "failed", "retry", "shutdown"]
 
@@ -108,7 +108,7 @@ class StoredProvenance(BaseModel):
         return cls.model_validate(data)
 
 
-def succeeded_attempt(record: dict[str, str], provenance: StoredProvenance) -> AttemptRecord:
+def succeeded_attempt(record: JobRecord, provenance: StoredProvenance) -> AttemptRecord:
     """The line of a succeeded job's last attempt, which is not stored: from its record and its provenance."""
     return AttemptRecord(
         attempt=int(record["attempts"]),

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from shared import keys
 from shared.batch_format import public_batch
-from shared.models import public_job
+from shared.models import JobRecord, public_job
 
 BATCH_PREFIX = f"{keys.PREFIX}:batch:"
 
@@ -106,7 +106,7 @@ def payload(event: Event, record: dict[str, str]) -> bytes:
     (its webhook without the delivery state, which this delivery is changing), or the batch's OpenAI object."""
     data: Any = None
     if event.job is not None:
-        data = public_job(record)
+        data = public_job(cast(JobRecord, record))  # a job event's record is a job's
         if isinstance(data.get("webhook"), dict):
             data["webhook"] = {key: value for key, value in data["webhook"].items() if key != "delivery"}
     else:

@@ -40,6 +40,9 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+JOB_FUNCTION = "generate"
+"""The name of the arq function every job runs (worker/generate.py), in the job definitions take.lua writes."""
+
 Take = Callable[[list[str], int], Awaitable[list[tuple[str, float]]]]
 """Takes jobs among candidate arq job ids for that many free slots: (arq job id, score) of each job taken."""
 

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.store import Chunk, JobStore
+from worker.jobs import Chunk, WorkerJobStore
 
 
 class ChunkWriter:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: WorkerJobStore) -> None:
         self._store = store
         self._chunks: list[Chunk] = []
         self._waiters: list[asyncio.Future[str | None]] = []
         self._writing: set[asyncio.Task[None]] = set()
 
     async def append(self, chunk: Chunk) -> str | None:
-        """`JobStore.append` of `chunk`, sent with the other chunks of this turn; raises what that call raises."""
+        """`WorkerJobStore.append` of `chunk`, sent with the other chunks of this turn; raises what that call raises."""
         waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         if not self._chunks:  # the first of this turn: the call goes once every job of the turn has added its own
             task = asyncio.create_task(self._write())

@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 from shared.metrics import WorkerMetrics
 from shared.settings import Settings
-from shared.store import JobStore
 from worker.backends import ModelClient
 from worker.chunks import ChunkWriter
+from worker.jobs import WorkerJobStore
 
 
 class Running(NamedTuple):
@@ -22,7 +22,7 @@ class WorkerContext:
     settings: Settings
     model: str
     worker_id: str
-    store: JobStore
+    store: WorkerJobStore
     client: ModelClient
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     runs: dict[str, Running] = field(default_factory=dict)

@@ -20,11 +20,11 @@ from redis import exceptions as redis_errors
 from shared.models import ErrorType, GenerationRequest, JobError, JobResult, now_ms
 from shared.provenance import StoredProvenance
 from shared.retries import PERSIST_FIRST_DELAY, PERSIST_MAX_DELAY, REDIS_PATIENCE
-from shared.store import Chunk, Started
 from shared.streams import next_id
 from worker.arq_adapter import arq_job_id, run_again
 from worker.backends import BackendError, BackendRejected, Delta, request_id
 from worker.context import Running, WorkerContext
+from worker.jobs import Chunk, Started
 from worker.provenance import CARD_WAIT, Trace
 
 logger = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ from aiohttp import web
 from shared import keys
 from shared.connection import REDIS_ERRORS, redis_client
 from shared.settings import Settings
-from shared.store import JOB_FUNCTION, JobStore
-from worker.arq_adapter import ArqWorker
+from worker.arq_adapter import JOB_FUNCTION, ArqWorker
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import generate
+from worker.jobs import WorkerJobStore
 from worker.metrics_server import serve_metrics
 from worker.sweeper import sweep_forever
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 class ModelWorker(ArqWorker):
     """An arq worker pinned to one model's queue."""
 
-    _store: JobStore
+    _store: WorkerJobStore
     """The worker's job store, opened at startup."""
 
     def __init__(self, settings: Settings, model: str) -> None:
@@ -55,7 +55,7 @@ class ModelWorker(ArqWorker):
     async def _startup(self, ctx: dict[str, Any]) -> None:
         redis = redis_client(self.settings, "spp-worker", max_connections=self.settings.WORKER_MAX_JOBS + 8)
         client = ModelClient(self.settings, self.model)
-        self._store = JobStore(redis, self.settings)
+        self._store = WorkerJobStore(redis, self.settings)
         ctx["spp"] = WorkerContext(
             settings=self.settings,
             model=self.model,

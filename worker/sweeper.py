@@ -4,7 +4,7 @@ Every worker of a model runs one, every WORKER_HEARTBEAT seconds: a job whose he
 heartbeats ahead, `Settings.worker_lease`) has passed is handed back at once (requeue.lua, atomic per job,
 so that two sweepers never hand back the same run twice), and the model's workers are woken to take it.
 Its attempt counts: a job whose worker keeps dying fails once JOB_MAX_ATTEMPTS are spent. It also reaps: finished
-jobs whose RESULT_TTL has passed are erased with their index entries (`JobStore.reap`; any worker's will do).
+jobs whose RESULT_TTL has passed are erased with their index entries (`WorkerJobStore.reap`; any worker's will do).
 
 Deadlines go by while nobody can beat: after losing Redis, the sweeper waits for a lease and a heartbeat
 before sweeping again, so that the live workers first beat their jobs again; a sweeper that starts while
@@ -19,12 +19,12 @@ import time
 
 from shared.connection import REDIS_ERRORS
 from shared.settings import Settings
-from shared.store import JobStore
+from worker.jobs import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 
 
-async def sweep_forever(store: JobStore, settings: Settings, model: str) -> None:
+async def sweep_forever(store: WorkerJobStore, settings: Settings, model: str) -> None:
     """Hand back the model's abandoned jobs, every WORKER_HEARTBEAT seconds, until cancelled."""
     settle = settings.worker_lease + settings.WORKER_HEARTBEAT
     reachable_since: float | None = None

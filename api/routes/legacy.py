@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from api.body import off_loop, one_or_many_schema, parse_items, parse_one_or_many, validation_error
 from api.deps import PUBLIC, CallerDep, OwnerDep, SettingsDep, StoreDep
 from api.responses import JSONResponse
-from shared.models import GenerationParams, JobCreate, JobId, JobStatus, Limits
+from shared.models import GenerationParams, JobCreate, JobId, JobRecord, JobStatus, Limits
 from shared.settings import Settings
 from shared.webhooks import job_webhook, signing_secret
 
@@ -83,7 +83,7 @@ def _anonymize_jobs(raw: bytes, settings: Settings) -> tuple[list[JobCreate], bo
     return jobs, many
 
 
-def _answer(record: dict[str, str] | None, job_id: str) -> dict[str, Any]:
+def _answer(record: JobRecord | None, job_id: str) -> dict[str, Any]:
     """One id's entry: the answer text only when the job succeeded."""
     if record is None:
         return {"id": job_id, "status": None, "generated_answer": None}

@@ -25,13 +25,14 @@ from pydantic import BaseModel
 from api.auth import Caller
 from api.body import off_loop, openai_request
 from api.deps import CallerDep, HubDep, SettingsDep, StoreDep, resources
+from api.jobs import ApiJobStore
 from api.leases import UNLIMITED, Lease
 from api.responses import JSONResponse
 from api.streams import SSE_DONE, SSE_HEADERS, EventStream, StreamHub, sse_data
 from shared import keys
 from shared.connection import REDIS_ERRORS
 from shared.errors import JobFinished, JobNotFound, LimitReached, PriorityNotAllowed
-from shared.models import JobError, JobResult, JobStatus, Limits
+from shared.models import JobError, JobRecord, JobResult, JobStatus, Limits
 from shared.openai_shapes import (
     REQUEST_MODELS,
     ChunkEncoder,
@@ -43,7 +44,6 @@ from shared.openai_shapes import (
 )
 from shared.policy import MAX_PRIORITY
 from shared.settings import Settings
-from shared.store import JobStore
 from shared.streams import EventType
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _priority(request: Request) -> int:
 
 
 async def _serve(
-    endpoint: Endpoint, request: Request, settings: Settings, store: JobStore, hub: StreamHub, caller: Caller
+    endpoint: Endpoint, request: Request, settings: Settings, store: ApiJobStore, hub: StreamHub, caller: Caller
 ) -> Response:
     owner = caller.owner
     limits = Limits.of(settings)
@@ -234,7 +234,7 @@ async def _finished_unless_disconnected(request: Request, hub: StreamHub, key: s
     return True
 
 
-async def _abandon(store: JobStore, owner: str, job_id: str) -> None:
+async def _abandon(store: ApiJobStore, owner: str, job_id: str) -> None:
     """Cancel the job of a client that went away.
 
     Shielded: when a streaming client disconnects, Starlette cancels the response's scope, and
@@ -258,7 +258,7 @@ def _reset_error(job_id: str, attempt: str) -> OpenAIError:
 
 
 async def _chunks(
-    parsed: ParsedRequest, record: dict[str, str], store: JobStore, hub: StreamHub, owner: str, lease: Lease
+    parsed: ParsedRequest, record: JobRecord, store: ApiJobStore, hub: StreamHub, owner: str, lease: Lease
 ) -> AsyncIterator[bytes]:
     """vLLM's chunks of the job's stream; any exit before the job finished cancels it. The stream's lease is
     given back at the end."""

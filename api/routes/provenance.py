@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from api.deps import OwnerDep, StoreDep
 from api.responses import JSONResponse
 from api.routes.jobs import JobIdPath
-from shared.models import JobStatus, iso_time
+from shared.models import JobRecord, JobStatus, iso_time
 from shared.provenance import AttemptError, AttemptOutcome, AttemptRecord, StoredProvenance, succeeded_attempt
 from shared.templates import ACRONYMS_SEPARATOR
 
@@ -93,7 +93,7 @@ def _attempt(attempt: AttemptRecord) -> dict[str, Any]:
     return public | {"started_at": iso_time(attempt.started_at), "ended_at": iso_time(attempt.ended_at)}
 
 
-def _provenance(record: dict[str, str], stored: StoredProvenance) -> dict[str, Any]:
+def _provenance(record: JobRecord, stored: StoredProvenance) -> dict[str, Any]:
     template, _, acronyms = record.get("template", "").partition(ACRONYMS_SEPARATOR)
     return {
         "model": record["model"],
@@ -104,7 +104,7 @@ def _provenance(record: dict[str, str], stored: StoredProvenance) -> dict[str, A
     }
 
 
-def job_provenance(record: dict[str, str]) -> dict[str, Any]:
+def job_provenance(record: JobRecord) -> dict[str, Any]:
     """The public provenance of a job from its record."""
     status = JobStatus(record["status"])
     attempts = [AttemptRecord.model_validate_json(line) for line in record.get("attempt_log", "").splitlines() if line]

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, FilesDep, StoreDep
+from api.jobs import utc_day
 from shared import keys
 from shared.models import now_ms
 from shared.policy import ClientPolicy
-from shared.store import utc_day
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 

@@ -17,10 +17,11 @@ from openai import OpenAI
 from openai.types import Batch
 from redis.asyncio import Redis
 
+from api.jobs import ApiJobStore
 from shared.keys import split_key_id
-from shared.store import JobStore
 from stack.processes import Service, free_port, start_python, start_redis
 from tests.unit.conftest import make_settings
+from worker.jobs import WorkerJobStore
 
 pytestmark = pytest.mark.integration
 
@@ -276,11 +277,22 @@ def start_stack(redis_server: RedisServer, logs_dir: Path) -> Iterator[Callable[
 
 
 @pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
-    """A JobStore of the module's redis-server, emptied first."""
+async def job_stores(redis_server: RedisServer) -> AsyncIterator[tuple[ApiJobStore, WorkerJobStore]]:
+    """The API's and the workers' job stores on the module's redis-server, emptied first."""
     redis = Redis.from_url(redis_server.url, decode_responses=True)
     await redis.flushdb()
-    store = JobStore(redis, make_settings())
-    yield store
-    await store.aclose()
+    settings = make_settings()
+    api_store = ApiJobStore(redis, settings)
+    yield api_store, WorkerJobStore(redis, settings)
+    await api_store.aclose()
     await redis.aclose()
+
+
+@pytest.fixture
+def api_store(job_stores: tuple[ApiJobStore, WorkerJobStore]) -> ApiJobStore:
+    return job_stores[0]
+
+
+@pytest.fixture
+def worker_store(job_stores: tuple[ApiJobStore, WorkerJobStore]) -> WorkerJobStore:
+    return job_stores[1]

@@ -9,22 +9,25 @@ from collections.abc import Callable
 import pytest
 from redis.asyncio import Redis
 
+from api.jobs import ApiJobStore
 from shared import keys
 from shared.models import JobCreate, JobError
-from shared.store import JobStore
 from tests.integration.conftest import RedisServer, Sim, Stack
 from tests.unit.conftest import MODEL
+from worker.jobs import WorkerJobStore
 
 OWNER = "owner1"
 
 
-async def failed_activity(store: JobStore, redis_server: RedisServer, job_id: str, message: str) -> bytes:
+async def failed_activity(
+    api_store: ApiJobStore, worker_store: WorkerJobStore, redis_server: RedisServer, job_id: str, message: str
+) -> bytes:
     """Run a job to a failure with `message` through start.lua and finish.lua; its activity entry's error, raw."""
-    (submitted,) = await store.submit(OWNER, [JobCreate(id=job_id, prompt="Bonjour")])
+    (submitted,) = await api_store.submit(OWNER, [JobCreate(id=job_id, prompt="Bonjour")])
     kid = keys.key_id(OWNER, job_id)
-    started = await store.start(kid, submitted.record["arq"], MODEL, "worker-1")
+    started = await worker_store.start(kid, submitted.record["arq"], MODEL, "worker-1")
     assert started is not None
-    assert await store.finish(kid, MODEL, started.run, JobError(type="backend_rejected", message=message))
+    assert await worker_store.finish(kid, MODEL, started.run, JobError(type="backend_rejected", message=message))
     raw = Redis.from_url(redis_server.url)  # no decoding: the bytes finish.lua wrote
     try:
         entries = await raw.xrevrange(keys.activity(MODEL), count=1)
@@ -48,9 +51,9 @@ async def failed_activity(store: JobStore, redis_server: RedisServer, job_id: st
     ],
 )
 async def test_an_error_message_is_cut_at_300_bytes_on_a_character_boundary(
-    store: JobStore, redis_server: RedisServer, message: str, kept: str
+    api_store: ApiJobStore, worker_store: WorkerJobStore, redis_server: RedisServer, message: str, kept: str
 ) -> None:
-    error = await failed_activity(store, redis_server, "j1", message)
+    error = await failed_activity(api_store, worker_store, redis_server, "j1", message)
 
     assert error.decode("utf-8") == "backend_rejected: " + kept  # strict: valid UTF-8
 

@@ -9,90 +9,99 @@ import asyncio
 import pytest
 from redis import exceptions as redis_errors
 
+from api.jobs import ApiJobStore
 from shared import keys
 from shared.models import JobCreate, now_ms
-from shared.store import Chunk, JobStore
 from shared.streams import next_id, stream_id
 from tests.unit.conftest import MODEL
 from worker.chunks import ChunkWriter
+from worker.jobs import Chunk, WorkerJobStore
 
 OWNER = "owner1"
 
 
-async def start(store: JobStore, job_id: str) -> tuple[str, int]:
+async def start(api_store: ApiJobStore, worker_store: WorkerJobStore, job_id: str) -> tuple[str, int]:
     """Submit and start job `job_id`; returns its key id and run."""
-    await store.submit(OWNER, [JobCreate(id=job_id, prompt="Bonjour")])
+    await api_store.submit(OWNER, [JobCreate(id=job_id, prompt="Bonjour")])
     kid = keys.key_id(OWNER, job_id)
-    arq_id: str = await store.redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
-    started = await store.start(kid, arq_id, MODEL, "host:1")
+    arq_id: str = await api_store.redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
+    started = await worker_store.start(kid, arq_id, MODEL, "host:1")
     assert started is not None
     return kid, started.run
 
 
-async def tokens(store: JobStore, kid: str) -> list[tuple[str, str]]:
-    return [(fields["t"], fields["d"]) for _, fields in await store.redis.xrange(keys.stream(kid))]
+async def tokens(api_store: ApiJobStore, kid: str) -> list[tuple[str, str]]:
+    return [(fields["t"], fields["d"]) for _, fields in await api_store.redis.xrange(keys.stream(kid))]
 
 
-async def test_a_chunk_costs_one_read_and_one_xadd(store: JobStore) -> None:
-    kid, run = await start(store, "j1")
-    last = await store.append(kid, run, "Il", next_id(None, now_ms()))  # loads the script
-    await store.redis.config_resetstat()
+async def test_a_chunk_costs_one_read_and_one_xadd(api_store: ApiJobStore, worker_store: WorkerJobStore) -> None:
+    kid, run = await start(api_store, worker_store, "j1")
+    last = await worker_store.append(kid, run, "Il", next_id(None, now_ms()))  # loads the script
+    await api_store.redis.config_resetstat()
 
     for text in (" fait", " beau", ".", "."):
-        last = await store.append(kid, run, text, next_id(last, now_ms()))
+        last = await worker_store.append(kid, run, text, next_id(last, now_ms()))
         assert last is not None
 
-    stats = await store.redis.info("commandstats")
+    stats = await api_store.redis.info("commandstats")
     calls = {name.removeprefix("cmdstat_"): fields["calls"] for name, fields in stats.items()}
     calls.pop("config|resetstat")
     assert calls == {"evalsha": 4, "hmget": 4, "xadd": 4}
-    assert "".join(text for _, text in await tokens(store, kid)) == "Il fait beau.."
+    assert "".join(text for _, text in await tokens(api_store, kid)) == "Il fait beau.."
 
 
-async def test_a_chunk_sent_twice_is_refused_by_redis_and_written_once(store: JobStore) -> None:
-    kid, run = await start(store, "j2")
+async def test_a_chunk_sent_twice_is_refused_by_redis_and_written_once(
+    api_store: ApiJobStore, worker_store: WorkerJobStore
+) -> None:
+    kid, run = await start(api_store, worker_store, "j2")
     first = next_id(None, now_ms())
 
-    assert await store.append(kid, run, "Bon", first) == first
-    assert await store.append(kid, run, "Bon", first) == first
-    assert await store.append(kid, run, "jour", next_id(first, now_ms())) is not None
+    assert await worker_store.append(kid, run, "Bon", first) == first
+    assert await worker_store.append(kid, run, "Bon", first) == first
+    assert await worker_store.append(kid, run, "jour", next_id(first, now_ms())) is not None
 
-    assert await tokens(store, kid) == [("token", "Bon"), ("token", "jour")]
+    assert await tokens(api_store, kid) == [("token", "Bon"), ("token", "jour")]
 
 
-async def test_a_chunk_behind_the_runs_reset_goes_after_it_once(store: JobStore) -> None:
-    kid, first = await start(store, "j3")
-    await store.append(kid, first, "a", next_id(None, now_ms()))
-    assert await store.requeue(kid, MODEL, first, refund=False)
-    arq_id: str = await store.redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
-    started = await store.start(kid, arq_id, MODEL, "host:1")
+async def test_a_chunk_behind_the_runs_reset_goes_after_it_once(
+    api_store: ApiJobStore, worker_store: WorkerJobStore
+) -> None:
+    kid, first = await start(api_store, worker_store, "j3")
+    await worker_store.append(kid, first, "a", next_id(None, now_ms()))
+    assert await worker_store.requeue(kid, MODEL, first, refund=False)
+    arq_id: str = await api_store.redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
+    started = await worker_store.start(kid, arq_id, MODEL, "host:1")
     assert started is not None
-    reset_id = (await store.redis.xrevrange(keys.stream(kid), count=1))[0][0]
+    reset_id = (await api_store.redis.xrevrange(keys.stream(kid), count=1))[0][0]
 
-    written = await store.append(kid, started.run, "b", "1-0")
+    written = await worker_store.append(kid, started.run, "b", "1-0")
     assert written is not None
     assert stream_id(written) > stream_id(reset_id)
-    assert await store.append(kid, started.run, "b", "1-0") == written
+    assert await worker_store.append(kid, started.run, "b", "1-0") == written
 
-    assert await tokens(store, kid) == [("token", "a"), ("reset", "2"), ("token", "b")]
+    assert await tokens(api_store, kid) == [("token", "a"), ("reset", "2"), ("token", "b")]
 
 
-async def test_an_error_other_than_the_refusal_reaches_the_caller(store: JobStore) -> None:
-    kid, run = await start(store, "j4")
-    await store.redis.set(keys.stream(kid), "not a stream")
+async def test_an_error_other_than_the_refusal_reaches_the_caller(
+    api_store: ApiJobStore, worker_store: WorkerJobStore
+) -> None:
+    kid, run = await start(api_store, worker_store, "j4")
+    await api_store.redis.set(keys.stream(kid), "not a stream")
 
     with pytest.raises(redis_errors.ResponseError, match="WRONGTYPE"):
-        await store.append(kid, run, "x", next_id(None, now_ms()))
+        await worker_store.append(kid, run, "x", next_id(None, now_ms()))
 
 
-async def test_the_chunks_of_one_turn_go_in_one_call_each_with_its_own_result(store: JobStore) -> None:
-    started = [await start(store, f"k{index}") for index in range(3)]
+async def test_the_chunks_of_one_turn_go_in_one_call_each_with_its_own_result(
+    api_store: ApiJobStore, worker_store: WorkerJobStore
+) -> None:
+    started = [await start(api_store, worker_store, f"k{index}") for index in range(3)]
     (kid0, run0), (kid1, run1), (kid2, run2) = started
-    await store.cancel(OWNER, "k1")  # its run no longer owns it
+    await api_store.cancel(OWNER, "k1")  # its run no longer owns it
     first = next_id(None, now_ms())
-    assert await store.append(kid2, run2, "déjà", first) == first  # loads the script; sent again below
-    await store.redis.config_resetstat()
-    writer = ChunkWriter(store)
+    assert await worker_store.append(kid2, run2, "déjà", first) == first  # loads the script; sent again below
+    await api_store.redis.config_resetstat()
+    writer = ChunkWriter(worker_store)
 
     written = await asyncio.gather(
         writer.append(Chunk(kid0, run0, "Bonjour", next_id(None, now_ms()))),
@@ -103,16 +112,18 @@ async def test_the_chunks_of_one_turn_go_in_one_call_each_with_its_own_result(st
     assert written[0] is not None
     assert written[1] is None
     assert written[2] == first
-    stats = await store.redis.info("commandstats")
+    stats = await api_store.redis.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 1
-    assert await tokens(store, kid0) == [("token", "Bonjour")]
-    assert await tokens(store, kid2) == [("token", "déjà")]
+    assert await tokens(api_store, kid0) == [("token", "Bonjour")]
+    assert await tokens(api_store, kid2) == [("token", "déjà")]
 
 
-async def test_a_failed_call_fails_every_chunk_of_its_turn(store: JobStore) -> None:
-    (kid0, run0), (kid1, run1) = [await start(store, f"m{index}") for index in range(2)]
-    await store.redis.set(keys.stream(kid1), "not a stream")
-    writer = ChunkWriter(store)
+async def test_a_failed_call_fails_every_chunk_of_its_turn(
+    api_store: ApiJobStore, worker_store: WorkerJobStore
+) -> None:
+    (kid0, run0), (kid1, run1) = [await start(api_store, worker_store, f"m{index}") for index in range(2)]
+    await api_store.redis.set(keys.stream(kid1), "not a stream")
+    writer = ChunkWriter(worker_store)
 
     results = await asyncio.gather(
         writer.append(Chunk(kid0, run0, "a", next_id(None, now_ms()))),

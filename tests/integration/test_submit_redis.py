@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from api.jobs import ApiJobStore
 from shared import keys
 from shared.errors import JobConflict
 from shared.models import JobCreate
-from shared.store import JobStore
 from tests.integration.conftest import RedisServer
 from tests.unit.conftest import MODEL, make_settings
 
@@ -19,10 +19,10 @@ OWNER = "owner1"
 
 
 @pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
+async def api_store(redis_server: RedisServer) -> AsyncIterator[ApiJobStore]:
     redis = Redis.from_url(redis_server.url, decode_responses=True)
     await redis.flushdb()
-    store = JobStore(redis, make_settings(MAX_QUEUE_DEPTH=100_000))
+    store = ApiJobStore(redis, make_settings(MAX_QUEUE_DEPTH=100_000))
     yield store
     await store.aclose()
     await redis.aclose()
@@ -39,11 +39,11 @@ async def commands(redis: Redis) -> dict[str, int]:
     return calls
 
 
-async def test_a_new_array_costs_one_hset_a_job_and_a_few_commands_in_all(store: JobStore) -> None:
-    await store.submit(OWNER, jobs(1, "warm-up"))  # loads the script
-    await store.redis.config_resetstat()
+async def test_a_new_array_costs_one_hset_a_job_and_a_few_commands_in_all(api_store: ApiJobStore) -> None:
+    await api_store.submit(OWNER, jobs(1, "warm-up"))  # loads the script
+    await api_store.redis.config_resetstat()
 
-    submitted = await store.submit(OWNER, jobs(100)[1:])
+    submitted = await api_store.submit(OWNER, jobs(100)[1:])
 
     assert all(item.created for item in submitted)
     # ZCOUNT: the queue's interactive jobs against MAX_QUEUE_DEPTH (batch jobs are counted apart); ZCARD: the client's
@@ -65,21 +65,21 @@ async def test_a_new_array_costs_one_hset_a_job_and_a_few_commands_in_all(store:
         "zadd": 4,
         "publish": 1,
     }
-    assert await commands(store.redis) == expected
+    assert await commands(api_store.redis) == expected
 
 
-async def test_an_array_longer_than_lua_s_unpack_limit_is_stored_and_queued_whole(store: JobStore) -> None:
+async def test_an_array_longer_than_lua_s_unpack_limit_is_stored_and_queued_whole(api_store: ApiJobStore) -> None:
     many = jobs(9_000)
 
-    unlimited = store.default_policy.model_copy(update={"max_queued_jobs": 0})
-    first = await store.submit(OWNER, many, policy=unlimited)
-    again = await store.submit(OWNER, many, policy=unlimited)
+    unlimited = api_store.default_policy.model_copy(update={"max_queued_jobs": 0})
+    first = await api_store.submit(OWNER, many, policy=unlimited)
+    again = await api_store.submit(OWNER, many, policy=unlimited)
 
     assert [item.created for item in first] == [True] * 9_000
     assert [item.created for item in again] == [False] * 9_000
     assert [item.record for item in again] == [item.record for item in first]
-    assert await store.redis.zcard(keys.queue(MODEL)) == 9_000
+    assert await api_store.redis.zcard(keys.queue(MODEL)) == 9_000
     changed = [*many[:-1], JobCreate(id="j8999", prompt="Autre texte")]
     with pytest.raises(JobConflict):
-        await store.submit(OWNER, [JobCreate(id="new", prompt="x"), *changed])
-    assert not await store.redis.exists(keys.job(keys.key_id(OWNER, "new")))
+        await api_store.submit(OWNER, [JobCreate(id="new", prompt="x"), *changed])
+    assert not await api_store.redis.exists(keys.job(keys.key_id(OWNER, "new")))

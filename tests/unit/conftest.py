@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import fakeredis
 import orjson
@@ -18,11 +18,12 @@ from multidict import CIMultiDictProxy
 
 from api.batches import BatchStore
 from api.files import FileStore
-from shared.models import JobCreate
+from api.jobs import ApiJobStore
+from shared.models import JobCreate, JobRecord
 from shared.settings import Settings
-from shared.store import JobStore
 from worker.backends import ModelClient
 from worker.context import WorkerContext
+from worker.jobs import WorkerJobStore
 
 MODEL = "test-model"
 BACKEND_URL = "http://backend.test"
@@ -59,26 +60,59 @@ async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
     await client.aclose()
 
 
-StoreFactory = Callable[[Settings], JobStore]
+StoreFactory = Callable[[Settings], tuple[ApiJobStore, WorkerJobStore]]
+"""settings -> the API's and the workers' job stores on the test's Redis."""
 
 
 @pytest.fixture
-async def make_store(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[StoreFactory]:
-    """Job stores on the test's Redis, closed after the test (each may hold a shared connection)."""
-    stores: list[JobStore] = []
+async def make_stores(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[StoreFactory]:
+    """The API's and the workers' job stores on the test's Redis; the API's are closed after the test (each may hold
+    a shared connection)."""
+    api_stores: list[ApiJobStore] = []
 
-    def make(settings: Settings) -> JobStore:
-        stores.append(JobStore(redis, settings))
-        return stores[-1]
+    def make(settings: Settings) -> tuple[ApiJobStore, WorkerJobStore]:
+        api_stores.append(ApiJobStore(redis, settings))
+        return api_stores[-1], WorkerJobStore(redis, settings)
 
     yield make
-    for store in stores:
+    for store in api_stores:
         await store.aclose()
 
 
 @pytest.fixture
-def store(make_store: StoreFactory, settings: Settings) -> JobStore:
-    return make_store(settings)
+def job_stores(make_stores: StoreFactory, settings: Settings) -> tuple[ApiJobStore, WorkerJobStore]:
+    return make_stores(settings)
+
+
+@pytest.fixture
+def api_store(job_stores: tuple[ApiJobStore, WorkerJobStore]) -> ApiJobStore:
+    """The API's job store (submit, read, cancel) on the test's Redis."""
+    return job_stores[0]
+
+
+@pytest.fixture
+def worker_store(job_stores: tuple[ApiJobStore, WorkerJobStore]) -> WorkerJobStore:
+    """The workers' job store (take, start, append, finish...) on the same Redis, with the same settings."""
+    return job_stores[1]
+
+
+def job_record(**fields: str) -> JobRecord:
+    """A job's record as submit.lua writes it (job j1 of MODEL, queued, created at 2023-11-14T22:13:20.123Z), with
+    `fields` set or replaced: for what reads records."""
+    created = 1_700_000_000_123
+    record: JobRecord = {
+        "id": "j1",
+        "model": MODEL,
+        "status": "queued",
+        "arq": "owner:j1#1",
+        "hash": "0" * 32,
+        "created_at": str(created),
+        "cost": "110",
+        "weight": "1",
+        "day": "20231114",
+        "rank": str(created * 1024),
+    }
+    return cast(JobRecord, record | fields)
 
 
 # ---- mock model servers -----------------------------------------------------------------------------------
@@ -234,19 +268,20 @@ MakeContext = Callable[..., Awaitable[WorkerContext]]
 
 @contextlib.asynccontextmanager
 async def worker_contexts(
-    redis: fakeredis.FakeAsyncRedis, store_class: type[JobStore], owner: str, **defaults: Any
+    redis: fakeredis.FakeAsyncRedis, store_class: type[WorkerJobStore], owner: str, **defaults: Any
 ) -> AsyncIterator[MakeContext]:
     """Builds worker contexts on the in-memory Redis, each with job `j1` of `owner` submitted (settings:
     `defaults`, then the build's own); closes their model clients and stores at the end."""
     clients: list[ModelClient] = []
-    stores: list[JobStore] = []
+    stores: list[ApiJobStore] = []
 
     async def build(server: MockServer, **overrides: Any) -> WorkerContext:
         table = f'[["{MODEL}", "{server.url}"]]'
         settings = make_settings(**{"LLM_TABLE": table, "STREAM_FLUSH_MS": 0} | defaults | overrides)
-        stores.append(store := store_class(redis, settings))
+        stores.append(api_store := ApiJobStore(redis, settings))
         clients.append(client := ModelClient(settings, MODEL))
-        await store.submit(owner, [JobCreate(id="j1", prompt="Quel temps ?")])
+        await api_store.submit(owner, [JobCreate(id="j1", prompt="Quel temps ?")])
+        store = store_class(redis, settings)
         return WorkerContext(settings=settings, model=MODEL, worker_id="host:1", store=store, client=client)
 
     try:
@@ -260,12 +295,12 @@ async def worker_contexts(
 
 @contextlib.asynccontextmanager
 async def batch_stores(settings: Settings) -> AsyncIterator[tuple[FileStore, BatchStore]]:
-    """A FileStore and a BatchStore (over its JobStore) on one in-memory Redis, closed at the end."""
+    """A FileStore and a BatchStore (over its ApiJobStore) on one in-memory Redis, closed at the end."""
     server = fakeredis.FakeServer()
     redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
     raw_redis = fakeredis.FakeAsyncRedis(server=server)
     files = FileStore(redis, raw_redis, settings)
-    store = JobStore(redis, settings)
+    store = ApiJobStore(redis, settings)
     try:
         yield files, BatchStore(store, files)
     finally:

@@ -21,7 +21,7 @@ from arq.jobs import deserialize_job_raw
 from arq.worker import Worker, func
 
 from shared import keys
-from shared.store import JOB_FUNCTION
+from worker.arq_adapter import JOB_FUNCTION
 from worker.generate import generate
 
 

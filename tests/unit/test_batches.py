@@ -30,6 +30,7 @@ from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy
 from shared.settings import Settings
 from tests.unit.conftest import MODEL, batch_stores, make_settings
+from worker.jobs import WorkerJobStore
 
 OWNER = "owner1"
 LIMITS = Limits(max_prompt_chars=1000, max_messages=4, max_tokens=100)
@@ -260,10 +261,10 @@ async def test_an_upload_over_the_limit_is_refused_as_it_arrives(settings: Setti
 
 async def run_jobs(batches: BatchStore, batch_id: str, count: int, *, fail: int = 0) -> None:
     """Do what a worker does for the batch's first `count` jobs: the first `fail` of them fail."""
-    store = batches.store
+    store = WorkerJobStore(batches.redis, batches.settings)
     for index in range(count):
         kid = keys.key_id(OWNER, batch_job_id(batch_id, index))
-        record = await store.get(OWNER, batch_job_id(batch_id, index))
+        record = await batches.store.get(OWNER, batch_job_id(batch_id, index))
         started = await store.start(kid, record["arq"], MODEL, "worker-1")
         assert started is not None
         outcome = (

@@ -12,13 +12,13 @@ import random
 import httpx
 import pytest
 
+from api.jobs import request_json
 from bench import fairness
 from bench.__main__ import BENCHMARKS, parser
 from bench.common import MODEL
 from bench.fairness import Run, jain, spread
 from shared.models import JobCreate
 from shared.settings import Settings
-from shared.store import request_json
 from sim.textgen import make_plan
 
 

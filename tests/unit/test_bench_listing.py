@@ -12,12 +12,13 @@ from typing import Any
 
 import fakeredis
 
+from api.jobs import ApiJobStore
 from bench.__main__ import BENCHMARKS, parser
 from bench.listing import MODELS, SETTINGS, job_create, job_metadata, job_model, job_status, list_path, make_writer
 from shared import keys
 from shared.models import JobError, JobResult, JobStatus, Usage
-from shared.store import JobStore
 from tests.unit.conftest import make_settings
+from worker.jobs import WorkerJobStore
 
 REAL, BENCH = "real", "bench"
 """Two owners: one whose jobs end through the product's scripts, one whose jobs end through the bench's."""
@@ -74,27 +75,27 @@ async def contents(redis: fakeredis.FakeAsyncRedis, owner: str) -> dict[str, Any
 
 async def test_the_bench_ends_jobs_as_the_workers_and_the_api_do(redis: fakeredis.FakeAsyncRedis) -> None:
     settings = make_settings(**SETTINGS)
-    store = JobStore(redis, settings)
-    writer = make_writer(store, 50)
+    api_store, worker_store = ApiJobStore(redis, settings), WorkerJobStore(redis, settings)
+    writer = make_writer(api_store, 50)
     plan = [JobStatus(status) for status in ("queued", "running", "succeeded", "failed", "cancelled")] * 3
     jobs = [job_create(n).model_copy(update={"id": f"j{n}"}) for n in range(len(plan))]
     for owner in (REAL, BENCH):
-        await store.submit(owner, jobs)
+        await api_store.submit(owner, jobs)
 
     for n, status in enumerate(plan):
         job_id, model = f"j{n}", job_model(n)
         kid = keys.key_id(REAL, job_id)
         if status == JobStatus.CANCELLED:
-            await store.cancel(REAL, job_id)
+            await api_store.cancel(REAL, job_id)
         elif status != JobStatus.QUEUED:
             arq_id = await redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
-            started = await store.start(kid, arq_id, model, "host:1")
+            started = await worker_store.start(kid, arq_id, model, "host:1")
             assert started is not None
             if status == JobStatus.SUCCEEDED:
                 result = JobResult(text="Oui.", finish_reason="stop", usage=Usage(completion_tokens=2))
-                assert await store.finish(kid, model, started.run, result)
+                assert await worker_store.finish(kid, model, started.run, result)
             elif status == JobStatus.FAILED:
-                assert await store.finish(kid, model, started.run, JobError(type="backend_error", message="503"))
+                assert await worker_store.finish(kid, model, started.run, JobError(type="backend_error", message="503"))
     await writer.end(BENCH, [(f"j{n}", status.value) for n, status in enumerate(plan) if status != JobStatus.QUEUED])
 
     real, bench = await contents(redis, REAL), await contents(redis, BENCH)

@@ -10,7 +10,7 @@ import pytest
 
 from api.estimate import CACHE_SECONDS, Activity, Estimator, Place, estimated_start, iso_utc, throughput
 from shared import keys
-from shared.models import now_ms
+from shared.models import JobRecord, now_ms
 from shared.multiplex import SharedConnection
 from tests.unit.conftest import Clock
 
@@ -123,7 +123,7 @@ async def test_queue_fields_estimate_from_the_measured_rate(
     redis: fakeredis.FakeAsyncRedis, estimator: Estimator, clock: Clock
 ) -> None:
     await queue(redis, ("o:a", "queued"), ("o:b", "queued"))
-    record: dict[str, str] = await redis.hgetall(keys.job("o:b"))  # type: ignore[misc]
+    record: JobRecord = await redis.hgetall(keys.job("o:b"))  # type: ignore[misc]
     assert await estimator.queue_fields("o:b", record) == (1, None)  # nothing finished yet: no estimate
     now = now_ms()
     for end, run, queued in saturated(2, 1000, 3, start=now - 60_000):

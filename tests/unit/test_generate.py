@@ -11,10 +11,10 @@ import fakeredis
 import orjson
 import pytest
 
+from api.jobs import ApiJobStore
 from shared import keys
 from shared.models import now_ms
 from shared.settings import Settings
-from shared.store import Chunk, JobStore
 from tests.unit.conftest import (
     MODEL,
     Answer,
@@ -28,6 +28,7 @@ from tests.unit.conftest import (
 from worker.backends import request_id
 from worker.context import WorkerContext
 from worker.generate import AttemptLost, TokenWriter, generate
+from worker.jobs import Chunk, WorkerJobStore
 
 OWNER = "owner1"
 KID = keys.key_id(OWNER, "j1")
@@ -64,7 +65,7 @@ def status(code: int, message: str) -> Answer:
     return reply(body, status=code, content_type="application/json")
 
 
-class WatchedStore(JobStore):
+class WatchedStore(WorkerJobStore):
     """A job store that tells when tokens were appended to a stream: the mock server waits on it to act
     once the worker has handled what it was sent."""
 
@@ -85,7 +86,7 @@ def first_append(spp: WorkerContext) -> Callable[[], Awaitable[object]]:
     return store.appended.wait
 
 
-async def arq_of(store: JobStore, kid: str) -> str:
+async def arq_of(store: WorkerJobStore, kid: str) -> str:
     """The arq job id the submission of `kid` queued."""
     arq_id: str = await store.redis.hget(keys.job(kid), "arq")  # type: ignore[misc]
     return arq_id
@@ -265,10 +266,12 @@ async def test_timeout_on_the_last_attempt_fails_with_type_timeout(make_context:
 # ---- cancellation -------------------------------------------------------------------------------------------
 
 
-async def test_job_cancelled_before_start_is_skipped(make_context: MakeContext, serve: Serve) -> None:
+async def test_job_cancelled_before_start_is_skipped(
+    make_context: MakeContext, serve: Serve, api_store: ApiJobStore
+) -> None:
     server = await serve(ok())
     spp = await make_context(server)
-    await spp.store.cancel(OWNER, "j1")
+    await api_store.cancel(OWNER, "j1")
 
     await generate(await job_ctx(spp), KID)
 
@@ -279,13 +282,15 @@ async def test_job_cancelled_before_start_is_skipped(make_context: MakeContext, 
     assert await events(spp) == [("done", "cancelled")]
 
 
-async def test_job_cancelled_mid_stream_stops_writing(make_context: MakeContext, serve: Serve) -> None:
+async def test_job_cancelled_mid_stream_stops_writing(
+    make_context: MakeContext, serve: Serve, api_store: ApiJobStore
+) -> None:
     spp: WorkerContext
     body = completion_stream(TOKENS)
 
     async def after_first_token_cancel() -> None:
         await first_append(spp)()
-        await spp.store.cancel(OWNER, "j1")
+        await api_store.cancel(OWNER, "j1")
 
     answer = stream(body[: first_event_end(body)], after_first_token_cancel, body[first_event_end(body) :])
     spp = await make_context(await serve(answer), STREAM_FLUSH_MS=0)
@@ -298,12 +303,14 @@ async def test_job_cancelled_mid_stream_stops_writing(make_context: MakeContext,
     assert await events(spp) == [("token", "Il"), ("done", "cancelled")]
 
 
-async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: MakeContext, serve: Serve) -> None:
+async def test_job_cancelled_after_its_last_token_keeps_no_result(
+    make_context: MakeContext, serve: Serve, api_store: ApiJobStore
+) -> None:
     spp: WorkerContext
 
     async def after_first_token_cancel() -> None:
         await first_append(spp)()
-        await spp.store.cancel(OWNER, "j1")
+        await api_store.cancel(OWNER, "j1")
 
     answer = stream(completion_stream(TOKENS, done=False), after_first_token_cancel, b"data: [DONE]\n\n")
     spp = await make_context(await serve(answer), STREAM_FLUSH_MS=10**12)  # one window: see the coalescing test
@@ -317,14 +324,14 @@ async def test_job_cancelled_after_its_last_token_keeps_no_result(make_context: 
 
 
 async def test_token_writer_raises_attempt_lost_once_the_job_is_cancelled(
-    make_context: MakeContext, serve: Serve
+    make_context: MakeContext, serve: Serve, api_store: ApiJobStore
 ) -> None:
     spp = await make_context(await serve(ok()), STREAM_FLUSH_MS=0)
     started = await spp.store.start(KID, await arq_of(spp.store, KID), MODEL, spp.worker_id)
     assert started is not None
     writer = TokenWriter(spp, KID, started.attempt)
     await writer.add("Il")
-    await spp.store.cancel(OWNER, "j1")
+    await api_store.cancel(OWNER, "j1")
 
     with pytest.raises(AttemptLost):
         await writer.add(" fait")
@@ -393,9 +400,11 @@ async def test_shutdown_mid_generation_hands_the_job_back_without_counting_the_a
     assert await running_jobs(spp) == []
 
 
-async def test_abort_of_a_cancelled_job_does_not_requeue_it(make_context: MakeContext, serve: Serve) -> None:
+async def test_abort_of_a_cancelled_job_does_not_requeue_it(
+    make_context: MakeContext, serve: Serve, api_store: ApiJobStore
+) -> None:
     spp, task = await _start_hanging_generation(make_context, serve)
-    await spp.store.cancel(OWNER, "j1")
+    await api_store.cancel(OWNER, "j1")
     spp.aborting.add(KID)
 
     task.cancel()

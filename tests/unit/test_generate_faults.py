@@ -14,7 +14,6 @@ from redis import exceptions as redis_errors
 from shared import keys
 from shared.models import JobError, JobResult, now_ms
 from shared.settings import Settings
-from shared.store import Chunk, JobStore, Started
 from tests.unit.conftest import (
     MODEL,
     Answer,
@@ -27,6 +26,7 @@ from tests.unit.conftest import (
 from worker import generate as generate_module
 from worker.context import WorkerContext
 from worker.generate import generate
+from worker.jobs import Chunk, Started, WorkerJobStore
 
 OWNER = "owner1"
 KID = keys.key_id(OWNER, "j1")
@@ -45,7 +45,7 @@ def unavailable() -> Answer:
     return reply(b'{"error": {"message": "engine crashed"}}', status=500, content_type="application/json")
 
 
-class FlakyStore(JobStore):
+class FlakyStore(WorkerJobStore):
     """A job store whose calls fail as Redis would: `lost` names the calls that run but lose their reply (a
     reconnect), `refused` the calls that fail before running; each entry fails once."""
 
@@ -106,7 +106,7 @@ async def events(spp: WorkerContext) -> list[tuple[str, str]]:
 async def lose_worker(spp: WorkerContext) -> None:
     """Start the job as a worker that then dies: the sweeper hands it back."""
     arq_id: str = await spp.store.redis.hget(keys.job(KID), "arq")  # type: ignore[misc]
-    assert await JobStore.start(spp.store, KID, arq_id, MODEL, "dead:1") is not None
+    assert await WorkerJobStore.start(spp.store, KID, arq_id, MODEL, "dead:1") is not None
     await spp.store.redis.zadd(keys.running(MODEL), {KID: 0})
     assert await spp.store.sweep(MODEL) == [KID]
 
@@ -196,9 +196,9 @@ async def test_chunks_resent_many_times_by_a_worker_whose_clock_is_behind_redis_
     spp = await make_context(await serve(ok()))
     assert isinstance(spp.store, FlakyStore)
     arq_id: str = await spp.store.redis.hget(keys.job(KID), "arq")  # type: ignore[misc]
-    dead = await JobStore.start(spp.store, KID, arq_id, MODEL, "dead:1")
+    dead = await WorkerJobStore.start(spp.store, KID, arq_id, MODEL, "dead:1")
     assert dead is not None
-    await JobStore.append(spp.store, KID, dead.run, "Il pl", "*")
+    await WorkerJobStore.append(spp.store, KID, dead.run, "Il pl", "*")
     await spp.store.redis.zadd(keys.running(MODEL), {KID: 0})
     assert await spp.store.sweep(MODEL) == [KID]
     monkeypatch.setattr(generate_module, "now_ms", lambda: 1)

@@ -9,11 +9,11 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from api.jobs import request_json
 from shared.models import GenerationRequest, JobCreate, Limits, Message, MetadataValue, fingerprint, public_job
 from shared.settings import Settings
-from shared.store import request_json
 from shared.templates import render_prompt
-from tests.unit.conftest import MODEL, make_settings
+from tests.unit.conftest import MODEL, job_record, make_settings
 
 LIMITS = Limits(max_prompt_chars=10, max_messages=2, max_tokens=100)
 SETTINGS = make_settings()
@@ -298,20 +298,19 @@ def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: 
 
 def test_public_job_of_a_finished_record() -> None:
     result = {"text": "Bonjour.", "finish_reason": "stop", "usage": {"completion_tokens": 2}}
-    record = {
-        "id": "j1",
-        "owner": "public",
-        "model": "m",
-        "status": "succeeded",
-        "attempts": "2",
-        "hash": "abc",
-        "worker": "w",
-        "created_at": str(int(ms(2024, 1, 2, 3, 4, 5)) + 7),
-        "started_at": str(int(ms(2024, 1, 2, 3, 4, 6)) + 123),
-        "finished_at": ms(2024, 1, 2, 3, 4, 7),
-        "result": orjson.dumps(result).decode(),
-        "metadata": '{"k": "v", "n": 3}',
-    }
+    record = job_record(
+        id="j1",
+        model="m",
+        status="succeeded",
+        attempts="2",
+        hash="abc",
+        worker="w",
+        created_at=str(int(ms(2024, 1, 2, 3, 4, 5)) + 7),
+        started_at=str(int(ms(2024, 1, 2, 3, 4, 6)) + 123),
+        finished_at=ms(2024, 1, 2, 3, 4, 7),
+        result=orjson.dumps(result).decode(),
+        metadata='{"k": "v", "n": 3}',
+    )
 
     assert public_job(record) == {
         "id": "j1",
@@ -330,14 +329,14 @@ def test_public_job_of_a_finished_record() -> None:
 
 
 def test_public_job_of_a_failed_record_parses_the_error() -> None:
-    record = {
-        "id": "j2",
-        "model": "m",
-        "status": "failed",
-        "attempts": "1",
-        "created_at": ms(2024, 5, 6),
-        "error": '{"type": "backend_rejected", "message": "too long"}',
-    }
+    record = job_record(
+        id="j2",
+        model="m",
+        status="failed",
+        attempts="1",
+        created_at=ms(2024, 5, 6),
+        error='{"type": "backend_rejected", "message": "too long"}',
+    )
 
     job = public_job(record)
 
@@ -346,7 +345,7 @@ def test_public_job_of_a_failed_record_parses_the_error() -> None:
 
 
 def test_public_job_of_a_fresh_record_has_none_for_missing_fields() -> None:
-    record = {"id": "j3", "model": "m", "status": "queued", "created_at": ms(2030, 12, 31, 23, 59, 59)}
+    record = job_record(id="j3", model="m", status="queued", created_at=ms(2030, 12, 31, 23, 59, 59))
 
     assert public_job(record) == {
         "id": "j3",
@@ -366,8 +365,6 @@ def test_public_job_of_a_fresh_record_has_none_for_missing_fields() -> None:
 
 def test_public_job_timestamps_keep_every_millisecond() -> None:
     base = int(ms(2025, 6, 1))
-    stamps = [
-        public_job({"id": "j", "model": "m", "status": "queued", "created_at": str(base + n)}) for n in range(1000)
-    ]
+    stamps = [public_job(job_record(id="j", model="m", status="queued", created_at=str(base + n))) for n in range(1000)]
 
     assert [stamp["created_at"][-5:] for stamp in stamps] == [f".{n:03d}Z" for n in range(1000)]

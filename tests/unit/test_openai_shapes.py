@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from api.streams import SSE_DONE, sse_data, sse_event, sse_frame
-from shared.models import JobError, JobResult, Limits, Message, Usage
+from shared.models import JobError, JobRecord, JobResult, Limits, Message, Usage
 from shared.openai_shapes import (
     MAX_TEXT_PARTS,
     ChunkEncoder,
@@ -20,6 +20,7 @@ from shared.openai_shapes import (
     job_failure,
     parse_request,
 )
+from tests.unit.conftest import job_record
 
 MODEL = "m"
 MODELS = [MODEL, "other"]
@@ -169,8 +170,8 @@ def test_a_body_that_is_not_an_object_is_refused() -> None:
 # ---- finished jobs ----------------------------------------------------------------------------------------
 
 
-def record(status: str, **fields: str) -> dict[str, str]:
-    return {"id": "j1", "model": MODEL, "status": status, "created_at": "1700000000123", **fields}
+def record(status: str, **fields: str) -> JobRecord:
+    return job_record(model=MODEL, status=status, **fields)
 
 
 def test_chat_completion_object() -> None:

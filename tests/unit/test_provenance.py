@@ -13,11 +13,11 @@ import fakeredis
 import orjson
 import pytest
 
+from api.jobs import ApiJobStore
 from api.routes.provenance import job_provenance
 from shared import keys
 from shared.acronyms import acronyms_version
-from shared.models import GenerationRequest, JobCreate, now_ms, public_job
-from shared.store import JobStore
+from shared.models import GenerationRequest, JobCreate, JobRecord, now_ms, public_job
 from tests.unit.conftest import (
     MODEL,
     MODEL_ROOT,
@@ -26,6 +26,7 @@ from tests.unit.conftest import (
     MakeContext,
     Serve,
     forever,
+    job_record,
     make_settings,
     reply,
     stream,
@@ -34,6 +35,7 @@ from tests.unit.conftest import (
 from worker.backends import ModelClient
 from worker.context import WorkerContext
 from worker.generate import generate
+from worker.jobs import WorkerJobStore
 from worker.provenance import ModelCard, ModelCards, Trace, card_of
 
 OWNER = "owner1"
@@ -73,7 +75,7 @@ def rejected() -> Answer:
 
 @pytest.fixture
 async def make_context(redis: fakeredis.FakeAsyncRedis) -> AsyncIterator[MakeContext]:
-    async with worker_contexts(redis, JobStore, OWNER, RETRY_BACKOFF=0.01) as build:
+    async with worker_contexts(redis, WorkerJobStore, OWNER, RETRY_BACKOFF=0.01) as build:
         yield build
 
 
@@ -83,8 +85,8 @@ async def run(spp: WorkerContext, kid: str = KID) -> None:
     await generate({"spp": spp, "job_id": arq_id}, kid)
 
 
-async def record(spp: WorkerContext, kid: str = KID) -> dict[str, str]:
-    fields: dict[str, str] = await spp.store.redis.hgetall(keys.job(kid))  # type: ignore[misc]
+async def record(spp: WorkerContext, kid: str = KID) -> JobRecord:
+    fields: JobRecord = await spp.store.redis.hgetall(keys.job(kid))  # type: ignore[misc]
     return fields
 
 
@@ -302,11 +304,11 @@ async def test_names_that_are_the_models_are_not_stored_twice(make_context: Make
 
 
 async def test_the_model_card_is_asked_once_for_many_jobs_with_the_servers_key(
-    make_context: MakeContext, serve: Serve
+    make_context: MakeContext, serve: Serve, api_store: ApiJobStore
 ) -> None:
     server = await serve(ok())
     spp = await make_context(server, LLM_API_KEY="sk-worker")
-    await spp.store.submit(OWNER, [JobCreate(id=f"j{index}", prompt="Encore ?") for index in (2, 3)])
+    await api_store.submit(OWNER, [JobCreate(id=f"j{index}", prompt="Encore ?") for index in (2, 3)])
 
     for job_id in ("j1", "j2", "j3"):
         await run(spp, keys.key_id(OWNER, job_id))
@@ -432,13 +434,13 @@ async def test_a_job_failed_before_any_request_has_a_provenance_without_sampling
 
 
 def test_a_running_job_shows_its_attempts_so_far_and_no_provenance() -> None:
-    record = {
-        "id": "j1",
-        "model": MODEL,
-        "status": "running",
-        "provenance": '{"app_version": "old"}',  # a previous series', before a retry
-        "attempt_log": '{"error":{"type":"worker_lost"},"ended_at":1700000000123}',
-    }
+    record = job_record(
+        id="j1",
+        model=MODEL,
+        status="running",
+        provenance='{"app_version": "old"}',  # a previous series', before a retry
+        attempt_log='{"error":{"type":"worker_lost"},"ended_at":1700000000123}',
+    )
 
     public = job_provenance(record)
 
@@ -463,20 +465,20 @@ def test_a_running_job_shows_its_attempts_so_far_and_no_provenance() -> None:
 
 
 def test_a_finished_job_adds_what_its_record_holds() -> None:
-    record = {
-        "id": "j1",
-        "model": MODEL,
-        "status": "succeeded",
-        "attempts": "2",
-        "run": "3",
-        "started_at": "1699999999000",
-        "finished_at": "1700000000000",
-        "template": "spp@0123456789ab acronyms@ba9876543210",
-        "provenance": '{"model_revision": null, "replica": 1, "sampling": {"max_tokens": 5}, "first_token_ms": 12, '
+    record = job_record(
+        id="j1",
+        model=MODEL,
+        status="succeeded",
+        attempts="2",
+        run="3",
+        started_at="1699999999000",
+        finished_at="1700000000000",
+        template="spp@0123456789ab acronyms@ba9876543210",
+        provenance='{"model_revision": null, "replica": 1, "sampling": {"max_tokens": 5}, "first_token_ms": 12, '
         '"app_version": "0.1.0"}',
-        "attempt_log": '{"attempt":1,"run":1,"replica":0,"started_at":1699999990000,"ended_at":1699999991000,'
+        attempt_log='{"attempt":1,"run":1,"replica":0,"started_at":1699999990000,"ended_at":1699999991000,'
         '"outcome":"shutdown"}\n{"error":{"type":"worker_lost"},"ended_at":1699999995000}',
-    }
+    )
 
     public = job_provenance(record)
 
@@ -512,7 +514,7 @@ def test_a_finished_job_adds_what_its_record_holds() -> None:
 
 
 def test_without_a_template_there_is_no_acronym_version() -> None:
-    record = {"id": "j1", "model": MODEL, "status": "cancelled", "provenance": '{"app_version": "0.1.0"}'}
+    record = job_record(id="j1", model=MODEL, status="cancelled", provenance='{"app_version": "0.1.0"}')
 
     public = job_provenance(record)
 

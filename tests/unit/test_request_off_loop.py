@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from shared import store
+from api import jobs as store
 from shared.models import JobCreate
 from shared.settings import Settings
 

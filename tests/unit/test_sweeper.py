@@ -9,15 +9,15 @@ from typing import Any, cast
 import pytest
 from redis import exceptions as redis_errors
 
-from shared.store import JobStore
 from tests.unit.conftest import MODEL, make_settings
+from worker.jobs import WorkerJobStore
 from worker.sweeper import sweep_forever
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 class Store:
-    """What the sweeper uses of a JobStore, with Redis made to fail on demand."""
+    """What the sweeper uses of a WorkerJobStore, with Redis made to fail on demand."""
 
     def __init__(self, uptime: int = 0) -> None:
         self.uptime = uptime
@@ -43,7 +43,7 @@ class Store:
 
 
 async def run_for(store: Store, seconds: float, **settings: Any) -> None:
-    task = asyncio.create_task(sweep_forever(cast(JobStore, store), make_settings(**settings), MODEL))
+    task = asyncio.create_task(sweep_forever(cast(WorkerJobStore, store), make_settings(**settings), MODEL))
     await asyncio.sleep(seconds)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -69,7 +69,7 @@ async def test_a_sweeper_starting_with_redis_waits_for_the_workers_to_beat() -> 
 
 async def test_after_an_outage_the_sweeper_waits_before_sweeping_again() -> None:
     store = Store(uptime=3600)
-    task = asyncio.create_task(sweep_forever(cast(JobStore, store), make_settings(WORKER_HEARTBEAT=0.02), MODEL))
+    task = asyncio.create_task(sweep_forever(cast(WorkerJobStore, store), make_settings(WORKER_HEARTBEAT=0.02), MODEL))
     await asyncio.sleep(0.3)
     store.down = True
     await asyncio.sleep(0.1)

@@ -10,16 +10,16 @@ import pytest
 
 from shared import keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.unit.conftest import MODEL, make_settings
 from worker import healthcheck
+from worker.jobs import WorkerJobStore
 
 
 async def test_a_fresh_heartbeat_of_this_host_is_healthy(
-    redis: fakeredis.FakeAsyncRedis, store: JobStore, settings: Settings
+    redis: fakeredis.FakeAsyncRedis, worker_store: WorkerJobStore, settings: Settings
 ) -> None:
-    await store.heartbeat(MODEL, "container-a:1", {})
-    await store.heartbeat(MODEL, "container-b:1", {})
+    await worker_store.heartbeat(MODEL, "container-a:1", {})
+    await worker_store.heartbeat(MODEL, "container-b:1", {})
 
     assert await healthcheck.fresh_workers(redis, settings, "container-a") == ["container-a:1"]
     assert await healthcheck.fresh_workers(redis, settings, "container-c") == []
@@ -28,9 +28,9 @@ async def test_a_fresh_heartbeat_of_this_host_is_healthy(
 
 
 async def test_a_heartbeat_older_than_the_lease_is_unhealthy(
-    redis: fakeredis.FakeAsyncRedis, store: JobStore, settings: Settings
+    redis: fakeredis.FakeAsyncRedis, worker_store: WorkerJobStore, settings: Settings
 ) -> None:
-    await store.heartbeat(MODEL, "container-a:1", {})
+    await worker_store.heartbeat(MODEL, "container-a:1", {})
     later = time.time() + settings.worker_lease + 1
     assert await healthcheck.fresh_workers(redis, settings, "container-a", now=later) == []
     assert await healthcheck.fresh_workers(redis, settings, "container-a", now=later - 2) == ["container-a:1"]
