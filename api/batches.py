@@ -299,10 +299,14 @@ class BatchStore:
         async for _, raw in self._requests(owner, file_id):
             chunk.append(parse_line(raw, endpoint, models, limits, batch_job_id(batch_id, queued + len(chunk)))[1])
             if len(chunk) == SUBMIT_CHUNK:
-                await self.store.submit(owner, chunk, policy=policy, background=True, batch_key=batch_key)
+                await self.store.submit(
+                    owner, chunk, policy=policy, background=True, batch_key=batch_key, batch_id=batch_id
+                )
                 queued, chunk = queued + len(chunk), []
         if chunk:
-            await self.store.submit(owner, chunk, policy=policy, background=True, batch_key=batch_key)
+            await self.store.submit(
+                owner, chunk, policy=policy, background=True, batch_key=batch_key, batch_id=batch_id
+            )
         return queued + len(chunk)
 
     # ---- read, list, cancel, expire -------------------------------------------------------------------

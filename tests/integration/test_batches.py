@@ -196,6 +196,28 @@ def test_a_completions_batch(client: OpenAI) -> None:
     assert body["choices"][0]["text"]
 
 
+def test_a_batchs_jobs_are_listed_counted_and_erased_by_batch(client: OpenAI, stack: Stack) -> None:
+    lines = [chat(f"b-{i}", f"Question {i}", max_tokens=3) for i in range(12)]
+    done = wait_batch(client, start_batch(client, lines).id, ended)
+    assert done.status == "completed"
+    other = wait_batch(client, start_batch(client, lines[:2]).id, ended)
+
+    listed = httpx.get(f"{stack.url}/v1/jobs", params={"batch": done.id, "limit": 5}, headers=AUTH).json()
+    ids = [job["id"] for job in listed["data"]]
+    while listed["has_more"]:
+        page = {"batch": done.id, "limit": 5, "after": listed["next_after"]}
+        listed = httpx.get(f"{stack.url}/v1/jobs", params=page, headers=AUTH).json()
+        ids += [job["id"] for job in listed["data"]]
+    assert sorted(ids) == [f"{done.id}-{i:06d}" for i in range(12)]
+    stats = httpx.get(f"{stack.url}/v1/jobs/stats", params={"batch": done.id}, headers=AUTH).json()
+    assert (stats["total"], stats["counts"]["succeeded"]) == (12, 12), stats
+
+    erased = httpx.delete(f"{stack.url}/v1/jobs", params={"batch": done.id}, headers=AUTH).json()
+    assert erased["deleted"] == 12
+    assert httpx.get(f"{stack.url}/v1/jobs/{done.id}-000000", headers=AUTH).status_code == 404
+    assert httpx.get(f"{stack.url}/v1/jobs/{other.id}-000000", headers=AUTH).status_code == 200
+
+
 def test_an_invalid_input_fails_the_batch_with_every_bad_line(client: OpenAI, redis_server: RedisServer) -> None:
     lines: list[Any] = [
         chat("ok-1", "Bonjour"),
