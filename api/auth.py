@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from shared.errors import SppError
+from api.exceptions import SppError
 from shared.policy import ClientPolicy, client_policy, default_policy
 from shared.settings import MIN_API_KEY_LENGTH, Settings, strip_bearer, weak_api_key
 

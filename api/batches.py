@@ -21,30 +21,28 @@ from typing import Any
 import anyio
 import orjson
 
-from api.files import FileStore
-from api.jobs import ApiJobStore
-from shared import keys
-from shared.batch_format import (
+from api.batch_format import (
     JOB_FIELDS,
-    WITH_RESULTS,
-    BatchStatus,
     CheckedLine,
     LineError,
     batch_job_id,
     check_lines,
-    ended_at,
     error_line,
     new_batch_id,
     output_line,
     parse_generated_file_id,
     parse_line,
 )
-from shared.errors import BatchFinished, BatchNotFound, FileNotFound, QueueFull, QuotaExceeded
+from api.exceptions import BatchFinished, BatchNotFound, FileNotFound, QueueFull, QuotaExceeded
+from api.files import FileStore
+from api.jobs import ApiJobStore
+from api.openai_shapes import Endpoint
+from api.stored import over_stored_bytes
+from shared import keys
+from shared.batches import WITH_RESULTS, BatchStatus, ended_at
 from shared.models import ACTIVE_STATES, JobCreate, JobStatus, Limits, now_ms
-from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy
 from shared.scripts import load_script
-from shared.stored import over_stored_bytes
 from shared.webhooks import BatchWebhookSpec
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import json_pieces
+from api import json_pieces
+from api.openai_shapes import Endpoint, OpenAIError, ParsedRequest, parse_request
 from shared.models import Limits
-from shared.openai_shapes import Endpoint, OpenAIError, ParsedRequest, parse_request
 
 Item = TypeVar("Item", bound=BaseModel)
 Result = TypeVar("Result")
@@ -84,7 +84,7 @@ def invalid(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> 
 
 
 OFF_LOOP_BODY_BYTES = 262_144
-"""Bodies larger than this are parsed and validated in a worker thread, a piece at a time (shared/json_pieces.py),
+"""Bodies larger than this are parsed and validated in a worker thread, a piece at a time (api/json_pieces.py),
 so that the event loop keeps answering meanwhile: a 32 MiB array of 1,000 jobs held it 140 to 350 ms, a body of a
 million unknown fields a minute (docs/PERFORMANCE.md, "Event-loop stalls"). Below, the worst body costs the loop
 ~20 ms, and the thread would cost more than it saves: an array of 1,000 short jobs (246 KB) took 8 ms longer."""

@@ -10,10 +10,7 @@ from redis.exceptions import OutOfMemoryError
 
 from api.auth import Unauthorized
 from api.deps import resources
-from api.limits import Throttled
-from api.responses import JSONResponse
-from shared.connection import REDIS_ERRORS
-from shared.errors import (
+from api.exceptions import (
     BadFileRequest,
     BatchFinished,
     BatchNotFound,
@@ -32,7 +29,10 @@ from shared.errors import (
     StoreUnavailable,
     UnknownModel,
 )
-from shared.openai_shapes import OpenAIError
+from api.limits import Throttled
+from api.openai_shapes import OpenAIError
+from api.responses import JSONResponse
+from shared.connection import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 
+from api.multiplex import SharedConnection
 from shared import keys
 from shared.models import JobRecord, now_ms
-from shared.multiplex import SharedConnection
 from shared.scripts import load_script
 
 HORIZON_MS = 10 * 60_000

@@ -19,13 +19,13 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from redis.asyncio import Redis
 
+from api.exceptions import BadFileRequest, FileNotFound, FileTooLarge, QuotaExceeded
+from api.stored import NO_CHARGE, Charge, StoredBytes
 from shared import keys
-from shared.errors import BadFileRequest, FileNotFound, FileTooLarge, QuotaExceeded
 from shared.models import now_ms
 from shared.policy import ClientPolicy, default_policy
 from shared.scripts import load_script
 from shared.settings import Settings
-from shared.stored import NO_CHARGE, Charge, StoredBytes
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

@@ -16,8 +16,7 @@ import anyio
 import orjson
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.errors import (
+from api.exceptions import (
     JobConflict,
     JobFinished,
     JobNotFound,
@@ -26,12 +25,13 @@ from shared.errors import (
     QueueFull,
     QuotaExceeded,
 )
+from api.multiplex import SharedConnection
+from api.stored import over_stored_bytes
+from shared import keys
 from shared.models import JobCreate, JobRecord, JobStatus, fingerprint, now_ms
-from shared.multiplex import SharedConnection
 from shared.policy import ClientPolicy, default_policy
 from shared.settings import Settings
 from shared.store import BATCH_BAND, INTERACTIVE_BAND, JobStoreBase
-from shared.stored import over_stored_bytes
 from shared.templates import render_prompt, template_tag
 from shared.webhooks import WebhookSpec
 

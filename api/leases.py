@@ -19,9 +19,9 @@ import weakref
 
 from redis.asyncio import Redis
 
+from api.exceptions import QuotaExceeded
 from shared import keys
 from shared.connection import REDIS_ERRORS
-from shared.errors import QuotaExceeded
 from shared.models import now_ms
 from shared.scripts import load_script
 

@@ -18,12 +18,12 @@ from typing import Any
 from redis.exceptions import OutOfMemoryError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.exceptions import SppError
+from api.multiplex import SharedConnection
 from api.responses import JSONResponse
 from shared import keys
 from shared.connection import REDIS_ERRORS
-from shared.errors import SppError
 from shared.models import now_ms
-from shared.multiplex import SharedConnection
 from shared.policy import ClientPolicy
 from shared.scripts import load_script
 from shared.settings import Settings

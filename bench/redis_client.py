@@ -4,7 +4,7 @@ Not one of the benchmarks of `python -m bench`: a diagnostic for `submission` an
 redis-server, --callers concurrent tasks (32: the load generator's connections) read a job-sized hash
 (`HGETALL` of 12 fields of 60 bytes) --commands times in all, through the API's redis-py client (pool of
 API_REDIS_CONNECTIONS, commands packed by hiredis) and through the store's shared connection
-(shared/multiplex.py). Reported: CPU time of this process per command, best of --rounds.
+(api/multiplex.py). Reported: CPU time of this process per command, best of --rounds.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import uvloop
 
+from api.multiplex import SharedConnection
 from shared.connection import redis_client
-from shared.multiplex import SharedConnection
 from shared.settings import Settings
 from stack.processes import free_port, start_redis
 

@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 import orjson
 
+from api.openai_shapes import MAX_TEXT_PARTS
 from bench.common import AUTH, MODEL, Figure, Processes, Result, percentile, stack_env
-from shared.openai_shapes import MAX_TEXT_PARTS
 
 NAME = "stalls"
 PROBE_INTERVAL_S = 0.010

@@ -20,7 +20,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 SPP_ENDPOINT = "/v1/chat/completions"
 SPP_TEMPLATE = "spp"
 MAX_ID_CHARS = 512
-"""The server's limit on a `custom_id` (shared/batch_format.py)."""
+"""The server's limit on a `custom_id` (api/batch_format.py)."""
 
 
 class Kind(enum.StrEnum):

@@ -194,7 +194,7 @@ def tokens(owner: str, day: str) -> str:
     return f"{PREFIX}:tokens:{owner}:{day}"
 
 
-# ---- a client's uploads, batches and stored bytes (api/files.py, api/batches.py, shared/stored.py) -----------
+# ---- a client's uploads, batches and stored bytes (api/files.py, api/batches.py, api/stored.py) -----------
 
 
 def uploads(owner: str) -> str:
@@ -212,7 +212,7 @@ def client_batches(owner: str) -> str:
 def stored(owner: str) -> str:
     """Hash: the bytes the client keeps stored (files, batches, job metadata), a field per hour in which they expire
     (ms since the epoch // 3,600,000): its `max_stored_bytes` usage is the sum of the hours not ended yet. Kept until
-    its last hour ends (shared/stored.py)."""
+    its last hour ends (api/stored.py)."""
     return f"{PREFIX}:stored:{owner}"
 
 

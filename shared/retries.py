@@ -53,7 +53,7 @@ def arq_start_worst_case() -> float:
 POLICY: tuple[tuple[str, str, str, str], ...] = (
     (
         "a command",
-        "every client (`shared/connection.py`; the shared connection of `shared/multiplex.py`)",
+        "every client (`shared/connection.py`; the shared connection of `api/multiplex.py`)",
         f"{REDIS_COMMAND_RETRIES} more tries, after "
         + ", ".join(f"{backoff(failures):g}" for failures in range(1, REDIS_COMMAND_RETRIES + 1))
         + f" s, each connecting within {REDIS_CONNECT_TIMEOUT:g} s",

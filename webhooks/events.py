@@ -10,7 +10,7 @@ from typing import Any, cast
 import orjson
 
 from shared import keys
-from shared.batch_format import public_batch
+from shared.batches import public_batch
 from shared.models import JobRecord, public_job
 
 BATCH_PREFIX = f"{keys.PREFIX}:batch:"

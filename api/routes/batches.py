@@ -9,12 +9,13 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from api.batch_format import CompletionWindow
 from api.body import invalid, object_schema, parse_one_or_many
 from api.deps import BatchesDep, CallerDep, OwnerDep, SettingsDep
+from api.openai_shapes import Endpoint
 from api.responses import JSONResponse
-from shared.batch_format import BatchStatus, CompletionWindow, public_batch
+from shared.batches import BatchStatus, public_batch
 from shared.models import StringMetadata, WebhookState
-from shared.openai_shapes import Endpoint
 from shared.webhooks import BatchWebhookSpec, allowed_hosts_context, signing_secret
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])

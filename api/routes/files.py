@@ -8,11 +8,11 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from api.batch_format import parse_generated_file_id
 from api.deps import BatchesDep, CallerDep, FilesDep, OwnerDep
+from api.exceptions import BadFileRequest
 from api.files import public_file
 from api.responses import JSONResponse
-from shared.batch_format import parse_generated_file_id
-from shared.errors import BadFileRequest
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

@@ -26,12 +26,12 @@ from api.deps import (
     owner_of,
     resources,
 )
+from api.exceptions import FilterRequired, JobFinished, UnknownModel
 from api.leases import Lease
 from api.listing import MAX_PAGE, NO_FILTER, STATUS_NAMES, STATUSES, JobFilter, JobIndex, parse_cursor
 from api.responses import JSONResponse
 from api.streams import SSE_HEADERS, EventStream, sse_frame
 from shared import keys
-from shared.errors import FilterRequired, JobFinished, UnknownModel
 from shared.models import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Limits, public_job
 from shared.settings import Settings
 from shared.streams import StreamEvent, checked_stream_id

@@ -25,15 +25,10 @@ from pydantic import BaseModel
 from api.auth import Caller
 from api.body import off_loop, openai_request
 from api.deps import CallerDep, HubDep, SettingsDep, StoreDep, resources
+from api.exceptions import JobFinished, JobNotFound, LimitReached, PriorityNotAllowed
 from api.jobs import ApiJobStore
 from api.leases import UNLIMITED, Lease
-from api.responses import JSONResponse
-from api.streams import SSE_DONE, SSE_HEADERS, EventStream, StreamHub, sse_data
-from shared import keys
-from shared.connection import REDIS_ERRORS
-from shared.errors import JobFinished, JobNotFound, LimitReached, PriorityNotAllowed
-from shared.models import JobError, JobRecord, JobResult, JobStatus, Limits
-from shared.openai_shapes import (
+from api.openai_shapes import (
     REQUEST_MODELS,
     ChunkEncoder,
     Endpoint,
@@ -42,6 +37,11 @@ from shared.openai_shapes import (
     finished_response,
     job_failure,
 )
+from api.responses import JSONResponse
+from api.streams import SSE_DONE, SSE_HEADERS, EventStream, StreamHub, sse_data
+from shared import keys
+from shared.connection import REDIS_ERRORS
+from shared.models import JobError, JobRecord, JobResult, JobStatus, Limits
 from shared.policy import MAX_PRIORITY
 from shared.settings import Settings
 from shared.streams import EventType

@@ -11,8 +11,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
+from api.multiplex import SharedConnection
 from shared.connection import redis_client
-from shared.multiplex import SharedConnection
 from tests.integration.conftest import RedisServer
 from tests.unit.conftest import make_settings
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from api.exceptions import JobConflict
 from api.jobs import ApiJobStore
 from shared import keys
-from shared.errors import JobConflict
 from shared.models import JobCreate
 from tests.integration.conftest import RedisServer
 from tests.unit.conftest import MODEL, make_settings

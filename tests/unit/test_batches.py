@@ -11,22 +11,14 @@ import httpx
 import orjson
 import pytest
 
+from api.batch_format import LineError, batch_job_id, error_line, output_line, parse_generated_file_id, parse_line
 from api.batches import BatchStore
+from api.exceptions import BadFileRequest, BatchFinished, FileTooLarge
 from api.files import FileStore
+from api.openai_shapes import Endpoint
 from shared import keys
-from shared.batch_format import (
-    BatchStatus,
-    LineError,
-    batch_job_id,
-    error_line,
-    output_line,
-    parse_generated_file_id,
-    parse_line,
-    public_batch,
-)
-from shared.errors import BadFileRequest, BatchFinished, FileTooLarge
+from shared.batches import BatchStatus, public_batch
 from shared.models import JobCreate, JobError, JobResult, Limits, Usage
-from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy
 from shared.settings import Settings
 from tests.unit.conftest import MODEL, batch_stores, make_settings

@@ -9,9 +9,9 @@ import fakeredis
 import pytest
 
 from api.estimate import CACHE_SECONDS, Activity, Estimator, Place, estimated_start, iso_utc, throughput
+from api.multiplex import SharedConnection
 from shared import keys
 from shared.models import JobRecord, now_ms
-from shared.multiplex import SharedConnection
 from tests.unit.conftest import Clock
 
 MODEL = "m"

@@ -9,9 +9,9 @@ from typing import Any
 import fakeredis
 import pytest
 
+from api.exceptions import PriorityNotAllowed, QuotaExceeded
 from api.jobs import ApiJobStore, utc_day
 from shared import keys
-from shared.errors import PriorityNotAllowed, QuotaExceeded
 from shared.models import JobCreate, JobResult, Usage, now_ms
 from shared.policy import ClientPolicy, default_policy
 from tests.unit.conftest import MODEL, make_settings

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import json_pieces
-from shared.json_pieces import TooManyItems, loads
+from api import json_pieces
+from api.json_pieces import TooManyItems, loads
 
 _TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 _JSON = st.recursive(

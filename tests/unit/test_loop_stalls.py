@@ -15,13 +15,12 @@ import orjson
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from api import batches, body
+from api import batch_format, batches, body
 from api.batches import BatchStore
 from api.files import FileStore
+from api.openai_shapes import MAX_TEXT_PARTS, Endpoint, OpenAIError
 from api.routes.jobs import _parse_submission
-from shared import batch_format
 from shared.models import JobCreate, Limits
-from shared.openai_shapes import MAX_TEXT_PARTS, Endpoint, OpenAIError
 from tests.unit.conftest import batch_stores, make_settings
 from tests.unit.test_batches import chat, raw, upload
 

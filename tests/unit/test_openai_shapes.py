@@ -7,9 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from api.streams import SSE_DONE, sse_data, sse_event, sse_frame
-from shared.models import JobError, JobRecord, JobResult, Limits, Message, Usage
-from shared.openai_shapes import (
+from api.openai_shapes import (
     MAX_TEXT_PARTS,
     ChunkEncoder,
     Endpoint,
@@ -20,6 +18,8 @@ from shared.openai_shapes import (
     job_failure,
     parse_request,
 )
+from api.streams import SSE_DONE, sse_data, sse_event, sse_frame
+from shared.models import JobError, JobRecord, JobResult, Limits, Message, Usage
 from tests.unit.conftest import job_record
 
 MODEL = "m"

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis import exceptions
 
-from shared.multiplex import pack_in_pieces
+from api.multiplex import pack_in_pieces
 
 ARGUMENT = st.one_of(
     st.text(),

@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from api.estimate import Estimator
+from api.multiplex import SharedConnection
 from api.queue_events import QueueWatch
 from shared import keys
 from shared.models import now_ms
-from shared.multiplex import SharedConnection
 from tests.unit.conftest import Clock
 
 MODEL = "m"

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from api import errors
-from shared.errors import QueueFull, QuotaExceeded, SppError
+from api.exceptions import QueueFull, QuotaExceeded, SppError
 
 
 class FakeEstimator:

@@ -12,9 +12,10 @@ import pytest
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
+from api.exceptions import JobConflict, JobFinished, JobNotFound, QueueFull
 from api.jobs import ApiJobStore, utc_day
+from api.multiplex import SharedConnection
 from shared import keys
-from shared.errors import JobConflict, JobFinished, JobNotFound, QueueFull
 from shared.models import (
     ErrorType,
     Job,
@@ -27,7 +28,6 @@ from shared.models import (
     now_ms,
     public_job,
 )
-from shared.multiplex import SharedConnection
 from shared.store import BATCH_BAND, INTERACTIVE_BAND, REAP_GRACE
 from tests.unit.conftest import MODEL, StoreFactory, make_settings
 from worker.jobs import WorkerJobStore

@@ -1,5 +1,5 @@
 """A client's caps on uploads, batches and stored bytes, on an in-memory Redis: the hourly accounting of stored bytes
-(shared/stored.py), upload slots and charges (api/files.py), batch creation (api/batches.py)."""
+(api/stored.py), upload slots and charges (api/files.py), batch creation (api/batches.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import orjson
 import pytest
 
 from api.batches import BatchStore
+from api.exceptions import QuotaExceeded
 from api.files import CHUNK_BYTES, FileStore
+from api.openai_shapes import Endpoint
+from api.stored import StoredBytes
 from shared import keys
-from shared.batch_format import BatchStatus
-from shared.errors import QuotaExceeded
+from shared.batches import BatchStatus
 from shared.models import now_ms
-from shared.openai_shapes import Endpoint
 from shared.policy import ClientPolicy, default_policy
-from shared.stored import StoredBytes
 from tests.unit.conftest import MODEL, batch_stores, make_settings
 
 OWNER = "owner1"
@@ -42,11 +42,11 @@ async def stored() -> AsyncIterator[StoredBytes]:
 
 
 class Clock:
-    """`now_ms` of shared/stored.py, moved by hand."""
+    """`now_ms` of api/stored.py, moved by hand."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = now_ms()
-        monkeypatch.setattr("shared.stored.now_ms", lambda: self.now)
+        monkeypatch.setattr("api.stored.now_ms", lambda: self.now)
 
 
 # ---- the accounting -----------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import fakeredis
 import pytest
 
+from api.exceptions import QuotaExceeded
 from api.leases import StreamLeases
 from shared import keys
-from shared.errors import QuotaExceeded
 
 OWNER = "owner"
 

@@ -11,14 +11,14 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from api.batch_format import parse_line
 from api.batches import BatchStore
 from api.files import FileStore
+from api.openai_shapes import Endpoint
 from api.routes.batches import BatchCreate
 from api.routes.jobs import _parse_submission
 from shared import keys
-from shared.batch_format import parse_line
 from shared.models import METADATA_MAX_BYTES, METADATA_VALUE_CHARS, JobCreate, Limits
-from shared.openai_shapes import Endpoint
 from tests.unit.conftest import MODEL, batch_stores, make_settings
 from tests.unit.test_batches import chat, raw, upload
 

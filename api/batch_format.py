@@ -1,12 +1,11 @@
 """The shapes of the OpenAI Batch API: input lines into jobs, job records into output and error lines, and
-the batch object (see ../shared/reference/openai-batch.md).
+the batch object's ids (see ../shared/reference/openai-batch.md; the batch object is shared/batches.py).
 
 Pure functions, without Redis: api/batches.py does the storage.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 import uuid
 from collections.abc import Collection, Mapping
@@ -14,29 +13,16 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from shared import json_pieces
+from api import json_pieces
+from api.openai_shapes import Endpoint, OpenAIError, completion_object, parse_request
+from shared.batches import BatchStatus
 from shared.models import JobCreate, JobError, JobResult, JobStatus, Limits
-from shared.openai_shapes import Endpoint, OpenAIError, completion_object, parse_request
 
 MAX_CUSTOM_ID_CHARS = 512
 CompletionWindow = Literal["24h"]
 """`completion_window`: only OpenAI's "24h". A longer window would keep a batch's jobs queued, and its index in
 Redis, for as long (a "9999h" batch was accepted once)."""
 
-
-class BatchStatus(enum.StrEnum):
-    VALIDATING = "validating"
-    FAILED = "failed"
-    IN_PROGRESS = "in_progress"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-
-WITH_RESULTS = frozenset({BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
-"""Ended statuses whose batch has output and error files."""
 
 _GENERATED_FILE = re.compile(r"^file-(batch-[0-9a-f]{24})-(output|errors)$")
 
@@ -48,11 +34,6 @@ def new_batch_id() -> str:
 def batch_job_id(batch_id: str, index: int) -> str:
     """The job of the batch's request `index` (from 0, blank lines aside)."""
     return f"{batch_id}-{index:06d}"
-
-
-def generated_file_id(batch_id: str, kind: str) -> str:
-    """The id of a batch's output (`kind` 'output') or error ('errors') file: made from the batch's jobs on demand."""
-    return f"file-{batch_id}-{kind}"
 
 
 def parse_generated_file_id(file_id: str) -> tuple[str, str] | None:
@@ -169,49 +150,3 @@ def error_line(job_id: str, record: Mapping[str, str], batch_status: str) -> byt
     else:
         code, message = "request_cancelled", "this request was cancelled (DELETE /v1/jobs)"
     return _line(job_id, record, None, {"code": code, "message": message})
-
-
-# ---- the batch object ---------------------------------------------------------------------------------
-
-_TIMES = (
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
-
-
-def _seconds(record: Mapping[str, str], field: str) -> int | None:
-    value = record.get(field)
-    return int(value) // 1000 if value else None
-
-
-def public_batch(record: Mapping[str, str]) -> dict[str, Any]:
-    """The OpenAI batch object of a batch hash (times in Unix seconds)."""
-    batch_id, status = record["id"], record["status"]
-    completed, failed = int(record.get("completed", 0)), int(record.get("failed", 0)) + int(record.get("cancelled", 0))
-    ended = status in WITH_RESULTS
-    return {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": record["endpoint"],
-        "errors": orjson.loads(record["errors"]) if record.get("errors") else None,
-        "input_file_id": record["input_file_id"],
-        "completion_window": record["completion_window"],
-        "status": status,
-        "output_file_id": generated_file_id(batch_id, "output") if ended else None,
-        "error_file_id": generated_file_id(batch_id, "errors") if ended and failed else None,
-        "created_at": _seconds(record, "created_at"),
-        **{field: _seconds(record, field) for field in _TIMES},
-        "request_counts": {"total": int(record.get("total", 0)), "completed": completed, "failed": failed},
-        "metadata": orjson.loads(record["metadata"]) if record.get("metadata") else None,
-    }
-
-
-def ended_at(record: Mapping[str, str]) -> int | None:
-    """Unix seconds of when the batch ended (None while it runs)."""
-    return _seconds(record, f"{record['status']}_at") if record["status"] in WITH_RESULTS else None

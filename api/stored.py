@@ -16,8 +16,8 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from api.exceptions import QuotaExceeded
 from shared import keys
-from shared.errors import QuotaExceeded
 from shared.models import now_ms
 from shared.policy import ClientPolicy
 from shared.scripts import load_script

@@ -1,4 +1,4 @@
-"""The few errors of albert-spp's domain; api/errors.py maps each to its HTTP answer."""
+"""The few errors of albert-spp's domain, raised by the API's stores; api/errors.py maps each to its HTTP answer."""
 
 from __future__ import annotations
 
