@@ -31,6 +31,7 @@ from deploy.pin_images import PINNED
 from shared.policy import default_policy
 from shared.settings import Settings, parse_llm_table
 from stack.processes import free_port
+from tests.python_source import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -421,7 +422,7 @@ def imports_of(dockerfile: Path) -> Iterator[tuple[Path, str]]:
     """(source, imported module) of every absolute import of the code `dockerfile` copies."""
     for package in sorted(copied_packages(dockerfile)):
         for source in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            for node in ast.walk(parse(source)):
                 if isinstance(node, ast.Import):
                     yield from ((source, alias.name) for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.python_source import parse
+
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ("api", "worker", "webhooks", "stack")
 
@@ -13,7 +15,7 @@ PROCESSES = ("api", "worker", "webhooks", "stack")
 def _shared_imports(path: Path) -> set[str]:
     """The `shared` modules a file imports (`shared.x`, `from shared import x`, `from shared.x import y`)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("shared.")}
         elif isinstance(node, ast.ImportFrom) and node.module is not None:
