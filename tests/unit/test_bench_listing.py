@@ -76,6 +76,15 @@ async def contents(redis: fakeredis.FakeAsyncRedis, owner: str) -> dict[str, Any
 async def test_the_bench_ends_jobs_as_the_workers_and_the_api_do(redis: fakeredis.FakeAsyncRedis) -> None:
     settings = make_settings(**SETTINGS)
     api_store, worker_store = ApiJobStore(redis, settings), WorkerJobStore(redis, settings)
+    try:
+        await _end_like_the_bench(redis, api_store, worker_store)
+    finally:
+        await api_store.aclose()
+
+
+async def _end_like_the_bench(
+    redis: fakeredis.FakeAsyncRedis, api_store: ApiJobStore, worker_store: WorkerJobStore
+) -> None:
     writer = make_writer(api_store, 50)
     plan = [JobStatus(status) for status in ("queued", "running", "succeeded", "failed", "cancelled")] * 3
     jobs = [job_create(n).model_copy(update={"id": f"j{n}"}) for n in range(len(plan))]
