@@ -1,4 +1,4 @@
-"""Annotated dependencies: the lifespan's resources and the caller's identity."""
+"""Annotated dependencies: the lifespan's resources and the caller (identified by api/authenticate.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from typing import Annotated, Any, TypedDict, cast
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
+from starlette.types import Scope
 
-from api.auth import Caller, KeyRing, Unauthorized
+from api.auth import Caller, KeyRing
 from api.batches import BatchStore
 from api.estimate import Estimator
 from api.files import FileStore
@@ -47,6 +50,15 @@ def resources(request: Request) -> State:
     return cast(State, request.scope["state"])
 
 
+def route_path(scope: Scope) -> str:
+    """The path the routes see: `scope["path"]` without the `root_path` (API_ROOT_PATH) it may begin with."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
 async def _settings(request: Request) -> Settings:
     return resources(request)["settings"]
 
@@ -68,37 +80,32 @@ async def _batches(request: Request) -> BatchStore:
 
 
 async def _caller(request: Request) -> Caller:
-    """The caller, from the `Authorization` header, counted against its rate limit.
+    return caller_of(request)
 
-    The header is read here rather than declared as a parameter: FastAPI resolves a declared header, and a
-    dependency depending on another, on every request of the hot routes. OpenAPI documents it as the
-    `APIKey` security scheme (api/main.py), on every route not marked `PUBLIC`. A route takes `CallerDep`,
-    takes `OwnerDep` or calls `owner_of`: one of them only (the rate limit would count the request twice).
-    """
-    state = resources(request)
-    address = request.client.host if request.client else ""
-    failures = state["auth_failures"]
-    failures.check(address)
-    authorization = request.headers.get("authorization")
-    try:
-        caller = state["keyring"].authenticate(authorization)
-    except Unauthorized:
-        if authorization:  # a credential that failed; a request without one guesses nothing
-            await failures.failed(address)
-        raise
-    await state["limiter"].check(caller.owner, caller.policy)
+
+def caller_of(request: Request) -> Caller:
+    """The caller (name, owner, policy) that api/authenticate.py identified and counted against its rate limit.
+    Called by the hot routes (submission, polling) rather than taken as `CallerDep`, whose resolution by FastAPI
+    costs them ~20 µs a request."""
+    caller: Caller = request.scope["caller"]
     return caller
 
 
-async def caller_of(request: Request) -> Caller:
-    """The caller (name, owner, policy), for the hot routes: see `owner_of`."""
-    return await _caller(request)
+def owner_of(request: Request) -> str:
+    """The namespace of the caller's jobs, for the hot routes: see `caller_of`."""
+    return caller_of(request).owner
 
 
-async def owner_of(request: Request) -> str:
-    """The namespace of the caller's jobs. Called by the hot routes (submission, polling) rather than taken
-    as `OwnerDep`, whose resolution by FastAPI costs them ~20 µs a request."""
-    return (await _caller(request)).owner
+async def _owner(request: Request) -> str:
+    return owner_of(request)
+
+
+def is_public(route: BaseRoute) -> bool:
+    """Whether `route` answers without an API key: a route marked `PUBLIC`, one left out of OpenAPI (`/docs`),
+    and Starlette's own (`/openapi.json`, the docs' assets)."""
+    if isinstance(route, APIRoute):
+        return not route.include_in_schema or (route.openapi_extra or {}).get("security") == []
+    return True
 
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -150,8 +157,7 @@ HubDep = Annotated[StreamHub, Depends(_hub)]
 FilesDep = Annotated[FileStore, Depends(_files)]
 BatchesDep = Annotated[BatchStore, Depends(_batches)]
 PUBLIC: dict[str, Any] = {"security": []}
-"""`openapi_extra` of the routes that need no API key; OpenAPI documents every other one with `APIKey`."""
-AUTHENTICATED = Depends(_caller)
-"""For routers whose routes need an API key but not the caller."""
+"""`openapi_extra` of the routes that need no API key (`is_public`); OpenAPI documents every other one with
+`APIKey`."""
 CallerDep = Annotated[Caller, Depends(_caller)]
-OwnerDep = Annotated[str, Depends(owner_of)]
+OwnerDep = Annotated[str, Depends(_owner)]

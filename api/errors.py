@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.routing import APIRoute
+from fastapi.responses import Response
 from redis.exceptions import OutOfMemoryError
 
 from api.auth import Unauthorized
-from api.deps import resources
+from api.deps import resources, route_path
 from api.exceptions import (
     BadFileRequest,
     BatchFinished,
@@ -82,8 +83,7 @@ async def _spp_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, LimitReached):
         extra |= exc.body()
         retry_after = await _retry_after(request, exc)
-    route = request.scope.get("route")
-    if isinstance(route, APIRoute) and route.path.startswith(OPENAI_FILE_ROUTES):
+    if route_path(request.scope).startswith(OPENAI_FILE_ROUTES):
         # The `openai` client shows only the message of OpenAI's shape: both shapes are given.
         extra["error"] = {"message": str(exc), "type": type(exc).__name__, "param": None, "code": status}
     return _error_response(status, str(exc), retry_after=retry_after, extra=extra)
@@ -136,9 +136,24 @@ async def _redis_full(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(503, REDIS_FULL, retry_after=REDIS_FULL_RETRY_AFTER_SECONDS, extra={"error": error})
 
 
+_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    SppError: _spp_error,
+    OpenAIError: _openai_error,
+    **dict.fromkeys(REDIS_ERRORS, _redis_error),
+    OutOfMemoryError: _redis_full,
+}
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(SppError, _spp_error)
-    app.add_exception_handler(OpenAIError, _openai_error)
-    for error in REDIS_ERRORS:
-        app.add_exception_handler(error, _redis_error)
-    app.add_exception_handler(OutOfMemoryError, _redis_full)
+    for error, handler in _HANDLERS.items():
+        app.add_exception_handler(error, handler)
+
+
+async def answer(request: Request, exc: Exception) -> Response:
+    """The answer to `exc` raised before the routes (api/authenticate.py), by the handler a route's would have:
+    that of its class or of the nearest class it derives from, as Starlette picks."""
+    for kind in type(exc).__mro__:
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            return await handler(request, exc)
+    raise exc

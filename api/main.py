@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.auth import KeyRing
+from api.authenticate import Authenticate
 from api.batches import BatchStore
 from api.body import AbortedBodies, add_components
 from api.deps import State
@@ -143,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     if settings.API_DOCS:
         install_docs(app)
+    # Innermost first: authentication runs after the body limits and metrics, before any route.
+    app.add_middleware(Authenticate, routes=app.router.routes)
     app.add_middleware(AbortedBodies)
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(RequestMetrics, metrics=api_metrics)
@@ -176,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _complete_openapi(app: FastAPI) -> None:
     """Add to OpenAPI what FastAPI cannot see: the schemas of the bodies the routes parse themselves (one
-    item or an array), and the API key, which the routes read from the request (api/deps.py)."""
+    item or an array), and the API key, which api/authenticate.py checks before the routes."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -192,7 +192,7 @@ async def _parse_submission(raw: bytes, settings: Settings) -> tuple[list[JobCre
 )
 async def submit_jobs(request: Request) -> Response:
     """Queue a job, or an array of jobs stored in one round trip."""
-    state, caller = resources(request), await caller_of(request)
+    state, caller = resources(request), caller_of(request)
     settings = state["settings"]
     jobs, many = await _parse_submission(await request.body(), settings)
     submitted = await state["store"].submit(
@@ -270,7 +270,7 @@ async def job_stats(request: Request) -> Response:
 
     The query is read by `_job_filter` rather than declared: a dashboard polls this route, and FastAPI's
     parameter and dependency machinery was most of its cost."""
-    state, owner = resources(request), await owner_of(request)
+    state, owner = resources(request), owner_of(request)
     where = _job_filter(request, state["settings"], allowed=frozenset({"batch"})) if request.query_params else NO_FILTER
     if len(where.scopes()) > 1:
         raise _query_error("batch", "at most one filter: a batch or one metadata pair")
@@ -313,7 +313,7 @@ async def get_job(request: Request) -> Response:
     """The job's status, and its result or error once finished; while it is queued, its place in the queue and
     when it should start."""
     job_id = job_id_of(request)
-    state, owner = resources(request), await owner_of(request)
+    state, owner = resources(request), owner_of(request)
     record = await state["store"].get(owner, job_id)
     job = public_job(record)
     if record["status"] == JobStatus.QUEUED:

@@ -7,9 +7,9 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from api.deps import AUTHENTICATED, SettingsDep, StoreDep
+from api.deps import SettingsDep, StoreDep
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[AUTHENTICATED])
+router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 class ModelPublic(BaseModel):

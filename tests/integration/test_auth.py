@@ -213,6 +213,32 @@ def test_a_request_without_a_key_is_refused_before_its_body_is_read(stack: Stack
     assert answer.startswith("HTTP/1.1 401"), answer[:200]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/no-such-route", 404),
+        ("GET", "/v1/jobs/x/y/z", 404),
+        ("POST", "/health", 405),
+        ("GET", "/health/", 307),
+    ],
+)
+def test_a_path_no_route_serves_is_answered_as_to_anyone(
+    anonymous: httpx.Client, method: str, path: str, status: int
+) -> None:
+    """The router's own answer, with or without a key: 404, 405, or the redirect to the path without a slash."""
+    for headers in ({}, {"Authorization": "Bearer wrong"}, ALICE):
+        assert anonymous.request(method, path, headers=headers, follow_redirects=False).status_code == status
+
+
+@pytest.mark.parametrize("path", ["/v1/files", "/v1/batches"])
+def test_the_openai_routes_refuse_in_openais_shape_too(anonymous: httpx.Client, path: str) -> None:
+    """The `openai` client shows the message of `error`: a 401 of the file and batch routes carries it."""
+    response = anonymous.get(path)
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == response.json()["detail"]
+    assert response.json()["error"]["code"] == 401
+
+
 def test_an_address_past_its_failed_authentications_is_refused_until_the_minute_ends(
     start_stack: Callable[..., Stack], stack: Stack, keys_file: Path
 ) -> None:

@@ -125,6 +125,31 @@ def test_the_rate_limit_is_per_key_and_shared_by_api_processes(start_stack: Call
         time.sleep(0.2)
 
 
+ROUTES_OF_EVERY_KIND = [
+    "/v1/jobs",
+    "/v1/jobs/stats",
+    "/v1/jobs/job-x",
+    "/v1/jobs/job-x/provenance",
+    "/v1/models",
+    "/v1/usage",
+    "/v1/webhooks/secret",
+    "/v1/files/file-x",
+    "/v1/batches",
+    "/dashboard/data",
+]
+"""GETs of routes that read the caller in each of the ways they can: by hand (the hot ones), as a dependency, as a
+dependency of a dependency (the dashboard's), or not at all (/v1/models)."""
+
+
+def test_every_route_counts_a_request_once(start_stack: Callable[..., Stack], sim: Sim) -> None:
+    """A burst of 3 lets exactly 3 requests through, whichever route they go to (one key each)."""
+    stack = start_stack([(MODEL, sim.url)], workers={}, RATE_LIMIT=0.01, RATE_LIMIT_BURST=3)
+    for path in ROUTES_OF_EVERY_KIND:
+        key = {"Authorization": f"Bearer once-{path}"}
+        statuses = [stack.http.get(path, headers=key).status_code for _ in range(4)]
+        assert [status == 429 for status in statuses] == [False, False, False, True], (path, statuses)
+
+
 def test_a_fresh_client_sees_cors_headers_on_errors_too(stack: Stack) -> None:
     with httpx.Client(base_url=stack.url) as client:
         response = client.get("/v1/jobs/x", headers={"Origin": "https://dashboard.example"})
