@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, TypedDict, cast
 
 from fastapi import Depends, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import Scope
@@ -22,7 +20,6 @@ from api.listing import JobIndex
 from api.queue_events import QueueWatch
 from api.streams import StreamHub
 from shared.metrics import ApiMetrics
-from shared.models import JOB_ID_PATTERN
 from shared.settings import Settings
 
 
@@ -106,49 +103,6 @@ def is_public(route: BaseRoute) -> bool:
     if isinstance(route, APIRoute):
         return not route.include_in_schema or (route.openapi_extra or {}).get("security") == []
     return True
-
-
-_JOB_ID = re.compile(JOB_ID_PATTERN)
-
-JOB_ID_PARAMETER: dict[str, Any] = {
-    "parameters": [
-        {
-            "name": "job_id",
-            "in": "path",
-            "required": True,
-            "description": "The job's id.",
-            "schema": {"type": "string", "pattern": JOB_ID_PATTERN, "title": "Job Id", "description": "The job's id."},
-        }
-    ],
-    "responses": {
-        "422": {
-            "description": "Validation Error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
-        }
-    },
-}
-"""`openapi_extra` of a route that reads its `{job_id}` with `job_id_of` (FastAPI cannot see it)."""
-
-
-def job_id_of(request: Request) -> str:
-    """The `{job_id}` of the path, checked as FastAPI checks a declared parameter, with the same 422.
-
-    Called by the polling route rather than declared: FastAPI's parameter machinery was a fifth of its profile.
-    """
-    job_id: str = request.path_params["job_id"]
-    if _JOB_ID.fullmatch(job_id) is None:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "string_pattern_mismatch",
-                    "loc": ("path", "job_id"),
-                    "msg": f"String should match pattern '{JOB_ID_PATTERN}'",
-                    "input": job_id,
-                    "ctx": {"pattern": JOB_ID_PATTERN},
-                }
-            ]
-        )
-    return job_id
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

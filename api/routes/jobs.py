@@ -16,13 +16,11 @@ from pydantic import BaseModel, Field
 
 from api.body import invalid, one_or_many_schema, parse_one_or_many
 from api.deps import (
-    JOB_ID_PARAMETER,
     CallerDep,
     HubDep,
     OwnerDep,
     StoreDep,
     caller_of,
-    job_id_of,
     owner_of,
     resources,
 )
@@ -306,13 +304,10 @@ async def erase_jobs(
     return JSONResponse({"object": "job.deleted_list", "deleted": erased})
 
 
-@router.get(
-    "/{job_id}", response_model=Job, responses={404: {"description": "Unknown job"}}, openapi_extra=JOB_ID_PARAMETER
-)
-async def get_job(request: Request) -> Response:
+@router.get("/{job_id}", response_model=Job, responses={404: {"description": "Unknown job"}})
+async def get_job(request: Request, job_id: JobIdPath) -> Response:
     """The job's status, and its result or error once finished; while it is queued, its place in the queue and
     when it should start."""
-    job_id = job_id_of(request)
     state, owner = resources(request), owner_of(request)
     record = await state["store"].get(owner, job_id)
     job = public_job(record)
