@@ -87,3 +87,10 @@ def policy_table() -> str:
     rows = ["| path | who | how | worst case |", "| --- | --- | --- | --- |"]
     rows += [f"| {' | '.join(row)} |" for row in POLICY]
     return "\n".join(rows) + "\n"
+
+
+def worst_cases_table() -> str:
+    """The path and worst case of each row of `POLICY`, as the Markdown table of README.md."""
+    rows = ["| Redis call retried | worst case |", "| --- | --- |"]
+    rows += [f"| {path} | {worst} |" for path, _, _, worst in POLICY]
+    return "\n".join(rows) + "\n"

@@ -39,3 +39,7 @@ def test_the_workers_arq_pool_retries_as_the_policy_says() -> None:
 
 def test_the_architecture_page_shows_the_policy() -> None:
     assert retries.policy_table() in (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+
+
+def test_the_readme_shows_each_worst_case() -> None:
+    assert retries.worst_cases_table() in (ROOT / "README.md").read_text()
