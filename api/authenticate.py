@@ -35,8 +35,10 @@ class Authenticate:
         """`routes`: the application's, read at its first request (Starlette builds its middleware then), when
         every router has been included."""
         self.app = app
-        self.routes = routes
-        every = [(context.path, context.original_route) for context in iter_route_contexts(routes)]
+        contexts = list(iter_route_contexts(routes))
+        # (the route that matches a scope, the route the application declared: the one the metrics name)
+        self.routes = [(context.route, context.original_route) for context in contexts]
+        every = [(context.path, context.original_route) for context in contexts]
         self.public = frozenset(path for path, route in every if path is not None and is_public(route))
         self.public_prefixes = tuple(f"{path}/" for path, route in every if isinstance(route, Mount))
 
@@ -79,9 +81,25 @@ class Authenticate:
 
     def _served(self, scope: Scope) -> bool:
         """Whether a route serves this path (with this method or another)."""
-        return any(route.matches(scope)[0] is not Match.NONE for route in self.routes)
+        return self._route(scope) is not None
 
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    def _route(self, scope: Scope) -> BaseRoute | None:
+        """The route the router would pick for this request: the first full match, else the first partial one
+        (another method)."""
+        partial = None
+        for matcher, declared in self.routes:
+            match = matcher.matches(scope)[0]
+            if match is Match.FULL:
+                return declared
+            if match is Match.PARTIAL and partial is None:
+                partial = declared
+        return partial
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+        """Answers `exc` as the error handlers would, with the route in the scope so that the request is
+        counted under its template in spp_http_requests_total."""
+        route = self._route(scope)
+        if route is not None:
+            scope["route"] = route
         response = await errors.answer(Request(scope, receive), exc)
         await response(scope, receive, send)

@@ -230,6 +230,16 @@ def test_a_path_no_route_serves_is_answered_as_to_anyone(
         assert anonymous.request(method, path, headers=headers, follow_redirects=False).status_code == status
 
 
+def test_a_refusal_is_counted_under_its_route(anonymous: httpx.Client) -> None:
+    """The middleware answers before the router: the metrics still name the route, not `unmatched`."""
+    assert anonymous.get("/v1/jobs/x/events").status_code == 401
+    assert anonymous.put("/v1/jobs/x").status_code == 401  # a route of another method
+    metrics = anonymous.get("/metrics").text
+    assert 'spp_http_requests_total{method="GET",route="/v1/jobs/{job_id}/events",status="401"}' in metrics
+    assert 'spp_http_requests_total{method="PUT",route="/v1/jobs/{job_id}",status="401"}' in metrics
+    assert not [line for line in metrics.splitlines() if 'route="unmatched",status="401"' in line]
+
+
 @pytest.mark.parametrize("path", ["/v1/files", "/v1/batches"])
 def test_the_openai_routes_refuse_in_openais_shape_too(anonymous: httpx.Client, path: str) -> None:
     """The `openai` client shows the message of `error`: a 401 of the file and batch routes carries it."""
