@@ -78,11 +78,16 @@ class Prepared(NamedTuple):
     reserved against `tokens_per_day` until the job's real usage settles it."""
     digest: str
     """The job's `fingerprint` (its request and metadata), which tells a resubmission of the same job."""
+    metadata: str
+    """Its metadata as JSON; '' for none."""
+    scopes: str
+    """Its index scopes besides its model's (`index_scopes`)."""
 
 
-def request_json(job: JobCreate, settings: Settings) -> Prepared:
+def request_json(job: JobCreate, settings: Settings, batch_id: str | None = None) -> Prepared:
     """The model of a validated submission, the GenerationRequest its worker runs as JSON (model resolved,
-    template rendered, defaults applied, None left out), its cost and its fingerprint.
+    template rendered, defaults applied, None left out), its cost, its fingerprint, its metadata as JSON and its
+    index scopes (`index_scopes`, with `batch_id`).
 
     Written as a dict rather than through the pydantic model, which took 4 µs a job, a tenth of the time of
     an array of 1,000 in Python; tests read it back as a GenerationRequest (which forbids unknown fields).
@@ -108,30 +113,45 @@ def request_json(job: JobCreate, settings: Settings) -> Prepared:
     if params.seed is not None:
         fields["seed"] = params.seed
     request = orjson.dumps(fields).decode()
-    return Prepared(model, request, -(-chars // CHARS_PER_TOKEN) + max_tokens, fingerprint(request, job.metadata))
+    return Prepared(
+        model,
+        request,
+        -(-chars // CHARS_PER_TOKEN) + max_tokens,
+        fingerprint(request, job.metadata),
+        "" if job.metadata is None else orjson.dumps(job.metadata).decode(),
+        index_scopes(job, batch_id),
+    )
 
 
 # Submissions with more prompt characters than this are prepared in a worker thread. Rendering a template with its
 # acronym expansion costs up to ~35 ns a character (docs/PERFORMANCE.md), ~2 ms here; below, the ~50 µs thread hop
 # would cost the small submissions of the benchmarked path more than it saves.
 OFF_LOOP_PROMPT_CHARS = 65_536
+# A metadata pair costs about as much as this many prompt characters: its index scope's SHA-256, its part of the
+# metadata JSON and of the fingerprint, ~2 µs (1,000 jobs at the caps, 32 pairs each, held the loop ~100 ms).
+CHARS_PER_METADATA_PAIR = 64
 
 
-async def request_jsons(jobs: list[JobCreate], settings: Settings) -> list[Prepared]:
+def preparation_work(jobs: list[JobCreate]) -> int:
+    """The work of `request_json` over `jobs`, in prompt characters (see CHARS_PER_METADATA_PAIR)."""
+    return sum(len(job.prompt or "") + CHARS_PER_METADATA_PAIR * len(job.metadata or ()) for job in jobs)
+
+
+async def request_jsons(jobs: list[JobCreate], settings: Settings, batch_id: str | None = None) -> list[Prepared]:
     """`request_json` of each job; in a worker thread for a large submission, so that the event loop keeps serving
     every other request meanwhile (150 prompts of 200,000 characters held it up to a second)."""
-    if sum(len(job.prompt or "") for job in jobs) <= OFF_LOOP_PROMPT_CHARS:
-        return [request_json(job, settings) for job in jobs]
-    return await anyio.to_thread.run_sync(_prepare_yielding, jobs, settings)
+    if preparation_work(jobs) <= OFF_LOOP_PROMPT_CHARS:
+        return [request_json(job, settings, batch_id) for job in jobs]
+    return await anyio.to_thread.run_sync(_prepare_yielding, jobs, settings, batch_id)
 
 
-def _prepare_yielding(jobs: list[JobCreate], settings: Settings) -> list[Prepared]:
+def _prepare_yielding(jobs: list[JobCreate], settings: Settings, batch_id: str | None) -> list[Prepared]:
     """`request_json` of each job, giving the GIL away after each: a CPU-bound thread otherwise keeps the event loop
     waiting for the interpreter's switch interval at each of its turns (20 to 60 ms gaps measured with 1,000
     prompts of 32,000 characters)."""
     prepared = []
     for job in jobs:
-        prepared.append(request_json(job, settings))
+        prepared.append(request_json(job, settings, batch_id))
         time.sleep(0)
     return prepared
 
@@ -226,7 +246,7 @@ class ApiJobStore(JobStoreBase):
         for index, job in enumerate(jobs):
             if job.priority > policy.max_priority:
                 raise PriorityNotAllowed(index if len(jobs) > 1 else None, job.priority, policy.max_priority)
-        prepared = await request_jsons(jobs, self.settings)
+        prepared = await request_jsons(jobs, self.settings, batch_id)
         default_hook = "" if default_webhook is None else default_webhook.model_dump_json()
         entries = [
             Entry(
@@ -235,15 +255,15 @@ class ApiJobStore(JobStoreBase):
                 request,
                 cost,
                 digest,
-                "" if job.metadata is None else orjson.dumps(job.metadata).decode(),
+                metadata,
                 job.priority,
-                index_scopes(job, batch_id),
+                scopes,
                 default_hook if job.webhook is None else job.webhook.model_dump_json(),
                 "" if job.template is None else template_tag(job.template),
             )
-            for job, (model, request, cost, digest) in zip(jobs, prepared, strict=True)
+            for job, (model, request, cost, digest, metadata, scopes) in zip(jobs, prepared, strict=True)
         ]
-        large = sum(len(item.request) for item in prepared) > OFF_LOOP_PROMPT_CHARS
+        large = sum(len(item.request) + len(item.metadata) for item in prepared) > OFF_LOOP_PROMPT_CHARS
         mode = "replace" if replace else "keep"
         return await self._store(owner, entries, policy, mode, background, batch_key, webhook_secret, large)
 

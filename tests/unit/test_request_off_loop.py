@@ -11,9 +11,14 @@ from shared.models import JobCreate
 from shared.settings import Settings
 
 
-def _jobs(count: int, chars: int) -> list[JobCreate]:
+def _jobs(count: int, chars: int, pairs: int = 0) -> list[JobCreate]:
     text = ("Ma demande à la CAF est bloquée. " * (chars // 33 + 1))[:chars]
-    return [JobCreate.model_validate({"prompt": text, "template": "spp"}) for _ in range(count)]
+    metadata = {f"clé-{number}": number for number in range(pairs)} or None
+    return [JobCreate.model_validate({"prompt": text, "template": "spp", "metadata": metadata}) for _ in range(count)]
+
+
+# Jobs of 48 characters and 32 metadata pairs (the cap): the most that stay on the loop, then one more.
+AT_CAPS = store.OFF_LOOP_PROMPT_CHARS // (48 + 32 * store.CHARS_PER_METADATA_PAIR)
 
 
 @pytest.mark.parametrize(
@@ -23,8 +28,10 @@ def _jobs(count: int, chars: int) -> list[JobCreate]:
         (_jobs(1, store.OFF_LOOP_PROMPT_CHARS), False),
         (_jobs(1, store.OFF_LOOP_PROMPT_CHARS + 1), True),
         (_jobs(40, 2_000), True),
+        (_jobs(AT_CAPS, 48, pairs=32), False),
+        (_jobs(AT_CAPS + 1, 48, pairs=32), True),
     ],
-    ids=["small", "at-threshold", "one-large", "many-medium"],
+    ids=["small", "at-threshold", "one-large", "many-medium", "metadata-at-threshold", "much-metadata"],
 )
 async def test_large_submissions_are_prepared_off_the_event_loop(
     jobs: list[JobCreate], off_loop: bool, monkeypatch: pytest.MonkeyPatch
@@ -33,9 +40,9 @@ async def test_large_submissions_are_prepared_off_the_event_loop(
     threads: set[int] = set()
     prepare = store.request_json
 
-    def spy(job: JobCreate, settings: Settings) -> store.Prepared:
+    def spy(job: JobCreate, settings: Settings, batch_id: str | None = None) -> store.Prepared:
         threads.add(threading.get_ident())
-        return prepare(job, settings)
+        return prepare(job, settings, batch_id)
 
     monkeypatch.setattr(store, "request_json", spy)
 
