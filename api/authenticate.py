@@ -49,12 +49,13 @@ class Authenticate:
                 try:
                     scope["caller"] = await self._caller(scope)
                 except Unauthorized as exc:
-                    if not self._served(scope):
+                    if "route" not in scope:  # no route serves the path: the router answers, as to anyone
                         await self.app(scope, receive, send)
                         return
                     await self._refuse(scope, receive, send, exc)
                     return
                 except _ANSWERED as exc:
+                    self._place_route(scope)
                     await self._refuse(scope, receive, send, exc)
                     return
         await self.app(scope, receive, send)
@@ -73,33 +74,30 @@ class Authenticate:
         try:
             caller = state["keyring"].authenticate(authorization)
         except Unauthorized:
-            if authorization and self._served(scope):  # a credential that failed; none guesses nothing
+            if self._place_route(scope) and authorization:  # a credential that failed; none guesses nothing
                 await failures.failed(address)
             raise
         await state["limiter"].check(caller.owner, caller.policy)
         return caller
 
-    def _served(self, scope: Scope) -> bool:
-        """Whether a route serves this path (with this method or another)."""
-        return self._route(scope) is not None
-
-    def _route(self, scope: Scope) -> BaseRoute | None:
-        """The route the router would pick for this request: the first full match, else the first partial one
-        (another method)."""
+    def _place_route(self, scope: Scope) -> bool:
+        """Puts the route the router would pick in `scope["route"]`, so that a refusal is counted under its
+        template in spp_http_requests_total: the first full match, else the first partial one (another method).
+        Whether a route serves this path."""
         partial = None
         for matcher, declared in self.routes:
             match = matcher.matches(scope)[0]
             if match is Match.FULL:
-                return declared
+                scope["route"] = declared
+                return True
             if match is Match.PARTIAL and partial is None:
                 partial = declared
-        return partial
+        if partial is None:
+            return False
+        scope["route"] = partial
+        return True
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
-        """Answers `exc` as the error handlers would, with the route in the scope so that the request is
-        counted under its template in spp_http_requests_total."""
-        route = self._route(scope)
-        if route is not None:
-            scope["route"] = route
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
         response = await errors.answer(Request(scope, receive), exc)
         await response(scope, receive, send)
