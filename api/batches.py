@@ -35,7 +35,7 @@ from api.batch_format import (
 )
 from api.exceptions import BatchFinished, BatchNotFound, FileNotFound, QueueFull, QuotaExceeded
 from api.files import FileStore
-from api.jobs import ApiJobStore
+from api.jobs import ApiJobStore, BatchClosed
 from api.openai_shapes import Endpoint
 from api.stored import over_stored_bytes
 from shared import keys
@@ -54,6 +54,10 @@ PAGE = 500
 MAX_ERRORS = 100
 """Validation problems reported in a failed batch's `errors`; validation stops there."""
 EXPIRY_POLL_SECONDS = 1.0
+EXPIRY_CLAIM = 100
+"""Batches past their time that one API process claims at once."""
+EXPIRY_LEASE_MS = 60_000
+"""How long a claimed batch is left to its API process before another one expires it again."""
 VALIDATE_GROUP_BYTES = 1 << 20
 """Bytes of input lines checked at once, in a worker thread, while validating a batch."""
 YIELD_AFTER_SECONDS = 0.005
@@ -70,6 +74,7 @@ class BatchStore:
         self.settings = store.settings
         self._move_script = load_script(self.redis, "batch")
         self._create_script = load_script(self.redis, "batch_create")
+        self._claim_script = load_script(self.redis, "batch_claim")
         self._expiry: asyncio.Task[None] | None = None
 
     async def _move(self, owner: str, batch_id: str, operation: str, argument: str | int = "") -> str | None:
@@ -176,8 +181,12 @@ class BatchStore:
         """Fail a batch whose queueing stopped midway, and cancel the jobs queued before."""
         # Its jobs are among the first `total` (set before the first was queued), which `fail` sets to 0.
         total = int(await self.redis.hget(keys.batch(owner, batch_id), "total") or 0)  # type: ignore[misc]
-        if await self._move(owner, batch_id, "fail", _errors_json([problem.entry(None)])) == BatchStatus.FAILED:
+        status = await self._move(owner, batch_id, "fail", _errors_json([problem.entry(None)]))
+        if status == BatchStatus.FAILED:
             await self.cancel_jobs(owner, batch_id, total)
+        elif status in (BatchStatus.CANCELLING, BatchStatus.FINALIZING):  # it stays so until its jobs have ended
+            queued = await self.cancel_jobs(owner, batch_id, total)
+            await self._move(owner, batch_id, "total", queued)
 
     async def _process(self, owner: str, batch_id: str, policy: ClientPolicy) -> None:
         record = await self.get(owner, batch_id)
@@ -194,7 +203,7 @@ class BatchStore:
         queued = await self._queue(owner, batch_id, file_id, endpoint, policy)
         if queued != total:  # the file was deleted meanwhile: the batch is what could be queued
             await self._move(owner, batch_id, "total", queued)
-        if await self._move(owner, batch_id, "start") in (BatchStatus.CANCELLING, BatchStatus.EXPIRED):
+        if await self._move(owner, batch_id, "start") in (BatchStatus.CANCELLING, BatchStatus.FINALIZING):
             await self.cancel_jobs(owner, batch_id, queued)
 
     def _limits(self) -> Limits:
@@ -290,21 +299,25 @@ class BatchStore:
         return None
 
     async def _queue(self, owner: str, batch_id: str, file_id: str, endpoint: Endpoint, policy: ClientPolicy) -> int:
-        """Store and queue a job per request, SUBMIT_CHUNK per round trip; the number queued."""
+        """Store and queue a job per request, SUBMIT_CHUNK per round trip, until the batch is cancelled or past
+        its time (it then takes no more jobs); the number queued."""
         limits, models, batch_key = self._limits(), self.settings.models, keys.batch(owner, batch_id)
         chunk: list[JobCreate] = []
         queued = 0
-        async for _, raw in self._requests(owner, file_id):
-            chunk.append(parse_line(raw, endpoint, models, limits, batch_job_id(batch_id, queued + len(chunk)))[1])
-            if len(chunk) == SUBMIT_CHUNK:
+        try:
+            async for _, raw in self._requests(owner, file_id):
+                chunk.append(parse_line(raw, endpoint, models, limits, batch_job_id(batch_id, queued + len(chunk)))[1])
+                if len(chunk) == SUBMIT_CHUNK:
+                    await self.store.submit(
+                        owner, chunk, policy=policy, background=True, batch_key=batch_key, batch_id=batch_id
+                    )
+                    queued, chunk = queued + len(chunk), []
+            if chunk:
                 await self.store.submit(
                     owner, chunk, policy=policy, background=True, batch_key=batch_key, batch_id=batch_id
                 )
-                queued, chunk = queued + len(chunk), []
-        if chunk:
-            await self.store.submit(
-                owner, chunk, policy=policy, background=True, batch_key=batch_key, batch_id=batch_id
-            )
+        except BatchClosed:
+            return queued
         return queued + len(chunk)
 
     # ---- read, list, cancel, expire -------------------------------------------------------------------
@@ -357,13 +370,16 @@ class BatchStore:
             replies: list[list[str | None]] = await pipe.execute()
         return [{f: v for f, v in zip(fields, values, strict=True) if v is not None} for values in replies]
 
-    async def cancel_jobs(self, owner: str, batch_id: str, total: int | None = None) -> None:
-        """Cancel the unfinished jobs among the batch's first `total` (default: all), a page per two round trips."""
+    async def cancel_jobs(self, owner: str, batch_id: str, total: int | None = None) -> int:
+        """Cancel the unfinished jobs among the batch's first `total` (default: all), a page per two round trips;
+        the number of those jobs whose record was found."""
         if total is None:
             total = int(await self.redis.hget(keys.batch(owner, batch_id), "total") or 0)  # type: ignore[misc]
+        found = 0
         for start in range(0, total, PAGE):
             job_ids = [batch_job_id(batch_id, index) for index in range(start, min(total, start + PAGE))]
             records = await self._records(owner, job_ids, ("status", "model"))
+            found += sum(1 for record in records if record)
             unfinished = [
                 (job_id, record["model"])
                 for job_id, record in zip(job_ids, records, strict=True)
@@ -371,19 +387,25 @@ class BatchStore:
             ]
             if unfinished:
                 await self.store.cancel_many(owner, unfinished)
+        return found
 
     async def expire_due(self) -> None:
         """Expire the batches past their `expires_at` with work left, and cancel their unfinished jobs.
 
-        Each is claimed by removing it from the active set, so that one API process only handles it.
+        Each is claimed for EXPIRY_LEASE_MS by one API process, which removes it once its jobs are cancelled; a
+        batch whose process died meanwhile is claimed again when the lease ends (both steps can be redone).
         """
-        due: list[str] = await self.redis.zrangebyscore(keys.active_batches(), "-inf", now_ms(), start=0, num=100)
+        now = now_ms()
+        due: list[str] = await self._claim_script(
+            keys=[keys.active_batches()], args=(now, now + EXPIRY_LEASE_MS, EXPIRY_CLAIM)
+        )
         for member in due:
-            if not await self.redis.zrem(keys.active_batches(), member):
-                continue
             owner, batch_id = keys.split_key_id(member)
-            if await self._move(owner, batch_id, "expire") == BatchStatus.EXPIRED:
-                await self.cancel_jobs(owner, batch_id)
+            if await self._move(owner, batch_id, "expire") == BatchStatus.FINALIZING:
+                # It takes no more jobs now: those found are all it has, when its queueing stopped midway.
+                found = await self.cancel_jobs(owner, batch_id)
+                await self._move(owner, batch_id, "total", found)
+            await self.redis.zrem(keys.active_batches(), member)
 
     async def _expire_forever(self) -> None:
         while True:

@@ -68,6 +68,14 @@ CHARS_PER_TOKEN = 4
 English text with the tokenizers of current models."""
 
 
+class BatchClosed(Exception):
+    """A batch's jobs were offered once it no longer takes any (cancelling or past its time): none was stored."""
+
+    def __init__(self, batch_key: str, status: str | None) -> None:
+        super().__init__(f"batch {batch_key!r} takes no more jobs: {status}")
+        self.status = status
+
+
 class Prepared(NamedTuple):
     """A validated submission made ready to store: its model, its GenerationRequest as JSON, and its cost."""
 
@@ -388,6 +396,8 @@ class ApiJobStore(JobStoreBase):
         reply = await self.shared.evalsha(self._submit, records, args, pack_off_loop=large)
         if reply[0] == "conflict":
             raise JobConflict(keys.split_key_id(reply[1])[1])
+        if reply[0] == "closed":
+            raise BatchClosed(batch_key, reply[1] or None)
         if reply[0] == "state":
             raise JobNotRetryable(keys.split_key_id(reply[1])[1], reply[2] or "unknown")
         if reply[0] == "full":

@@ -151,7 +151,8 @@ def batches(owner: str) -> str:
 
 
 def active_batches() -> str:
-    """Sorted set: `<owner>:<batch id>` of batches that may still expire, scored by when they do (ms)."""
+    """Sorted set: `<owner>:<batch id>` of batches that may still expire, scored by when they do (ms), then by the end
+    of the claim of the API process expiring them (batch_claim.lua)."""
     return f"{PREFIX}:batches-active"
 
 

@@ -26,7 +26,9 @@
 -- weight; a client alone gets everything.
 -- The arq job definition is not written here: the worker that takes the job writes it (take.lua).
 -- A job's rank (its score in its indexes) is its creation time in ms × 1024 plus its place in the submission.
--- Returns {"conflict", key id} | {"full", queue, depth, asked} | {"quota", limit, value, usage, asked[, when the
+-- The jobs of a batch (an extra field `batch`: its key) join it only while it is validating: once it is cancelling
+-- or finalizing (batch.lua), nothing is stored, {"closed", its status}.
+-- Returns {"conflict", key id} | {"closed", status} | {"full", queue, depth, asked} | {"quota", limit, value, usage, asked[, when the
 -- earliest stored bytes stop counting (ms), for max_stored_bytes]}
 -- | {"ok", r1, r2, ...}: ri is 0 for a stored job and the flat HGETALL of the existing record for an identical
 -- resubmission.
@@ -43,6 +45,12 @@ local index_prefix, expiring, webhook_secret = ARGV[32], ARGV[33], ARGV[34]
 local n_extra = tonumber(ARGV[35])
 local extra = {unpack(ARGV, 36, 35 + 2 * n_extra)}
 local first, PER_JOB = 36 + 2 * n_extra, 11
+for j = 1, #extra, 2 do
+  if extra[j] == 'batch' then
+    local batch_status = redis.call('HGET', extra[j + 1], 'status')
+    if batch_status ~= 'validating' then return {'closed', batch_status or false} end
+  end
+end
 local RANK_SLOTS = 1024
 --#include stored_buckets
 --#include index

@@ -3,6 +3,7 @@ states on an in-memory Redis."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,12 +14,12 @@ import pytest
 
 from api.batch_format import LineError, batch_job_id, error_line, output_line, parse_generated_file_id, parse_line
 from api.batches import BatchStore
-from api.exceptions import BadFileRequest, BatchFinished, FileTooLarge
+from api.exceptions import BadFileRequest, BatchFinished, FileTooLarge, QueueFull
 from api.files import FileStore
 from api.openai_shapes import Endpoint
 from shared import keys
 from shared.batches import BatchStatus, public_batch
-from shared.models import JobCreate, JobError, JobResult, Limits, Usage
+from shared.models import JobCreate, JobError, JobResult, Limits, Usage, now_ms
 from shared.policy import ClientPolicy
 from shared.settings import Settings
 from tests.unit.conftest import MODEL, batch_stores, make_settings
@@ -427,6 +428,126 @@ async def test_expiry_is_done_once_for_batches_past_their_time(stores: tuple[Fil
     assert expired["request_counts"] == {"total": 4, "completed": 1, "failed": 3}
     assert (await batches.get(OWNER, later_id))["status"] == "in_progress"
     assert await batches.redis.zrange(keys.active_batches(), 0, -1) == [keys.key_id(OWNER, later_id)]
+
+
+async def test_an_expiring_batch_is_finalizing_until_its_work_left_is_cancelled(
+    stores: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its counts are final once it is `expired`; a process that dies midway leaves it to another one."""
+    files, batches = stores
+    batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(4)])
+    await batches.process(OWNER, batch_id)
+    await run_jobs(batches, batch_id, 1)
+    member = keys.key_id(OWNER, batch_id)
+    await batches.redis.zadd(keys.active_batches(), {member: 1})
+    dying = BatchStore(batches.store, files)
+
+    async def die(owner: str, batch_id: str, total: int | None = None) -> int:
+        raise ConnectionError("the process died")
+
+    monkeypatch.setattr(dying, "cancel_jobs", die)
+    with pytest.raises(ConnectionError):
+        await dying.expire_due()
+    finalizing = public_batch(await batches.get(OWNER, batch_id))
+    assert finalizing["status"] == "finalizing"
+    assert finalizing["finalizing_at"] is not None
+    assert (finalizing["expired_at"], finalizing["output_file_id"]) == (None, None)
+    await batches.expire_due()
+    assert (await batches.get(OWNER, batch_id))["status"] == "finalizing", "claimed by the dead process for a while"
+    leased_until = await batches.redis.zscore(keys.active_batches(), member)
+    assert leased_until is not None
+    assert leased_until > now_ms()
+    await batches.redis.zadd(keys.active_batches(), {member: 1})  # its lease ended
+    await batches.expire_due()
+    expired = public_batch(await batches.get(OWNER, batch_id))
+    assert expired["status"] == "expired"
+    assert expired["request_counts"] == {"total": 4, "completed": 1, "failed": 3}
+    assert expired["expired_at"] is not None
+    assert expired["output_file_id"] is not None
+    assert await batches.redis.zcard(keys.active_batches()) == 0
+
+
+async def test_a_batch_that_expires_while_it_is_queued_takes_no_more_jobs_and_ends_with_those_it_has(
+    stores: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, batches = stores
+    monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 2)
+    batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(5)])
+    submit = batches.store.submit
+    calls = 0
+
+    async def submit_then_expire(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        done = await submit(*args, **kwargs)
+        if calls == 1:
+            await batches.redis.zadd(keys.active_batches(), {keys.key_id(OWNER, batch_id): 1})
+            await batches.expire_due()
+        return done
+
+    monkeypatch.setattr(batches.store, "submit", submit_then_expire)
+    await batches.process(OWNER, batch_id)
+    assert calls == 2, "the second chunk was refused"
+    expired = public_batch(await batches.get(OWNER, batch_id))
+    assert expired["status"] == "expired"
+    assert expired["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+    assert await batches.redis.zcard(keys.queue(MODEL)) == 0
+    assert not await batches.redis.exists(keys.job(keys.key_id(OWNER, batch_job_id(batch_id, 2))))
+
+
+@pytest.mark.parametrize(("operation", "ends"), [("cancel", "cancelled"), ("expire", "expired")])
+async def test_a_batch_cancelled_or_expired_then_outrun_while_queued_ends_with_what_it_queued(
+    stores: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch, operation: str, ends: str
+) -> None:
+    files, batches = stores
+    monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 2)
+    batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(4)])
+    submit = batches.store.submit
+    calls = 0
+
+    async def submit_then_outrun(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return await submit(*args, **kwargs)
+        await batches._move(OWNER, batch_id, operation)  # just after another batch took the room
+        raise QueueFull(MODEL, "MAX_BATCH_QUEUE_DEPTH", 4, 4, 2)
+
+    monkeypatch.setattr(batches.store, "submit", submit_then_outrun)
+    await batches.process(OWNER, batch_id)
+    ended = public_batch(await batches.get(OWNER, batch_id))
+    assert ended["status"] == ends
+    assert ended["request_counts"] == {"total": 2, "completed": 0, "failed": 2}, "the first chunk, cancelled"
+    assert await batches.redis.zcard(keys.queue(MODEL)) == 0
+
+
+async def test_a_batch_whose_queueing_died_midway_expires_with_the_jobs_it_has(
+    stores: tuple[FileStore, BatchStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, batches = stores
+    monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 2)
+    batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(5)])
+    submit = batches.store.submit
+    calls = 0
+
+    async def submit_then_die(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise asyncio.CancelledError  # the API process is killed
+        return await submit(*args, **kwargs)
+
+    monkeypatch.setattr(batches.store, "submit", submit_then_die)
+    with pytest.raises(asyncio.CancelledError):
+        await batches.process(OWNER, batch_id)
+    stuck = await batches.get(OWNER, batch_id)
+    assert (stuck["status"], stuck["total"]) == ("validating", "5")
+    await batches.redis.zadd(keys.active_batches(), {keys.key_id(OWNER, batch_id): 1})
+    await batches.expire_due()
+    expired = public_batch(await batches.get(OWNER, batch_id))
+    assert expired["status"] == "expired"
+    assert expired["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+    assert await batches.redis.zcard(keys.queue(MODEL)) == 0
 
 
 async def test_listing_pages_newest_first_and_drops_expired_batches(stores: tuple[FileStore, BatchStore]) -> None:

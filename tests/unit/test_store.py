@@ -13,7 +13,7 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
 from api.exceptions import JobConflict, JobFinished, JobNotFound, QueueFull
-from api.jobs import ApiJobStore, utc_day
+from api.jobs import ApiJobStore, BatchClosed, utc_day
 from api.multiplex import SharedConnection
 from shared import keys
 from shared.models import (
@@ -911,8 +911,9 @@ async def test_a_batch_ends_with_its_last_job(
     redis: fakeredis.FakeAsyncRedis, api_store: ApiJobStore, worker_store: WorkerJobStore
 ) -> None:
     batch = "spp:batch:test"
-    await redis.hset(batch, mapping={"total": 3, "status": "in_progress"})  # type: ignore[misc]
+    await redis.hset(batch, mapping={"total": 3, "status": "validating"})  # type: ignore[misc]
     await api_store.submit(OWNER, [job("b1"), job("b2"), job("b3")], background=True, batch_key=batch)
+    await redis.hset(batch, "status", "in_progress")  # type: ignore[misc]
     for job_id in ("b1", "b2"):
         run = await submit_and_start(api_store, worker_store, job_id)
         await worker_store.finish(
@@ -931,12 +932,27 @@ async def test_a_batch_ends_with_its_last_job(
 
 async def test_a_cancelling_batch_becomes_cancelled(redis: fakeredis.FakeAsyncRedis, api_store: ApiJobStore) -> None:
     batch = "spp:batch:test"
-    await redis.hset(batch, mapping={"total": 1, "status": "cancelling"})  # type: ignore[misc]
+    await redis.hset(batch, mapping={"total": 1, "status": "validating"})  # type: ignore[misc]
     await api_store.submit(OWNER, [job("b1")], background=True, batch_key=batch)
+    await redis.hset(batch, "status", "cancelling")  # type: ignore[misc]
 
     await api_store.cancel(OWNER, "b1")
 
     assert (await redis.hgetall(batch))["status"] == "cancelled"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("status", ["cancelling", "finalizing", "expired", None])
+async def test_a_batch_takes_jobs_only_while_it_is_validating(
+    redis: fakeredis.FakeAsyncRedis, api_store: ApiJobStore, status: str | None
+) -> None:
+    batch = "spp:batch:test"
+    if status is not None:
+        await redis.hset(batch, mapping={"total": 2, "status": status})  # type: ignore[misc]
+    with pytest.raises(BatchClosed) as closed:
+        await api_store.submit(OWNER, [job("b1"), job("b2")], background=True, batch_key=batch)
+    assert closed.value.status == status
+    assert await redis.exists(keys.job(kid("b1")), keys.job(kid("b2"))) == 0
+    assert await redis.zcard(keys.queue(MODEL)) == 0
 
 
 # ---- the public job -------------------------------------------------------------------------------------------
@@ -986,7 +1002,7 @@ async def test_the_record_type_names_every_field_the_scripts_write(
     written by a script but missing there would be read past mypy. One job goes through every write (a batch's job
     with every optional field of a submission, handed back with a delay, then succeeded)."""
     batch = "spp:batch:test"
-    await redis.hset(batch, mapping={"total": 1, "status": "in_progress"})  # type: ignore[misc]
+    await redis.hset(batch, mapping={"total": 1, "status": "validating"})  # type: ignore[misc]
     extras: dict[str, Any] = {
         "metadata": {"a": 1},
         "priority": 2,
