@@ -310,13 +310,13 @@ async def get_job(request: Request, job_id: JobIdPath) -> Response:
     when it should start."""
     state, owner = resources(request), owner_of(request)
     record = await state["store"].get(owner, job_id)
-    job = public_job(record)
+    position = estimate = None
     if record["status"] == JobStatus.QUEUED:
-        job["queue_position"], job["estimated_start_at"] = await state["estimator"].queue_fields(
-            keys.key_id(owner, job_id), record
-        )
-    else:
-        job["queue_position"] = job["estimated_start_at"] = None
+        position, estimate = await state["estimator"].queue_fields(keys.key_id(owner, job_id), record)
+        if position is None:  # it left the queue since it was read: a queued job is shown with its place
+            record = await state["store"].get(owner, job_id)
+    job = public_job(record)
+    job["queue_position"], job["estimated_start_at"] = position, estimate
     return JSONResponse(job)
 
 
