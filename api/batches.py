@@ -185,8 +185,7 @@ class BatchStore:
         if status == BatchStatus.FAILED:
             await self.cancel_jobs(owner, batch_id, total)
         elif status in (BatchStatus.CANCELLING, BatchStatus.FINALIZING):  # it stays so until its jobs have ended
-            queued = await self.cancel_jobs(owner, batch_id, total)
-            await self._move(owner, batch_id, "total", queued)
+            await self._end_with_the_jobs_it_has(owner, batch_id, total)
 
     async def _process(self, owner: str, batch_id: str, policy: ClientPolicy) -> None:
         record = await self.get(owner, batch_id)
@@ -389,6 +388,12 @@ class BatchStore:
                 await self.store.cancel_many(owner, unfinished)
         return found
 
+    async def _end_with_the_jobs_it_has(self, owner: str, batch_id: str, total: int | None = None) -> None:
+        """Cancel the unfinished jobs of a batch cancelling or finalizing, which takes no more jobs: those found are
+        all it has (its queueing may have stopped midway), so that it ends once they have."""
+        found = await self.cancel_jobs(owner, batch_id, total)
+        await self._move(owner, batch_id, "total", found)
+
     async def expire_due(self) -> None:
         """Expire the batches past their `expires_at` with work left, and cancel their unfinished jobs.
 
@@ -402,9 +407,7 @@ class BatchStore:
         for member in due:
             owner, batch_id = keys.split_key_id(member)
             if await self._move(owner, batch_id, "expire") == BatchStatus.FINALIZING:
-                # It takes no more jobs now: those found are all it has, when its queueing stopped midway.
-                found = await self.cancel_jobs(owner, batch_id)
-                await self._move(owner, batch_id, "total", found)
+                await self._end_with_the_jobs_it_has(owner, batch_id)
             await self.redis.zrem(keys.active_batches(), member)
 
     async def _expire_forever(self) -> None:

@@ -4,7 +4,7 @@ states on an in-memory Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import fakeredis
@@ -268,6 +268,29 @@ async def run_jobs(batches: BatchStore, batch_id: str, count: int, *, fail: int 
         assert await store.finish(kid, MODEL, started.run, outcome)
 
 
+async def expire_now(batches: BatchStore, batch_id: str) -> None:
+    """Put the batch past its time and run one API process's expiry."""
+    await batches.redis.zadd(keys.active_batches(), {keys.key_id(OWNER, batch_id): 1})
+    await batches.expire_due()
+
+
+def before_second_chunk(
+    batches: BatchStore, monkeypatch: pytest.MonkeyPatch, action: Callable[[], Awaitable[None]]
+) -> list[int]:
+    """Run `action` (which may raise) when the batch's second chunk of jobs is about to be stored; the submissions
+    asked, counted in the list returned."""
+    submit, calls = batches.store.submit, [0]
+
+    async def submit_after(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:
+            await action()
+        return await submit(*args, **kwargs)
+
+    monkeypatch.setattr(batches.store, "submit", submit_after)
+    return calls
+
+
 async def create(files: FileStore, batches: BatchStore, lines: list[Any]) -> str:
     file_id = await upload(files, b"\n".join(raw(line) for line in lines), piece=4096)
     record = await batches.create(OWNER, file_id, CHAT, "24h", {"k": "v"})
@@ -473,21 +496,9 @@ async def test_a_batch_that_expires_while_it_is_queued_takes_no_more_jobs_and_en
     files, batches = stores
     monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 2)
     batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(5)])
-    submit = batches.store.submit
-    calls = 0
-
-    async def submit_then_expire(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        done = await submit(*args, **kwargs)
-        if calls == 1:
-            await batches.redis.zadd(keys.active_batches(), {keys.key_id(OWNER, batch_id): 1})
-            await batches.expire_due()
-        return done
-
-    monkeypatch.setattr(batches.store, "submit", submit_then_expire)
+    calls = before_second_chunk(batches, monkeypatch, lambda: expire_now(batches, batch_id))
     await batches.process(OWNER, batch_id)
-    assert calls == 2, "the second chunk was refused"
+    assert calls == [2], "the second chunk was refused"
     expired = public_batch(await batches.get(OWNER, batch_id))
     assert expired["status"] == "expired"
     assert expired["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
@@ -502,18 +513,12 @@ async def test_a_batch_cancelled_or_expired_then_outrun_while_queued_ends_with_w
     files, batches = stores
     monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 2)
     batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(4)])
-    submit = batches.store.submit
-    calls = 0
 
-    async def submit_then_outrun(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return await submit(*args, **kwargs)
+    async def outrun() -> None:
         await batches._move(OWNER, batch_id, operation)  # just after another batch took the room
         raise QueueFull(MODEL, "MAX_BATCH_QUEUE_DEPTH", 4, 4, 2)
 
-    monkeypatch.setattr(batches.store, "submit", submit_then_outrun)
+    before_second_chunk(batches, monkeypatch, outrun)
     await batches.process(OWNER, batch_id)
     ended = public_batch(await batches.get(OWNER, batch_id))
     assert ended["status"] == ends
@@ -527,23 +532,16 @@ async def test_a_batch_whose_queueing_died_midway_expires_with_the_jobs_it_has(
     files, batches = stores
     monkeypatch.setattr("api.batches.SUBMIT_CHUNK", 2)
     batch_id = await create(files, batches, [chat(f"q-{i}") for i in range(5)])
-    submit = batches.store.submit
-    calls = 0
 
-    async def submit_then_die(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise asyncio.CancelledError  # the API process is killed
-        return await submit(*args, **kwargs)
+    async def die() -> None:
+        raise asyncio.CancelledError  # the API process is killed
 
-    monkeypatch.setattr(batches.store, "submit", submit_then_die)
+    before_second_chunk(batches, monkeypatch, die)
     with pytest.raises(asyncio.CancelledError):
         await batches.process(OWNER, batch_id)
     stuck = await batches.get(OWNER, batch_id)
     assert (stuck["status"], stuck["total"]) == ("validating", "5")
-    await batches.redis.zadd(keys.active_batches(), {keys.key_id(OWNER, batch_id): 1})
-    await batches.expire_due()
+    await expire_now(batches, batch_id)
     expired = public_batch(await batches.get(OWNER, batch_id))
     assert expired["status"] == "expired"
     assert expired["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
